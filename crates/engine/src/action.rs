@@ -95,6 +95,14 @@ pub enum Event {
         /// SIs that lost (or may lose) their active assignment through it.
         affected: Vec<SiId>,
     },
+    /// A failure report was not acted on because its entity is already being recovered or is
+    /// not running (a late report, a second report of the same failure).
+    FaultIgnored {
+        /// The entity the report was about.
+        entity: EntityRef,
+        /// Why nothing was done.
+        reason: &'static str,
+    },
     /// Escalation replaced the requested recovery by a stronger one.
     Escalated {
         /// Fault id.

@@ -1,6 +1,6 @@
 //! Inputs: faults and facts the world reports to the engine.
 
-use nines_model::{CompId, CsiId, EntityRef, NodeId, Recovery, SiId, SuId};
+use nines_model::{CompId, CsiId, EntityRef, NodeId, Recovery, SiId};
 
 use crate::states::HaState;
 
@@ -135,13 +135,6 @@ pub enum Timer {
     SponsorTolerance {
         /// The dependent SI.
         dependent: SiId,
-        /// Generation, so a stale timer is recognised.
-        generation: u32,
-    },
-    /// Auto-repair of a failed-over SU is due.
-    Repair {
-        /// The SU.
-        su: SuId,
         /// Generation, so a stale timer is recognised.
         generation: u32,
     },
