@@ -249,7 +249,13 @@ pub struct AdminError {
 
 impl std::fmt::Display for AdminError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {} refused: {}", self.op.name(), self.target, self.reason)
+        write!(
+            f,
+            "{} {} refused: {}",
+            self.op.name(),
+            self.target,
+            self.reason
+        )
     }
 }
 

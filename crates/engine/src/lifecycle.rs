@@ -1,0 +1,404 @@
+//! Component and SU life cycle: bringing SUs to the state they should be in, command results,
+//! instantiation retries (immediate, then delayed), taking a failed SU out and repairing it, and
+//! node membership changes.
+
+use nines_model::{CompId, EntityRef, NodeId, SuId};
+
+use crate::action::{ActionKind, Event, RecoveryStep};
+use crate::input::{Command, Outcome, Timer};
+use crate::states::{AdminState, OperState, Presence, Readiness};
+use crate::Engine;
+
+impl Engine {
+    /// Admin states that bear on an SU: its own and every ancestor's.
+    fn admin_chain(&self, su: SuId) -> [AdminState; 5] {
+        let m = &self.model.sus[su.index()];
+        let sg = &self.model.sgs[m.sg.index()];
+        [
+            self.sus[su.index()].admin,
+            self.sgs_admin[m.sg.index()],
+            self.apps_admin[sg.app.index()],
+            self.nodes[m.node.index()].admin,
+            self.cluster_admin,
+        ]
+    }
+
+    /// Whether the SU's components should be running.
+    pub(crate) fn should_run(&self, su: SuId) -> bool {
+        let node = &self.nodes[self.model.sus[su.index()].node.index()];
+        self.started
+            && node.up
+            && !node.fencing
+            && self.sus[su.index()].oper == OperState::Enabled
+            && !self
+                .admin_chain(su)
+                .contains(&AdminState::LockedInstantiation)
+    }
+
+    /// Readiness, derived from node, admin, operational and presence states. A component being
+    /// restarted in place keeps its SU in service: the SU keeps its assignments through it.
+    pub(crate) fn readiness(&self, su: SuId) -> Readiness {
+        let m = &self.model.sus[su.index()];
+        let node = &self.nodes[m.node.index()];
+        if !node.up || node.fencing || self.sus[su.index()].oper == OperState::Disabled {
+            return Readiness::OutOfService;
+        }
+        let running = m.comps.iter().all(|c| {
+            let c = &self.comps[c.index()];
+            c.presence == Presence::Instantiated || c.restarting
+        });
+        if !running {
+            return Readiness::OutOfService;
+        }
+        let chain = self.admin_chain(su);
+        if chain
+            .iter()
+            .any(|a| matches!(a, AdminState::Locked | AdminState::LockedInstantiation))
+        {
+            Readiness::OutOfService
+        } else if chain.contains(&AdminState::ShuttingDown) {
+            Readiness::Stopping
+        } else {
+            Readiness::InService
+        }
+    }
+
+    /// Whether the SU is in the middle of an in-place restart (its work is not served).
+    pub(crate) fn busy(&self, su: SuId) -> bool {
+        self.model.sus[su.index()].comps.iter().any(|c| {
+            let c = &self.comps[c.index()];
+            c.restarting || c.needs_reassign
+        })
+    }
+
+    pub(crate) fn set_presence(&mut self, comp: CompId, presence: Presence) {
+        if self.comps[comp.index()].presence != presence {
+            self.comps[comp.index()].presence = presence;
+            self.record(Event::Presence { comp, presence });
+        }
+    }
+
+    pub(crate) fn set_oper(&mut self, su: SuId, oper: OperState) {
+        if self.sus[su.index()].oper != oper {
+            self.sus[su.index()].oper = oper;
+            self.record(Event::Oper { su, oper });
+        }
+    }
+
+    fn send(&mut self, comp: CompId, command: Command) {
+        self.comps[comp.index()].awaiting = Some(command);
+        let kind = match command {
+            Command::Instantiate => ActionKind::Instantiate { comp },
+            Command::Terminate => ActionKind::Terminate { comp },
+            Command::Cleanup => ActionKind::Cleanup { comp },
+        };
+        self.emit(kind);
+    }
+
+    /// Issues the commands that move the SU's components towards running or stopped.
+    pub(crate) fn converge_su(&mut self, su: SuId) {
+        let run = self.should_run(su);
+        let m = self.model.clone();
+        for &comp in &m.sus[su.index()].comps {
+            let c = &self.comps[comp.index()];
+            if c.awaiting.is_some() || c.waiting_retry {
+                continue;
+            }
+            match c.presence {
+                Presence::Uninstantiated if run => {
+                    self.set_presence(comp, Presence::Instantiating);
+                    self.send(comp, Command::Instantiate);
+                }
+                Presence::Instantiated if !run => {
+                    self.comps[comp.index()].restarting = false;
+                    self.set_presence(comp, Presence::Terminating);
+                    self.send(comp, Command::Terminate);
+                }
+                _ => {}
+            }
+        }
+        self.mark_dirty(m.sus[su.index()].sg);
+    }
+
+    pub(crate) fn on_command_done(&mut self, comp: CompId, command: Command, outcome: Outcome) {
+        let Some(c) = self.comps.get(comp.index()) else {
+            return;
+        };
+        if c.awaiting != Some(command) {
+            return; // stale: a result for a command we no longer wait for
+        }
+        self.comps[comp.index()].awaiting = None;
+        let su = self.model.comps[comp.index()].su;
+        match (command, outcome) {
+            (Command::Instantiate, Outcome::Ok) => {
+                let c = &mut self.comps[comp.index()];
+                c.inst_failures = 0;
+                c.retrying = false;
+                c.restarting = false;
+                self.set_presence(comp, Presence::Instantiated);
+                if self.comps[comp.index()].needs_reassign {
+                    self.reassign_comp(comp);
+                }
+            }
+            (Command::Instantiate, _) => {
+                let c = &mut self.comps[comp.index()];
+                c.inst_failures += 1;
+                c.retrying = true;
+                self.send(comp, Command::Cleanup);
+            }
+            (Command::Terminate, Outcome::Ok) => {
+                self.set_presence(comp, Presence::Uninstantiated);
+            }
+            (Command::Terminate, _) => {
+                self.send(comp, Command::Cleanup);
+            }
+            (Command::Cleanup, Outcome::Ok) => {
+                self.set_presence(comp, Presence::Uninstantiated);
+                if self.comps[comp.index()].retrying {
+                    self.schedule_retry(comp);
+                }
+                self.maybe_auto_repair(su);
+            }
+            (Command::Cleanup, _) => {
+                let c = &mut self.comps[comp.index()];
+                c.restarting = false;
+                c.needs_reassign = false;
+                c.retrying = false;
+                self.set_presence(comp, Presence::TerminationFailed);
+                self.take_out(su, false);
+            }
+        }
+        self.converge_su(su);
+    }
+
+    /// After a failed instantiation was cleaned up: retry now, retry later, or give up.
+    fn schedule_retry(&mut self, comp: CompId) {
+        let policy = self.model.comps[comp.index()].instantiation;
+        let failures = self.comps[comp.index()].inst_failures;
+        let su = self.model.comps[comp.index()].su;
+        if failures <= policy.retries {
+            // Uninstantiated: converge_su instantiates again right away.
+        } else if failures <= policy.retries.saturating_add(policy.delayed_retries) {
+            let c = &mut self.comps[comp.index()];
+            c.waiting_retry = true;
+            c.retry_gen = c.retry_gen.wrapping_add(1);
+            let timer = Timer::InstantiateRetry {
+                comp,
+                generation: c.retry_gen,
+            };
+            let at = self.now + policy.retry_delay;
+            self.emit(ActionKind::StartTimer { timer, at });
+        } else {
+            let c = &mut self.comps[comp.index()];
+            c.retrying = false;
+            c.restarting = false;
+            c.needs_reassign = false;
+            self.set_presence(comp, Presence::InstantiationFailed);
+            self.take_out(su, false);
+        }
+    }
+
+    pub(crate) fn on_retry_timer(&mut self, comp: CompId, generation: u32) {
+        let Some(c) = self.comps.get_mut(comp.index()) else {
+            return;
+        };
+        if !c.waiting_retry || c.retry_gen != generation {
+            return;
+        }
+        c.waiting_retry = false;
+        let su = self.model.comps[comp.index()].su;
+        self.converge_su(su);
+    }
+
+    /// Disables an SU: its assignments are dropped at once (isolation makes them void) and every
+    /// component still running is cleaned up. With `repairable`, the SU is re-enabled when the
+    /// cleanup is done if its SG has auto-repair; otherwise it waits for `repaired`.
+    pub(crate) fn take_out(&mut self, su: SuId, repairable: bool) {
+        let sg = self.model.sus[su.index()].sg;
+        self.sus[su.index()].auto_repair = repairable && self.model.sgs[sg.index()].auto_repair;
+        self.set_oper(su, OperState::Disabled);
+        self.drop_assignments(su);
+        let m = self.model.clone();
+        for &comp in &m.sus[su.index()].comps {
+            let c = &mut self.comps[comp.index()];
+            c.restarting = false;
+            c.needs_reassign = false;
+            c.waiting_retry = false;
+            c.retry_gen = c.retry_gen.wrapping_add(1);
+            let presence = c.presence;
+            let cleaning = c.awaiting == Some(Command::Cleanup);
+            if c.awaiting.is_none() && presence == Presence::Uninstantiated {
+                continue;
+            }
+            if matches!(
+                presence,
+                Presence::InstantiationFailed | Presence::TerminationFailed
+            ) || cleaning
+            {
+                continue;
+            }
+            c.retrying = false;
+            self.set_presence(comp, Presence::Terminating);
+            self.send(comp, Command::Cleanup);
+        }
+        self.maybe_auto_repair(su);
+        self.mark_dirty(sg);
+    }
+
+    /// Re-enables an auto-repairable SU once all its components are cleaned up.
+    fn maybe_auto_repair(&mut self, su: SuId) {
+        let s = &self.sus[su.index()];
+        if s.oper != OperState::Disabled || !s.auto_repair {
+            return;
+        }
+        let clean = self.model.sus[su.index()].comps.iter().all(|c| {
+            let c = &self.comps[c.index()];
+            c.presence == Presence::Uninstantiated && c.awaiting.is_none()
+        });
+        if clean {
+            self.sus[su.index()].auto_repair = false;
+            self.set_oper(su, OperState::Enabled);
+            self.converge_su(su);
+        }
+    }
+
+    /// Restarts components in place: cleanup, instantiate, then give their CSIs back.
+    pub(crate) fn restart_comps(&mut self, comps: &[CompId], graceful: bool) {
+        for &comp in comps {
+            let su = self.model.comps[comp.index()].su;
+            let holds = self.holds_assignments(su);
+            let c = &mut self.comps[comp.index()];
+            if c.presence != Presence::Instantiated || c.awaiting.is_some() {
+                continue;
+            }
+            c.restarting = true;
+            c.needs_reassign = holds;
+            self.set_presence(comp, Presence::Restarting);
+            self.send(
+                comp,
+                if graceful {
+                    Command::Terminate
+                } else {
+                    Command::Cleanup
+                },
+            );
+            self.mark_dirty(self.model.sus[su.index()].sg);
+        }
+    }
+
+    pub(crate) fn holds_assignments(&self, su: SuId) -> bool {
+        let sg = self.model.sus[su.index()].sg;
+        self.model.sgs[sg.index()]
+            .sis
+            .iter()
+            .any(|si| self.sis[si.index()].find(su).is_some())
+    }
+
+    /// The membership layer (or a completed fence) says the node is gone: everything on it is
+    /// dead, its assignments are void, and its SIs fail over.
+    pub(crate) fn on_node_down(&mut self, node: NodeId, new_fault: bool) {
+        let Some(n) = self.nodes.get(node.index()) else {
+            return;
+        };
+        if !n.up {
+            return;
+        }
+        let m = self.model.clone();
+        let sus = m.nodes[node.index()].sus.clone();
+        if new_fault {
+            let affected = self.active_sis_of(&sus);
+            self.open_fault(
+                EntityRef::Node(node),
+                None,
+                RecoveryStep::NodeFailover,
+                affected,
+                sus.clone(),
+                Some(node),
+            );
+        }
+        let n = &mut self.nodes[node.index()];
+        n.up = false;
+        n.fencing = false;
+        self.record(Event::Node { node, up: false });
+        for &su in &sus {
+            self.drop_assignments(su);
+            for &comp in &m.sus[su.index()].comps {
+                let c = &mut self.comps[comp.index()];
+                c.awaiting = None;
+                c.restarting = false;
+                c.needs_reassign = false;
+                c.retrying = false;
+                c.waiting_retry = false;
+                c.inst_failures = 0;
+                c.retry_gen = c.retry_gen.wrapping_add(1);
+                if !matches!(
+                    c.presence,
+                    Presence::InstantiationFailed | Presence::TerminationFailed
+                ) {
+                    self.set_presence(comp, Presence::Uninstantiated);
+                }
+            }
+            let s = &mut self.sus[su.index()];
+            if s.oper == OperState::Disabled && s.auto_repair {
+                s.auto_repair = false;
+                self.set_oper(su, OperState::Enabled);
+            }
+            self.mark_dirty(m.sus[su.index()].sg);
+        }
+        for si in 0..self.sis.len() {
+            if self.sis[si].fenced_on == Some(node) {
+                self.sis[si].fenced_on = None;
+                self.mark_dirty(m.sis[si].sg);
+            }
+        }
+    }
+
+    pub(crate) fn on_node_up(&mut self, node: NodeId) {
+        let Some(n) = self.nodes.get_mut(node.index()) else {
+            return;
+        };
+        if n.up {
+            return;
+        }
+        n.up = true;
+        self.record(Event::Node { node, up: true });
+        for su in self.model.nodes[node.index()].sus.clone() {
+            self.converge_su(su);
+        }
+    }
+
+    /// Asks for a node to be fenced; its SIs stay put until the fence is done.
+    pub(crate) fn fence(&mut self, node: NodeId) {
+        let n = &mut self.nodes[node.index()];
+        if !n.up || n.fencing {
+            return;
+        }
+        n.fencing = true;
+        let m = self.model.clone();
+        for &su in &m.nodes[node.index()].sus {
+            for si in self.model.sgs[m.sus[su.index()].sg.index()].sis.clone() {
+                if self.sis[si.index()].find(su).is_some() {
+                    self.sis[si.index()].fenced_on = Some(node);
+                }
+            }
+            self.drop_assignments(su);
+            self.mark_dirty(m.sus[su.index()].sg);
+        }
+        self.emit(ActionKind::Fence { node });
+    }
+
+    pub(crate) fn on_fence_done(&mut self, node: NodeId, outcome: Outcome) {
+        let Some(n) = self.nodes.get(node.index()) else {
+            return;
+        };
+        if !n.fencing {
+            return;
+        }
+        if outcome == Outcome::Ok {
+            self.on_node_down(node, false);
+        } else {
+            // Never fail over without a confirmed fence: ask again.
+            self.emit(ActionKind::Fence { node });
+        }
+    }
+}

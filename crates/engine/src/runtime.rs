@@ -1,0 +1,111 @@
+//! Runtime state the engine keeps per entity. Plain data; the logic lives in the modules that
+//! change it (lifecycle, fault, reconcile, admin).
+
+use nines_model::{NodeId, SuId};
+
+use crate::input::Command;
+use crate::states::{AdminState, HaState, OperState, Presence, Readiness, SiAssignmentState};
+use crate::time::Instant;
+
+/// A component's life-cycle state.
+#[derive(Clone, Debug)]
+pub(crate) struct CompRt {
+    pub presence: Presence,
+    /// The command whose result we wait for; results for any other command are stale.
+    pub awaiting: Option<Command>,
+    /// Being restarted in place: cleanup, then instantiate, then its CSIs are given back.
+    pub restarting: bool,
+    /// Its CSIs must be re-assigned once it is instantiated again.
+    pub needs_reassign: bool,
+    /// The current attempt is a retry after a failed instantiation.
+    pub retrying: bool,
+    /// Failed instantiations since the last success.
+    pub inst_failures: u32,
+    /// Waiting for a delayed-retry timer.
+    pub waiting_retry: bool,
+    /// Generation of the retry timer, so a stale one is ignored.
+    pub retry_gen: u32,
+}
+
+impl CompRt {
+    pub fn new() -> Self {
+        CompRt {
+            presence: Presence::Uninstantiated,
+            awaiting: None,
+            restarting: false,
+            needs_reassign: false,
+            retrying: false,
+            inst_failures: 0,
+            waiting_retry: false,
+            retry_gen: 0,
+        }
+    }
+}
+
+/// A service unit's state.
+#[derive(Clone, Debug)]
+pub(crate) struct SuRt {
+    pub admin: AdminState,
+    pub oper: OperState,
+    /// Re-enable automatically once every component is cleaned up (SG auto-repair).
+    pub auto_repair: bool,
+    /// Component restarts inside the SG's probation window.
+    pub comp_restarts: Vec<Instant>,
+    /// SU restarts inside the SG's probation window.
+    pub su_restarts: Vec<Instant>,
+    /// Readiness last reported in an event.
+    pub readiness: Readiness,
+}
+
+/// A node's state.
+#[derive(Clone, Debug)]
+pub(crate) struct NodeRt {
+    pub admin: AdminState,
+    pub up: bool,
+    /// A fence was requested and has not completed.
+    pub fencing: bool,
+    /// SU failovers inside the node's probation window.
+    pub su_failovers: Vec<Instant>,
+}
+
+/// One SU's share of an SI.
+#[derive(Clone, Debug)]
+pub(crate) struct SuSi {
+    pub su: SuId,
+    pub ha: HaState,
+    /// CSI callbacks not yet answered.
+    pub pending: u32,
+    /// CSIs still quiescing (when `ha` is Quiescing).
+    pub quiescing_left: u32,
+}
+
+impl SuSi {
+    pub fn confirmed(&self) -> bool {
+        self.pending == 0 && self.quiescing_left == 0
+    }
+}
+
+/// A service instance's state.
+#[derive(Clone, Debug)]
+pub(crate) struct SiRt {
+    pub admin: AdminState,
+    pub assignments: Vec<SuSi>,
+    pub state: SiAssignmentState,
+    /// Admin switchover: the SU that should become active.
+    pub prefer: Option<SuId>,
+    /// The SI lost its assignments on a node being fenced: nothing moves until the fence is done.
+    pub fenced_on: Option<NodeId>,
+    /// A sponsor is unassigned and the tolerance timer runs.
+    pub tolerance_running: bool,
+    /// The tolerance timer expired: the SI stays unassigned until its sponsors are active.
+    pub tolerance_expired: bool,
+    pub tolerance_gen: u32,
+    /// Whether the SI was serving at the end of the last step (to wake its dependents).
+    pub was_serving: bool,
+}
+
+impl SiRt {
+    pub fn find(&self, su: SuId) -> Option<usize> {
+        self.assignments.iter().position(|a| a.su == su)
+    }
+}
