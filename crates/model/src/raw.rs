@@ -1,0 +1,116 @@
+//! The config file's shape, decoded but not yet cross-checked.
+//!
+//! Each value is typed and range-checked already (by `decode`); what is left for `build` are
+//! the relations between entities (references, name clashes, redundancy rules, cycles). Raw
+//! entities keep their names, entity paths and positions so `build` can point at them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::entities::{CompKind, Healthcheck, InstantiationPolicy, Probation, Recovery, Timeouts};
+use crate::error::Pos;
+
+/// A value and where it was written.
+#[derive(Clone, Debug)]
+pub(crate) struct Sp<T> {
+    pub value: T,
+    pub pos: Pos,
+}
+
+/// A named entity: a map entry whose key is the entity's name.
+#[derive(Clone, Debug)]
+pub(crate) struct Entry<T> {
+    pub name: String,
+    /// Position of the name (the map key).
+    pub pos: Pos,
+    /// Entity path, for messages.
+    pub path: String,
+    pub item: T,
+}
+
+/// The whole file.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RawConfig {
+    pub cluster: String,
+    pub nodes: Vec<Entry<RawNode>>,
+    /// Where `nodes` was written (or the document start when missing).
+    pub nodes_pos: Pos,
+    pub apps: Vec<Entry<RawApp>>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct RawNode {
+    pub su_failover: Probation,
+}
+
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RawApp {
+    pub sgs: Vec<Entry<RawSg>>,
+    pub sis: Vec<Entry<RawSi>>,
+}
+
+/// The redundancy model as named in the file; N+M's sizes are separate keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RedundancyKind {
+    TwoN,
+    NPlusM,
+    NWay,
+    NWayActive,
+    NoRedundancy,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct RawSg {
+    /// `None` when missing or invalid (already reported); redundancy rules are then skipped.
+    pub redundancy: Option<Sp<RedundancyKind>>,
+    pub active_sus: Option<Sp<u32>>,
+    pub standby_sus: Option<Sp<u32>>,
+    pub fail_back: bool,
+    pub auto_repair: bool,
+    pub max_active_sis_per_su: Option<Sp<u32>>,
+    pub max_standby_sis_per_su: Option<Sp<u32>>,
+    pub comp_restart: Probation,
+    pub su_restart: Probation,
+    pub units: Vec<Entry<RawSu>>,
+    pub components: Vec<Entry<RawComp>>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct RawSu {
+    /// `None` when missing or invalid (already reported).
+    pub node: Option<Sp<String>>,
+    pub rank: u32,
+    pub locked_instantiation: bool,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct RawComp {
+    pub kind: CompKind,
+    pub instantiate: Vec<String>,
+    pub terminate: Option<Vec<String>>,
+    pub cleanup: Option<Vec<String>>,
+    pub monitor: Option<Vec<String>>,
+    pub timeouts: Timeouts,
+    pub healthcheck: Option<Healthcheck>,
+    pub recovery: Recovery,
+    pub instantiation: InstantiationPolicy,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct RawSi {
+    /// `None` when missing or invalid (already reported).
+    pub sg: Option<Sp<String>>,
+    pub rank: u32,
+    pub active: Option<Sp<u32>>,
+    pub standbys: Option<Sp<u32>>,
+    /// Sponsors by name (as written) with their tolerance.
+    pub depends_on: Vec<Entry<Duration>>,
+    pub csis: Vec<Entry<RawCsi>>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct RawCsi {
+    /// `None` when missing or invalid (already reported).
+    pub component: Option<Sp<String>>,
+    pub attrs: BTreeMap<String, String>,
+}
