@@ -50,11 +50,8 @@ impl Engine {
         // Escalation levels stick: while SU restarts are inside their window, a component
         // failure restarts the whole SU again (AMF's escalation level 1).
         if step == RecoveryStep::ComponentRestart
-            && count(&self.sus[su.index()].su_restarts, su_rule, now) > 0
-        {
-            step = RecoveryStep::SuRestart;
-        } else if step == RecoveryStep::ComponentRestart
-            && !admit(&mut self.sus[su.index()].comp_restarts, comp_rule, now)
+            && (count(&self.sus[su.index()].su_restarts, su_rule, now) > 0
+                || !admit(&mut self.sus[su.index()].comp_restarts, comp_rule, now))
         {
             step = RecoveryStep::SuRestart;
         }
