@@ -175,9 +175,6 @@ impl Engine {
         standbys: &[SuId],
         rules: &dyn RedundancyModel,
     ) {
-        if self.sis[si.index()].fenced_on.is_some() {
-            return;
-        }
         let single_active = rules.max_actives(&self.model.sis[si.index()]) == 1
             && self.model.sgs[self.model.sis[si.index()].sg.index()].redundancy
                 != nines_model::Redundancy::NWayActive;
@@ -196,6 +193,10 @@ impl Engine {
                 }
                 HaState::Quiesced => {}
             }
+        }
+        // Nothing moves to other SUs until a node holding this SI is fenced.
+        if self.sis[si.index()].fenced_on.is_some() {
+            return;
         }
         let rt = &self.sis[si.index()];
         if rt
@@ -313,7 +314,6 @@ impl Engine {
     pub(crate) fn set_ha(&mut self, si: SiId, su: SuId, ha: HaState) {
         let m = self.model.clone();
         let csis = &m.sis[si.index()].csis;
-        let n = csis.len() as u32;
         let rt = &mut self.sis[si.index()];
         let idx = match rt.find(su) {
             Some(i) => i,
@@ -321,16 +321,20 @@ impl Engine {
                 rt.assignments.push(SuSi {
                     su,
                     ha,
-                    pending: 0,
-                    quiescing_left: 0,
+                    waiting: Vec::new(),
+                    quiescing: Vec::new(),
                 });
                 rt.assignments.len() - 1
             }
         };
         let a = &mut rt.assignments[idx];
         a.ha = ha;
-        a.pending = n;
-        a.quiescing_left = if ha == HaState::Quiescing { n } else { 0 };
+        a.waiting = csis.iter().map(|&c| (c, ha)).collect();
+        a.quiescing = if ha == HaState::Quiescing {
+            csis.clone()
+        } else {
+            Vec::new()
+        };
         for &csi in csis {
             let comp = m.comp_for(su, csi);
             self.emit(ActionKind::AssignCsi {
@@ -339,7 +343,7 @@ impl Engine {
                 ha_state: ha,
             });
         }
-        if n == 0 {
+        if csis.is_empty() {
             self.record(Event::Assignment {
                 si,
                 su,
@@ -399,13 +403,16 @@ impl Engine {
                     continue;
                 }
                 let a = &mut self.sis[si.index()].assignments[idx];
-                if a.ha == HaState::Quiescing {
-                    // A fresh process has nothing in flight: it is quiesced at once.
-                    a.ha = HaState::Quiesced;
-                    a.quiescing_left = 0;
-                }
-                a.pending += 1;
-                let ha_state = a.ha;
+                let ha_state = if a.ha == HaState::Quiescing {
+                    // A fresh process has nothing in flight: it is quiesced at once, and the
+                    // SU is quiesced when its other components finish.
+                    a.quiescing.retain(|&c| c != csi);
+                    HaState::Quiesced
+                } else {
+                    a.ha
+                };
+                a.waiting.retain(|&(c, _)| c != csi);
+                a.waiting.push((csi, ha_state));
                 self.emit(ActionKind::AssignCsi {
                     comp,
                     csi,
@@ -434,10 +441,10 @@ impl Engine {
             return;
         };
         let a = &mut self.sis[si.index()].assignments[idx];
-        if a.ha != ha || a.pending == 0 {
+        let Some(pos) = a.waiting.iter().position(|&w| w == (csi, ha)) else {
             return; // stale answer to an earlier request
-        }
-        a.pending -= 1;
+        };
+        a.waiting.remove(pos);
         self.after_answer(si, su, idx);
         if outcome != Outcome::Ok {
             self.on_component_failed(
@@ -453,10 +460,10 @@ impl Engine {
             return;
         };
         let a = &mut self.sis[si.index()].assignments[idx];
-        if a.ha != HaState::Quiescing || a.quiescing_left == 0 {
+        let Some(pos) = a.quiescing.iter().position(|&c| c == csi) else {
             return;
-        }
-        a.quiescing_left -= 1;
+        };
+        a.quiescing.remove(pos);
         self.after_answer(si, su, idx);
     }
 

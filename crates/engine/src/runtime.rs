@@ -1,7 +1,7 @@
 //! Runtime state the engine keeps per entity. Plain data; the logic lives in the modules that
 //! change it (lifecycle, fault, reconcile, admin).
 
-use nines_model::{NodeId, SuId};
+use nines_model::{CsiId, NodeId, SuId};
 
 use crate::input::Command;
 use crate::states::{AdminState, HaState, OperState, Presence, Readiness, SiAssignmentState};
@@ -73,15 +73,17 @@ pub(crate) struct NodeRt {
 pub(crate) struct SuSi {
     pub su: SuId,
     pub ha: HaState,
-    /// CSI callbacks not yet answered.
-    pub pending: u32,
+    /// CSI callbacks not yet answered, with the HA state each asked for. Kept per CSI (not as
+    /// a count) so an answer can only settle the request it answers, even when one component
+    /// of a multi-component SU restarts while the others are mid-callback.
+    pub waiting: Vec<(CsiId, HaState)>,
     /// CSIs still quiescing (when `ha` is Quiescing).
-    pub quiescing_left: u32,
+    pub quiescing: Vec<CsiId>,
 }
 
 impl SuSi {
     pub fn confirmed(&self) -> bool {
-        self.pending == 0 && self.quiescing_left == 0
+        self.waiting.is_empty() && self.quiescing.is_empty()
     }
 }
 

@@ -220,3 +220,56 @@ fn switchover_without_a_standby_is_refused() {
     let err = w.adm(AdminOp::Switchover, "app/si").unwrap_err();
     assert!(err.reason.contains("standby"), "{err}");
 }
+
+const TWO_COMPONENTS: &str = r#"
+cluster: t
+nodes: [n1, n2]
+apps:
+  app:
+    sgs:
+      sg:
+        redundancy: 2n
+        units:
+          su-1: { node: n1, rank: 1 }
+          su-2: { node: n2, rank: 2 }
+        components:
+          c: { kind: sa-aware, instantiate: [/bin/true], recovery: restart }
+          d: { kind: sa-aware, instantiate: [/bin/true], recovery: restart }
+    sis:
+      si: { sg: sg, csis: { x: { component: c }, y: { component: d } } }
+"#;
+
+#[test]
+fn a_component_restarting_while_its_su_quiesces_does_not_stall_the_shutdown() {
+    // Found by the simulator: one component's restart flipped the whole SU's assignment to
+    // quiesced, so the other component's quiescing answer was taken as stale and the
+    // assignment never confirmed (or, with other timings, su-2 was promoted while c was still
+    // finishing its in-flight work).
+    let mut w = World::start(TWO_COMPONENTS);
+    w.auto = false;
+    w.complete_quiescing = false;
+    w.adm(AdminOp::Shutdown, "app/sg/su-1").expect("shutdown");
+    let c = w.comp("app/sg/su-1/c");
+    let held = w
+        .queue
+        .iter()
+        .position(|i| matches!(i, nines_engine::Input::CsiAssigned { comp, .. } if *comp == c))
+        .expect("c's quiescing answer is queued");
+    let c_answer = w.queue.remove(held).expect("present");
+    w.run(); // d's quiescing answer
+    w.kill("app/sg/su-1/d"); // d restarts mid-quiesce
+    w.run();
+    assert!(
+        w.active("app/si").is_empty(),
+        "su-2 must not become active while c is still quiescing"
+    );
+    w.feed(c_answer);
+    w.run();
+    let csi = w.model.sis[w.si("app/si").index()].csis[0];
+    w.feed(nines_engine::Input::QuiescingComplete { comp: c, csi });
+    w.run();
+    assert_eq!(w.active("app/si"), ["app/sg/su-2"], "shutdown finished");
+    let su1 = w.entity("app/sg/su-1");
+    assert_eq!(w.engine.admin_state(su1), Some(AdminState::Locked));
+    w.assert_never_two_actives();
+}

@@ -196,3 +196,25 @@ fn failfast_fences_the_node_before_failing_over() {
     assert_eq!(w.active("app/si-a"), ["app/sg/su-2"]);
     assert!(!w.engine.node_up(w.node("node/n1")));
 }
+
+#[test]
+fn while_a_node_is_fenced_a_standby_on_a_locked_su_still_leaves_at_once() {
+    // Found by the simulator: a fenced SI skipped reconciliation entirely, so a standby stayed
+    // on an SU that had just been locked.
+    let mut w = World::start(&config(false, "failover"));
+    w.auto = false;
+    w.report("app/sg/su-1/c", Recovery::NodeFailfast); // fence of n1 pending
+    w.queue.clear(); // the fence never completes in this test
+    let su2 = w.su("app/sg/su-2");
+    w.adm(nines_engine::AdminOp::Lock, "app/sg/su-2")
+        .expect("lock");
+    for si in ["app/si-a", "app/si-b"] {
+        let held: Vec<_> = w
+            .engine
+            .assignments(w.si(si))
+            .into_iter()
+            .filter(|a| a.su == su2)
+            .collect();
+        assert!(held.is_empty(), "{si} still on locked su-2: {held:?}");
+    }
+}
