@@ -109,6 +109,13 @@ impl Engine {
                     self.set_presence(comp, Presence::Instantiating);
                     self.send(comp, Command::Instantiate);
                 }
+                Presence::Uninstantiated if !run => {
+                    // A restart cut short (the SU was locked for instantiation, or its node
+                    // stopped it): there is nothing left to restart or give CSIs back to.
+                    let c = &mut self.comps[comp.index()];
+                    c.restarting = false;
+                    c.needs_reassign = false;
+                }
                 Presence::Instantiated if !run => {
                     self.comps[comp.index()].restarting = false;
                     self.set_presence(comp, Presence::Terminating);

@@ -273,3 +273,30 @@ fn a_component_restarting_while_its_su_quiesces_does_not_stall_the_shutdown() {
     assert_eq!(w.engine.admin_state(su1), Some(AdminState::Locked));
     w.assert_never_two_actives();
 }
+
+#[test]
+fn lock_instantiation_during_a_component_restart_does_not_leave_the_su_busy() {
+    // Found by the simulator: the restarting flag survived the cleanup of a component whose SU
+    // was meanwhile locked for instantiation, so the SI's quiesced leftover on that SU blocked
+    // the promotion of its standby forever.
+    let mut w = World::start(TWO_COMPONENTS);
+    w.auto = false;
+    w.kill("app/sg/su-1/d"); // restart in place; cleanup not answered yet
+    w.adm(AdminOp::Lock, "app/sg/su-1").expect("lock");
+    w.adm(AdminOp::LockInstantiation, "app/sg/su-1")
+        .expect("lock-in");
+    w.run();
+    assert_eq!(w.active("app/si"), ["app/sg/su-2"]);
+    for c in ["app/sg/su-1/c", "app/sg/su-1/d"] {
+        assert_eq!(
+            w.engine.comp_presence(w.comp(c)),
+            Presence::Uninstantiated,
+            "{c}"
+        );
+    }
+    assert!(w
+        .engine
+        .assignments(w.si("app/si"))
+        .iter()
+        .all(|a| a.su != w.su("app/sg/su-1")));
+}
