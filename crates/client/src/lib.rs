@@ -1,0 +1,658 @@
+//! The SA-aware client library: what applications link to be managed by nines.
+//!
+//! A component implements [`Component`] (what to do when the AMF assigns or removes work, asks
+//! for health, or asks it to stop) and calls [`Session::start`] once. The library connects to
+//! the node agent that spawned the process, registers, and from then on calls the component
+//! back on one dedicated thread, answering the agent for it. The component never sees
+//! invocation ids or frames, so it cannot answer the wrong request, forget an answer or answer
+//! twice.
+//!
+//! ```no_run
+//! use nines_client::{Component, HaState, Session};
+//!
+//! struct Counter;
+//!
+//! impl Component for Counter {
+//!     fn csi_set(&mut self, _si: &str, _csi: &str, ha: HaState, _attrs: &[(String, String)])
+//!         -> Result<(), String> {
+//!         println!("now {ha:?}");
+//!         Ok(())
+//!     }
+//!     fn csi_remove(&mut self, _si: &str, _csi: &str) -> Result<(), String> {
+//!         Ok(())
+//!     }
+//! }
+//!
+//! fn main() -> Result<(), nines_client::ClientError> {
+//!     let session = Session::start(Counter)?;
+//!     session.wait() // until the agent asks us to stop
+//! }
+//! ```
+//!
+//! # Architecture invariants
+//!
+//! * Std only: two threads per session (a reader and a dispatcher), no async runtime, so any
+//!   application can link it and a C ABI can wrap it later.
+//! * Callbacks run one at a time, in the order the agent sent them, on the dispatch thread. The
+//!   reader thread never runs component code, so replies to checkpoint requests are delivered
+//!   even while a callback is blocked waiting for one (a newly active component reads its
+//!   checkpoint inside `csi_set`).
+//! * Nothing the agent sends can panic the library: a bad frame, an unexpected message or a
+//!   closed connection ends the session, and every blocked caller gets [`ClientError::Closed`].
+//! * A session ends only once: after it is closed no callback is run any more, because acting on
+//!   an assignment the agent can no longer supervise could make two actives.
+#![warn(missing_docs)]
+
+use std::collections::HashMap;
+use std::io::{self, BufReader, ErrorKind};
+use std::os::unix::net::UnixStream;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::Duration;
+
+use nines_proto::{
+    read_frame, write_frame, FrameError, ToAgent, ToComponent, ENV_AGENT_SOCKET, ENV_COMPONENT,
+    PROTOCOL_VERSION,
+};
+pub use nines_proto::{HaState, Recovery};
+
+/// How long a request to the agent (registration, a checkpoint read or write) may take before
+/// the caller gets [`ClientError::Timeout`]. Generous on purpose: a sync checkpoint write waits
+/// for replication to another node; the agent is local and otherwise answers in microseconds.
+/// Also the send timeout: a write that cannot go out within it ends the session.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What an SA-aware component does when the availability manager talks to it.
+///
+/// All methods are called on the session's dispatch thread, one at a time, in the order the
+/// agent sent the requests, so an implementation needs no locking of its own for them. Each
+/// call should return promptly: the agent applies a callback timeout and treats a late answer
+/// as a failure of the component. A panic in a callback is treated as a failure: the request is
+/// answered `ok: false` and the session is closed.
+pub trait Component: Send + 'static {
+    /// Called once, before any other callback, with the session that will deliver them. Keep a
+    /// clone if callbacks need it (to read a checkpoint when becoming active, to write one while
+    /// quiescing): unlike the handle [`Session::start`] returns, this one is guaranteed to be
+    /// there before the first `csi_set` arrives.
+    fn registered(&mut self, _session: &Session) {}
+
+    /// Take (or change to) `ha` for this CSI. Return Err to refuse (the engine treats it as a
+    /// failure).
+    ///
+    /// For [`HaState::Quiescing`], finish the in-flight work before returning `Ok`: the library
+    /// then reports quiescing complete on the component's behalf, so the two can never be out
+    /// of order. `attrs` are the CSI's configured attributes.
+    fn csi_set(
+        &mut self,
+        si: &str,
+        csi: &str,
+        ha: HaState,
+        attrs: &[(String, String)],
+    ) -> Result<(), String>;
+
+    /// Stop serving this CSI and drop its resources. Return Err if that failed (the engine
+    /// treats it as a failure and cleans the component up).
+    fn csi_remove(&mut self, si: &str, csi: &str) -> Result<(), String>;
+
+    /// Check yourself. On Err no confirmation is sent, so the agent sees a missed healthcheck
+    /// and recovers; the reason only goes to the log. The default is always healthy, which is
+    /// right for a component whose liveness is its responsiveness.
+    fn healthcheck(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// A graceful stop was requested: release what needs releasing. When this returns, the
+    /// agent is told, no further callback is made and [`Session::wait`] returns `Ok`, after
+    /// which the process should exit (the agent kills it otherwise).
+    fn terminate(&mut self) {}
+
+    /// New membership of a protection group tracked with [`Session::track_protection_group`]:
+    /// every component that has the SI, and its HA state.
+    fn protection_group(&mut self, _si: &str, _members: &[(String, HaState)]) {}
+}
+
+/// Why a session call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The named environment variable is missing or empty: the process was not started by a
+    /// nines agent (use [`Session::start_with`] to connect explicitly).
+    #[error("{0} is not set: this process was not started by a nines agent")]
+    NotConfigured(&'static str),
+    /// The agent's socket could not be reached (or the connection could not be set up).
+    #[error("cannot connect to the nines agent at {}: {source}", path.display())]
+    Connect {
+        /// Socket path that was tried.
+        path: PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: io::Error,
+    },
+    /// The agent refused the registration, for the given reason.
+    #[error("the nines agent refused the registration: {0}")]
+    Refused(String),
+    /// A message could not be framed: too large (the session is still usable), or the agent
+    /// broke the protocol during registration.
+    #[error("protocol error: {0}")]
+    Protocol(#[source] FrameError),
+    /// The session is over: the agent closed the connection, sent something invalid, or a
+    /// write to it failed. Every later call fails the same way.
+    #[error("the connection to the nines agent is closed")]
+    Closed,
+    /// The agent did not answer within [`REQUEST_TIMEOUT`].
+    #[error("the nines agent did not answer within {REQUEST_TIMEOUT:?}")]
+    Timeout,
+    /// The agent answered but refused the request, for the given reason.
+    #[error("the nines agent refused the request: {0}")]
+    Agent(String),
+}
+
+/// Handle to a registered component's connection to its node agent.
+///
+/// Cheap to clone and usable from any thread, so request-serving threads can write checkpoints
+/// while the dispatch thread runs callbacks. The connection lives until the agent closes it or
+/// the process exits; dropping handles does not unregister (the AMF learns that a component is
+/// gone from its process exiting).
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("component", &self.inner.component)
+            .field("closed", &self.inner.is_closed())
+            .finish()
+    }
+}
+
+/// State shared by the handles and the two threads of a session.
+struct Inner {
+    /// Entity path, for logs.
+    component: String,
+    /// Write half; the lock keeps frames from different threads whole.
+    writer: Mutex<UnixStream>,
+    /// Another handle on the socket, only to shut it down: it must not be behind the writer's
+    /// lock, which a blocked write may hold.
+    socket: UnixStream,
+    requests: Mutex<Requests>,
+    life: Mutex<Life>,
+    life_changed: Condvar,
+}
+
+/// Outstanding checkpoint requests, each waiting on its own channel.
+#[derive(Default)]
+struct Requests {
+    last: u64,
+    waiting: HashMap<u64, Sender<Reply>>,
+    closed: bool,
+}
+
+#[derive(Default)]
+struct Life {
+    terminated: bool,
+    closed: bool,
+}
+
+/// An agent answer routed to the thread that asked.
+enum Reply {
+    Ack { ok: bool, reason: Option<String> },
+    Data(Vec<(String, Vec<u8>)>),
+}
+
+/// Lock, ignoring poisoning: every critical section here leaves its data consistent, and a
+/// panic elsewhere must not turn into a panic in the library.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Run component code, turning a panic into `None` so that it ends the session, not the thread.
+fn guarded<R>(f: impl FnOnce() -> R) -> Option<R> {
+    catch_unwind(AssertUnwindSafe(f)).ok()
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+}
+
+/// Map a framing failure during registration to what the caller can act on.
+fn registration_error(e: FrameError) -> ClientError {
+    match e {
+        FrameError::Io(e) if is_timeout(&e) => ClientError::Timeout,
+        FrameError::Io(e) => {
+            tracing::debug!("nines registration: connection lost: {e}");
+            ClientError::Closed
+        }
+        e => ClientError::Protocol(e),
+    }
+}
+
+/// Variant name of a message, for logs (never its content: checkpoint data may be large).
+fn kind(msg: &ToComponent) -> &'static str {
+    match msg {
+        ToComponent::Registered { .. } => "Registered",
+        ToComponent::CsiSet { .. } => "CsiSet",
+        ToComponent::CsiRemove { .. } => "CsiRemove",
+        ToComponent::Healthcheck { .. } => "Healthcheck",
+        ToComponent::Terminate { .. } => "Terminate",
+        ToComponent::ProtectionGroup { .. } => "ProtectionGroup",
+        ToComponent::CheckpointAck { .. } => "CheckpointAck",
+        ToComponent::CheckpointData { .. } => "CheckpointData",
+    }
+}
+
+fn env_var(name: &'static str) -> Result<String, ClientError> {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => Ok(v),
+        _ => Err(ClientError::NotConfigured(name)),
+    }
+}
+
+impl Session {
+    /// Connects using `NINES_AGENT_SOCKET` and `NINES_COMPONENT` (set by the agent when it
+    /// spawns the component), registers, then dispatches callbacks to `component` on a
+    /// background thread.
+    ///
+    /// Returns once the agent accepted the registration; callbacks may already be running by
+    /// then (see [`Component::registered`]). Fails with [`ClientError::NotConfigured`] when the
+    /// process was not started by an agent, so a component can fall back to running unmanaged.
+    pub fn start<C: Component>(component: C) -> Result<Session, ClientError> {
+        let socket = env_var(ENV_AGENT_SOCKET)?;
+        let path = env_var(ENV_COMPONENT)?;
+        Self::start_with(Path::new(&socket), &path, component)
+    }
+
+    /// Like [`start`](Self::start) with the socket and the component's entity path given
+    /// explicitly, for tests and for processes the agent did not spawn itself.
+    pub fn start_with<C: Component>(
+        socket: &Path,
+        component_path: &str,
+        component: C,
+    ) -> Result<Session, ClientError> {
+        let setup = |source| ClientError::Connect {
+            path: socket.to_path_buf(),
+            source,
+        };
+        let stream = UnixStream::connect(socket).map_err(setup)?;
+        stream
+            .set_read_timeout(Some(REQUEST_TIMEOUT))
+            .map_err(setup)?;
+        stream
+            .set_write_timeout(Some(REQUEST_TIMEOUT))
+            .map_err(setup)?;
+        let writer = stream.try_clone().map_err(setup)?;
+        let shutdown = stream.try_clone().map_err(setup)?;
+        // Buffered: the agent may send its first request right behind `Registered`, and those
+        // bytes must reach the reader thread, not be lost with a temporary buffer.
+        let mut reader = BufReader::new(stream);
+
+        write_frame(
+            &mut &writer,
+            &ToAgent::Register {
+                component: component_path.to_owned(),
+                pid: std::process::id(),
+                version: PROTOCOL_VERSION,
+            },
+        )
+        .map_err(registration_error)?;
+        match read_frame::<_, ToComponent>(&mut reader).map_err(registration_error)? {
+            Some(ToComponent::Registered { ok: true, .. }) => {}
+            Some(ToComponent::Registered { ok: false, reason }) => {
+                return Err(ClientError::Refused(
+                    reason.unwrap_or_else(|| "no reason given".to_owned()),
+                ))
+            }
+            Some(other) => {
+                return Err(ClientError::Protocol(FrameError::Malformed(format!(
+                    "expected Registered, got {}",
+                    kind(&other)
+                ))))
+            }
+            None => return Err(ClientError::Closed),
+        }
+        // From now on the reader waits for the agent indefinitely: silence is normal.
+        reader.get_ref().set_read_timeout(None).map_err(setup)?;
+
+        let session = Session {
+            inner: Arc::new(Inner {
+                component: component_path.to_owned(),
+                writer: Mutex::new(writer),
+                socket: shutdown,
+                requests: Mutex::default(),
+                life: Mutex::default(),
+                life_changed: Condvar::new(),
+            }),
+        };
+        let (callbacks, inbox) = mpsc::channel();
+        let for_dispatch = session.clone();
+        thread::Builder::new()
+            .name("nines-dispatch".into())
+            .spawn(move || dispatch(for_dispatch, component, inbox))
+            .map_err(setup)?;
+        let for_reader = Arc::clone(&session.inner);
+        if let Err(e) = thread::Builder::new()
+            .name("nines-reader".into())
+            .spawn(move || read_loop(&for_reader, reader, callbacks))
+        {
+            session.inner.close("could not start the reader thread");
+            return Err(setup(e));
+        }
+        Ok(session)
+    }
+
+    /// Tell the AMF this component found itself faulty, and which recovery it recommends (the
+    /// engine may escalate). Returns once the report is sent; the recovery shows up as
+    /// callbacks (or as the process being killed).
+    pub fn report_error(&self, recommended: Recovery) -> Result<(), ClientError> {
+        self.inner.send(&ToAgent::ErrorReport { recommended })
+    }
+
+    /// Create or overwrite one section of a checkpoint (by convention one checkpoint per SI).
+    ///
+    /// With `sync`, returns only after the agent acknowledged that the standby's node has the
+    /// data too, so whatever the component acknowledges to its own clients afterwards survives
+    /// a failover. Without, returns once the local agent stored it and replicates in the
+    /// background: faster, but the last writes can be lost with the node. A write whose frame
+    /// would exceed [`nines_proto::MAX_FRAME`] (data a little under 1 MiB) fails with
+    /// [`ClientError::Protocol`] and leaves the session usable. Safe to call from any thread, including inside callbacks.
+    pub fn checkpoint_write(
+        &self,
+        checkpoint: &str,
+        section: &str,
+        data: &[u8],
+        sync: bool,
+    ) -> Result<(), ClientError> {
+        let reply = self.inner.request(|request| ToAgent::CheckpointWrite {
+            request,
+            checkpoint: checkpoint.to_owned(),
+            section: section.to_owned(),
+            data: data.to_vec(),
+            sync,
+        })?;
+        match reply {
+            Reply::Ack { ok: true, .. } => Ok(()),
+            Reply::Ack { ok: false, reason } => Err(ClientError::Agent(
+                reason.unwrap_or_else(|| "checkpoint write refused".to_owned()),
+            )),
+            Reply::Data(_) => Err(ClientError::Protocol(FrameError::Malformed(
+                "the agent answered a checkpoint write with data".to_owned(),
+            ))),
+        }
+    }
+
+    /// Every section of a checkpoint, as `(section, data)`; empty if it was never written.
+    ///
+    /// This is how a component that becomes active continues from where the previous active
+    /// stopped: call it from [`Component::csi_set`] before returning `Ok`. Safe to call from any
+    /// thread, including inside callbacks.
+    pub fn checkpoint_read(&self, checkpoint: &str) -> Result<Vec<(String, Vec<u8>)>, ClientError> {
+        let reply = self.inner.request(|request| ToAgent::CheckpointRead {
+            request,
+            checkpoint: checkpoint.to_owned(),
+        })?;
+        match reply {
+            Reply::Data(sections) => Ok(sections),
+            Reply::Ack { ok: false, reason } => Err(ClientError::Agent(
+                reason.unwrap_or_else(|| "checkpoint read refused".to_owned()),
+            )),
+            Reply::Ack { ok: true, .. } => Err(ClientError::Protocol(FrameError::Malformed(
+                "the agent acknowledged a checkpoint read without data".to_owned(),
+            ))),
+        }
+    }
+
+    /// Ask to be told who is active and standby for `si`: the current members arrive at once
+    /// through [`Component::protection_group`], then again on every change. Returns once the
+    /// request is sent.
+    pub fn track_protection_group(&self, si: &str) -> Result<(), ClientError> {
+        self.inner
+            .send(&ToAgent::TrackProtectionGroup { si: si.to_owned() })
+    }
+
+    /// Block until the agent asked the component to terminate (`Ok`, after
+    /// [`Component::terminate`] ran and the agent was answered) or the connection closed
+    /// ([`ClientError::Closed`]: the agent is gone, so the component should stop serving).
+    ///
+    /// Meant for `main` once it has nothing else to do. Never call it from a callback: the
+    /// terminate request is delivered on the very thread it would block.
+    pub fn wait(&self) -> Result<(), ClientError> {
+        let mut life = lock(&self.inner.life);
+        loop {
+            if life.terminated {
+                return Ok(());
+            }
+            if life.closed {
+                return Err(ClientError::Closed);
+            }
+            life = self
+                .inner
+                .life_changed
+                .wait(life)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+impl Inner {
+    fn is_closed(&self) -> bool {
+        lock(&self.life).closed
+    }
+
+    /// Write one frame; on an I/O failure the frame may be half out, so the session ends.
+    fn send(&self, msg: &ToAgent) -> Result<(), ClientError> {
+        if self.is_closed() {
+            return Err(ClientError::Closed);
+        }
+        match self.send_raw(msg) {
+            Ok(()) => Ok(()),
+            Err(FrameError::Io(e)) => {
+                self.close(&format!("write to the agent failed: {e}"));
+                Err(ClientError::Closed)
+            }
+            Err(e) => Err(ClientError::Protocol(e)),
+        }
+    }
+
+    /// Write one frame without touching the session state (callers holding `life` use it).
+    fn send_raw(&self, msg: &ToAgent) -> Result<(), FrameError> {
+        let mut w = lock(&self.writer);
+        write_frame(&mut *w, msg)
+    }
+
+    /// Send a request and wait for the reply routed back by the reader thread.
+    fn request(&self, build: impl FnOnce(u64) -> ToAgent) -> Result<Reply, ClientError> {
+        let (tx, rx) = mpsc::channel();
+        let id = {
+            let mut r = lock(&self.requests);
+            if r.closed {
+                return Err(ClientError::Closed);
+            }
+            r.last += 1;
+            let id = r.last;
+            r.waiting.insert(id, tx);
+            id
+        };
+        if let Err(e) = self.send(&build(id)) {
+            lock(&self.requests).waiting.remove(&id);
+            return Err(e);
+        }
+        match rx.recv_timeout(REQUEST_TIMEOUT) {
+            Ok(reply) => Ok(reply),
+            Err(RecvTimeoutError::Timeout) => {
+                lock(&self.requests).waiting.remove(&id);
+                Err(ClientError::Timeout)
+            }
+            // `close` dropped our sender.
+            Err(RecvTimeoutError::Disconnected) => Err(ClientError::Closed),
+        }
+    }
+
+    /// Hand a reply to the thread waiting for it, if it still is.
+    fn answer(&self, request: u64, reply: Reply) {
+        match lock(&self.requests).waiting.remove(&request) {
+            Some(tx) => {
+                // The waiter may have timed out just now; then nobody wants the reply.
+                let _ = tx.send(reply);
+            }
+            None => tracing::debug!("nines: reply to unknown or timed-out request {request}"),
+        }
+    }
+
+    /// End the session (idempotent): wake `wait`, fail every pending request with `Closed`,
+    /// and shut the socket down so the reader thread and the agent both notice at once.
+    fn close(&self, why: &str) {
+        let terminated = {
+            let mut life = lock(&self.life);
+            if life.closed {
+                return;
+            }
+            life.closed = true;
+            life.terminated
+        };
+        self.life_changed.notify_all();
+        {
+            let mut r = lock(&self.requests);
+            r.closed = true;
+            r.waiting.clear();
+        }
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        if terminated {
+            tracing::debug!("nines session of {} closed: {why}", self.component);
+        } else {
+            tracing::warn!("nines session of {} closed: {why}", self.component);
+        }
+    }
+}
+
+/// Closes the session when the reader thread ends, whatever the reason (even a bug that
+/// panics), so that no caller waits forever on a session nobody reads.
+struct CloseOnExit<'a>(&'a Inner);
+
+impl Drop for CloseOnExit<'_> {
+    fn drop(&mut self) {
+        self.0.close("the reader thread ended");
+    }
+}
+
+/// Reader thread: routes checkpoint replies to their waiters and everything else to the
+/// dispatch thread. Runs no component code, so replies flow while a callback is blocked.
+fn read_loop(inner: &Inner, mut reader: BufReader<UnixStream>, callbacks: Sender<ToComponent>) {
+    let _close = CloseOnExit(inner);
+    loop {
+        let msg = match read_frame::<_, ToComponent>(&mut reader) {
+            Ok(Some(msg)) => msg,
+            Ok(None) => return inner.close("the agent closed the connection"),
+            Err(e) => return inner.close(&format!("bad frame from the agent: {e}")),
+        };
+        match msg {
+            ToComponent::CheckpointAck {
+                request,
+                ok,
+                reason,
+            } => inner.answer(request, Reply::Ack { ok, reason }),
+            ToComponent::CheckpointData { request, sections } => {
+                inner.answer(request, Reply::Data(sections))
+            }
+            ToComponent::Registered { .. } => {
+                tracing::warn!("nines: the agent sent Registered again; ignored")
+            }
+            msg => {
+                if callbacks.send(msg).is_err() {
+                    // The dispatch thread is done (after terminate); nothing left to call.
+                    tracing::debug!("nines: request after terminate ignored");
+                }
+            }
+        }
+    }
+}
+
+/// Dispatch thread: owns the component and runs its callbacks in order, answering the agent.
+fn dispatch<C: Component>(session: Session, mut component: C, inbox: Receiver<ToComponent>) {
+    let inner = &*session.inner;
+    if guarded(|| component.registered(&session)).is_none() {
+        return inner.close("the component panicked in registered()");
+    }
+    let respond = |invocation, ok| {
+        let _ = inner.send(&ToAgent::Response { invocation, ok });
+    };
+    for msg in inbox {
+        if inner.is_closed() {
+            return;
+        }
+        match msg {
+            ToComponent::CsiSet {
+                invocation,
+                si,
+                csi,
+                ha,
+                attrs,
+            } => match guarded(|| component.csi_set(&si, &csi, ha, &attrs)) {
+                Some(Ok(())) => {
+                    respond(invocation, true);
+                    if ha == HaState::Quiescing {
+                        let _ = inner.send(&ToAgent::QuiescingComplete { invocation });
+                    }
+                }
+                Some(Err(reason)) => {
+                    tracing::warn!("nines: csi_set({csi}, {ha:?}) refused: {reason}");
+                    respond(invocation, false);
+                }
+                None => {
+                    respond(invocation, false);
+                    return inner.close("the component panicked in csi_set()");
+                }
+            },
+            ToComponent::CsiRemove {
+                invocation,
+                si,
+                csi,
+            } => match guarded(|| component.csi_remove(&si, &csi)) {
+                Some(Ok(())) => respond(invocation, true),
+                Some(Err(reason)) => {
+                    tracing::warn!("nines: csi_remove({csi}) failed: {reason}");
+                    respond(invocation, false);
+                }
+                None => {
+                    respond(invocation, false);
+                    return inner.close("the component panicked in csi_remove()");
+                }
+            },
+            ToComponent::Healthcheck { invocation } => match guarded(|| component.healthcheck()) {
+                Some(Ok(())) => {
+                    let _ = inner.send(&ToAgent::HealthcheckConfirm { invocation });
+                }
+                Some(Err(reason)) => tracing::warn!("nines: healthcheck failed: {reason}"),
+                None => return inner.close("the component panicked in healthcheck()"),
+            },
+            ToComponent::ProtectionGroup { si, members } => {
+                if guarded(|| component.protection_group(&si, &members)).is_none() {
+                    return inner.close("the component panicked in protection_group()");
+                }
+            }
+            ToComponent::Terminate { invocation } => {
+                let ok = guarded(|| component.terminate()).is_some();
+                // Answer and mark terminated under the `life` lock: `close` (the agent hanging
+                // up right after our answer) then cannot slip in between, and `wait` returns
+                // `Ok` only once the answer is out.
+                let sent = {
+                    let mut life = lock(&inner.life);
+                    let sent = inner.send_raw(&ToAgent::Response { invocation, ok });
+                    life.terminated = true;
+                    sent
+                };
+                inner.life_changed.notify_all();
+                if let Err(e) = sent {
+                    inner.close(&format!("write to the agent failed: {e}"));
+                }
+                if !ok {
+                    inner.close("the component panicked in terminate()");
+                }
+                return;
+            }
+            other => tracing::warn!("nines: unexpected {} from the agent; ignored", kind(&other)),
+        }
+    }
+}

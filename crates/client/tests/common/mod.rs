@@ -1,0 +1,258 @@
+//! A fake node agent for the client library's tests: a real Unix socket in a temporary
+//! directory, driven step by step from the test, std only.
+#![allow(dead_code)] // Each test binary uses a different part of it.
+
+use std::collections::VecDeque;
+use std::io::{BufReader, ErrorKind, Read};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nines_client::{ClientError, Component, HaState, Session};
+use nines_proto::{read_frame, write_frame, ToAgent, ToComponent, PROTOCOL_VERSION};
+
+/// How long the fake agent waits for anything before failing the test instead of hanging.
+pub const PATIENCE: Duration = Duration::from_secs(5);
+
+pub const COMPONENT: &str = "app/sg/su-1/comp";
+
+/// A directory removed on drop, also when the test fails.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "nines-client-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub struct FakeAgent {
+    pub path: PathBuf,
+    listener: UnixListener,
+    _dir: TempDir,
+}
+
+impl FakeAgent {
+    pub fn new() -> FakeAgent {
+        let dir = TempDir::new();
+        let path = dir.0.join("agent.sock");
+        let listener = UnixListener::bind(&path).expect("bind");
+        FakeAgent {
+            path,
+            listener,
+            _dir: dir,
+        }
+    }
+
+    /// Accept one connection, failing the test after [`PATIENCE`].
+    pub fn accept(&self) -> Conn {
+        self.listener.set_nonblocking(true).expect("nonblocking");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    stream.set_nonblocking(false).expect("blocking");
+                    stream.set_read_timeout(Some(PATIENCE)).expect("timeout");
+                    let reader = BufReader::new(stream.try_clone().expect("clone"));
+                    return Conn { stream, reader };
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    thread::sleep(Duration::from_millis(2))
+                }
+                Err(e) => panic!("fake agent: no connection: {e}"),
+            }
+        }
+    }
+
+    /// Start a session for `component` against this agent and accept its registration.
+    pub fn start<C: Component>(&self, component: C) -> (Session, Conn) {
+        let path = self.path.clone();
+        let client = thread::spawn(move || Session::start_with(&path, COMPONENT, component));
+        let mut conn = self.accept();
+        match conn.recv() {
+            ToAgent::Register {
+                component,
+                pid,
+                version,
+            } => {
+                assert_eq!(component, COMPONENT);
+                assert_eq!(pid, std::process::id());
+                assert_eq!(version, PROTOCOL_VERSION);
+            }
+            other => panic!("expected Register, got {other:?}"),
+        }
+        conn.send(&ToComponent::Registered {
+            ok: true,
+            reason: None,
+        });
+        let session = client
+            .join()
+            .expect("client thread")
+            .expect("registration accepted");
+        (session, conn)
+    }
+
+    /// Start a session in the background, returning the agent's side before registration.
+    pub fn start_pending<C: Component>(
+        &self,
+        component: C,
+    ) -> (thread::JoinHandle<Result<Session, ClientError>>, Conn) {
+        let path = self.path.clone();
+        let client = thread::spawn(move || Session::start_with(&path, COMPONENT, component));
+        (client, self.accept())
+    }
+}
+
+pub struct Conn {
+    pub stream: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl Conn {
+    /// The next message from the client; fails the test after [`PATIENCE`].
+    pub fn recv(&mut self) -> ToAgent {
+        match read_frame::<_, ToAgent>(&mut self.reader) {
+            Ok(Some(m)) => m,
+            other => panic!("fake agent: expected a message, got {other:?}"),
+        }
+    }
+
+    pub fn send(&mut self, msg: &ToComponent) {
+        write_frame(&mut self.stream, msg).expect("fake agent: send");
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.stream
+            .write_all(bytes)
+            .expect("fake agent: send bytes");
+    }
+
+    /// The client closes its side: the next read is EOF (or a reset), not a message.
+    pub fn expect_eof(&mut self) {
+        let mut buf = [0u8; 64];
+        loop {
+            match self.reader.read(&mut buf) {
+                Ok(0) => return,
+                Err(e) if e.kind() == ErrorKind::ConnectionReset => return,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    panic!("fake agent: the client did not close the connection")
+                }
+                Err(e) => panic!("fake agent: read failed: {e}"),
+                // Anything already in flight (a response) is fine; keep reading until EOF.
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+/// What a [`Scripted`] component was called with, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Call {
+    Registered,
+    Set(String, String, HaState, Vec<(String, String)>),
+    Remove(String, String),
+    Healthcheck,
+    Terminate,
+    Group(String, Vec<(String, HaState)>),
+    /// A checkpoint read done from inside `csi_set(Active)`, and its result.
+    ReadInCallback(Result<Vec<(String, Vec<u8>)>, String>),
+}
+
+/// A component that records its calls and behaves as its script says: `csi_set` refuses when
+/// the attributes hold `("refuse", reason)` and panics on `("panic", _)`; healthchecks answer
+/// from a queue (healthy when empty); with `read_on_active`, becoming active reads that
+/// checkpoint from inside the callback.
+#[derive(Default)]
+pub struct Scripted {
+    pub calls: Arc<Mutex<Vec<Call>>>,
+    pub health: VecDeque<Result<(), String>>,
+    pub read_on_active: Option<String>,
+    session: Option<Session>,
+}
+
+impl Scripted {
+    pub fn new() -> (Scripted, Arc<Mutex<Vec<Call>>>) {
+        let s = Scripted::default();
+        let calls = Arc::clone(&s.calls);
+        (s, calls)
+    }
+
+    fn record(&self, call: Call) {
+        self.calls.lock().unwrap().push(call);
+    }
+}
+
+impl Component for Scripted {
+    fn registered(&mut self, session: &Session) {
+        self.session = Some(session.clone());
+        self.record(Call::Registered);
+    }
+
+    fn csi_set(
+        &mut self,
+        si: &str,
+        csi: &str,
+        ha: HaState,
+        attrs: &[(String, String)],
+    ) -> Result<(), String> {
+        self.record(Call::Set(si.into(), csi.into(), ha, attrs.to_vec()));
+        for (k, v) in attrs {
+            match k.as_str() {
+                "refuse" => return Err(v.clone()),
+                "panic" => panic!("scripted panic: {v}"),
+                _ => {}
+            }
+        }
+        if let (HaState::Active, Some(ckpt), Some(session)) =
+            (ha, &self.read_on_active, &self.session)
+        {
+            let got = session.checkpoint_read(ckpt).map_err(|e| e.to_string());
+            self.record(Call::ReadInCallback(got));
+        }
+        Ok(())
+    }
+
+    fn csi_remove(&mut self, si: &str, csi: &str) -> Result<(), String> {
+        self.record(Call::Remove(si.into(), csi.into()));
+        Ok(())
+    }
+
+    fn healthcheck(&mut self) -> Result<(), String> {
+        self.record(Call::Healthcheck);
+        self.health.pop_front().unwrap_or(Ok(()))
+    }
+
+    fn terminate(&mut self) {
+        self.record(Call::Terminate);
+    }
+
+    fn protection_group(&mut self, si: &str, members: &[(String, HaState)]) {
+        self.record(Call::Group(si.into(), members.to_vec()));
+    }
+}
+
+/// Run `f` on a thread and fail the test if it does not finish within [`PATIENCE`].
+pub fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(PATIENCE)
+        .expect("did not finish in time (or panicked)")
+}

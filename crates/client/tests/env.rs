@@ -1,0 +1,47 @@
+//! `Session::start` reads its configuration from the environment the agent sets. Alone in its
+//! own test binary because it changes the process environment.
+
+mod common;
+
+use common::{FakeAgent, Scripted, COMPONENT};
+use nines_client::{ClientError, Session};
+use nines_proto::{ToAgent, ToComponent, ENV_AGENT_SOCKET, ENV_COMPONENT};
+
+#[test]
+fn start_reads_socket_and_component_from_the_environment() {
+    std::env::remove_var(ENV_AGENT_SOCKET);
+    std::env::remove_var(ENV_COMPONENT);
+    match Session::start(Scripted::default()) {
+        Err(e @ ClientError::NotConfigured(var)) => {
+            assert_eq!(var, "NINES_AGENT_SOCKET");
+            assert!(e.to_string().contains("NINES_AGENT_SOCKET"));
+        }
+        other => panic!("expected NotConfigured, got {other:?}"),
+    }
+
+    let agent = FakeAgent::new();
+    std::env::set_var(ENV_AGENT_SOCKET, &agent.path);
+    match Session::start(Scripted::default()) {
+        Err(ClientError::NotConfigured(var)) => assert_eq!(var, "NINES_COMPONENT"),
+        other => panic!("expected NotConfigured, got {other:?}"),
+    }
+    // Empty counts as missing: an agent that sets it empty is misconfigured.
+    std::env::set_var(ENV_COMPONENT, "");
+    assert!(matches!(
+        Session::start(Scripted::default()),
+        Err(ClientError::NotConfigured("NINES_COMPONENT"))
+    ));
+
+    std::env::set_var(ENV_COMPONENT, COMPONENT);
+    let client = std::thread::spawn(|| Session::start(Scripted::default()));
+    let mut conn = agent.accept();
+    match conn.recv() {
+        ToAgent::Register { component, .. } => assert_eq!(component, COMPONENT),
+        other => panic!("expected Register, got {other:?}"),
+    }
+    conn.send(&ToComponent::Registered {
+        ok: true,
+        reason: None,
+    });
+    assert!(client.join().unwrap().is_ok());
+}

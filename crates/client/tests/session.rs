@@ -1,0 +1,605 @@
+//! The client library against a fake agent on a real Unix socket.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{within, Call, FakeAgent, Scripted, PATIENCE};
+use nines_client::{ClientError, HaState, Recovery, Session};
+use nines_proto::{ToAgent, ToComponent, MAX_FRAME};
+
+fn csi_set(invocation: u64, ha: HaState, attrs: &[(&str, &str)]) -> ToComponent {
+    ToComponent::CsiSet {
+        invocation,
+        si: "app/si".into(),
+        csi: "app/si/csi".into(),
+        ha,
+        attrs: attrs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+fn calls(c: &Arc<Mutex<Vec<Call>>>) -> Vec<Call> {
+    c.lock().unwrap().clone()
+}
+
+#[test]
+fn session_handle_is_send_sync_and_clone() {
+    fn assert_traits<T: Send + Sync + Clone + 'static>() {}
+    assert_traits::<Session>();
+}
+
+#[test]
+fn registers_with_path_pid_and_version() {
+    let agent = FakeAgent::new();
+    let (component, log) = Scripted::new();
+    // `start` checks the Register message's fields.
+    let (session, mut conn) = agent.start(component);
+    // The registered hook runs before any callback; a healthcheck round trip proves it ran.
+    conn.send(&ToComponent::Healthcheck { invocation: 1 });
+    assert_eq!(conn.recv(), ToAgent::HealthcheckConfirm { invocation: 1 });
+    assert_eq!(calls(&log), vec![Call::Registered, Call::Healthcheck]);
+    assert!(format!("{session:?}").contains(common::COMPONENT));
+}
+
+#[test]
+fn refusal_is_reported_with_its_reason() {
+    let agent = FakeAgent::new();
+    let (component, log) = Scripted::new();
+    let (client, mut conn) = agent.start_pending(component);
+    assert!(matches!(conn.recv(), ToAgent::Register { .. }));
+    conn.send(&ToComponent::Registered {
+        ok: false,
+        reason: Some("no such component on this node".into()),
+    });
+    match client.join().unwrap() {
+        Err(ClientError::Refused(reason)) => assert_eq!(reason, "no such component on this node"),
+        other => panic!("expected Refused, got {other:?}"),
+    }
+    assert!(calls(&log).is_empty(), "no callback after a refusal");
+}
+
+#[test]
+fn refusal_without_reason_still_says_something() {
+    let agent = FakeAgent::new();
+    let (client, mut conn) = agent.start_pending(Scripted::default());
+    conn.recv();
+    conn.send(&ToComponent::Registered {
+        ok: false,
+        reason: None,
+    });
+    match client.join().unwrap() {
+        Err(ClientError::Refused(reason)) => assert!(!reason.is_empty()),
+        other => panic!("expected Refused, got {other:?}"),
+    }
+}
+
+#[test]
+fn agent_hanging_up_during_registration_is_closed() {
+    let agent = FakeAgent::new();
+    let (client, mut conn) = agent.start_pending(Scripted::default());
+    conn.recv();
+    drop(conn);
+    assert!(matches!(client.join().unwrap(), Err(ClientError::Closed)));
+}
+
+#[test]
+fn anything_but_registered_first_is_a_protocol_error() {
+    let agent = FakeAgent::new();
+    let (client, mut conn) = agent.start_pending(Scripted::default());
+    conn.recv();
+    conn.send(&ToComponent::Healthcheck { invocation: 1 });
+    assert!(matches!(
+        client.join().unwrap(),
+        Err(ClientError::Protocol(_))
+    ));
+}
+
+#[test]
+fn connect_error_names_the_path() {
+    let dir = common::TempDir::new();
+    let path = dir.0.join("nobody-listens.sock");
+    match Session::start_with(&path, "a/sg/su/c", Scripted::default()) {
+        Err(e @ ClientError::Connect { .. }) => {
+            assert!(e.to_string().contains("nobody-listens.sock"), "{e}")
+        }
+        other => panic!("expected Connect, got {other:?}"),
+    }
+}
+
+#[test]
+fn requests_sent_right_behind_registered_are_not_lost() {
+    let agent = FakeAgent::new();
+    let (component, log) = Scripted::new();
+    let (client, mut conn) = agent.start_pending(component);
+    conn.recv();
+    // One write: Registered and a CsiSet arrive together, likely in one read by the client.
+    let mut bytes = nines_proto::encode(&ToComponent::Registered {
+        ok: true,
+        reason: None,
+    });
+    bytes.extend(nines_proto::encode(&csi_set(1, HaState::Active, &[])));
+    conn.send_bytes(&bytes);
+    let _session = client.join().unwrap().unwrap();
+    assert_eq!(
+        conn.recv(),
+        ToAgent::Response {
+            invocation: 1,
+            ok: true
+        }
+    );
+    assert_eq!(calls(&log).len(), 2);
+}
+
+#[test]
+fn csi_set_active_and_standby_are_answered() {
+    let agent = FakeAgent::new();
+    let (component, log) = Scripted::new();
+    let (_session, mut conn) = agent.start(component);
+    conn.send(&csi_set(10, HaState::Active, &[("port", "7100")]));
+    assert_eq!(
+        conn.recv(),
+        ToAgent::Response {
+            invocation: 10,
+            ok: true
+        }
+    );
+    conn.send(&csi_set(11, HaState::Standby, &[]));
+    assert_eq!(
+        conn.recv(),
+        ToAgent::Response {
+            invocation: 11,
+            ok: true
+        }
+    );
+    conn.send(&csi_set(12, HaState::Quiesced, &[]));
+    assert_eq!(
+        conn.recv(),
+        ToAgent::Response {
+            invocation: 12,
+            ok: true
+        }
+    );
+    assert_eq!(
+        calls(&log)[1..],
+        [
+            Call::Set(
+                "app/si".into(),
+                "app/si/csi".into(),
+                HaState::Active,
+                vec![("port".into(), "7100".into())]
+            ),
+            Call::Set(
+                "app/si".into(),
+                "app/si/csi".into(),
+                HaState::Standby,
+                vec![]
+            ),
+            Call::Set(
+                "app/si".into(),
+                "app/si/csi".into(),
+                HaState::Quiesced,
+                vec![]
+            ),
+        ]
+    );
+}
+
+#[test]
+fn refused_csi_set_answers_not_ok() {
+    let agent = FakeAgent::new();
+    let (_session, mut conn) = agent.start(Scripted::default());
+    conn.send(&csi_set(5, HaState::Active, &[("refuse", "port in use")]));
+    assert_eq!(
+        conn.recv(),
+        ToAgent::Response {
+            invocation: 5,
+            ok: false
+        }
+    );
+}
+
+#[test]
+fn quiescing_sends_response_then_quiescing_complete() {
+    let agent = FakeAgent::new();
+    let (_session, mut conn) = agent.start(Scripted::default());
+    conn.send(&csi_set(20, HaState::Quiescing, &[]));
+    assert_eq!(
+        conn.recv(),
+        ToAgent::Response {
+            invocation: 20,
+            ok: true
+        }
+    );
+    assert_eq!(conn.recv(), ToAgent::QuiescingComplete { invocation: 20 });
+
+    // A refused quiescing is answered not-ok and never reported complete: the next message is
+    // the confirmation of a later healthcheck.
+    conn.send(&csi_set(21, HaState::Quiescing, &[("refuse", "stuck")]));
+    conn.send(&ToComponent::Healthcheck { invocation: 22 });
+    assert_eq!(
+        conn.recv(),
+        ToAgent::Response {
+            invocation: 21,
+            ok: false
+        }
+    );
+    assert_eq!(conn.recv(), ToAgent::HealthcheckConfirm { invocation: 22 });
+}
+
+#[test]
+fn csi_remove_is_answered() {
+    let agent = FakeAgent::new();
+    let (component, log) = Scripted::new();
+    let (_session, mut conn) = agent.start(component);
+    conn.send(&ToComponent::CsiRemove {
+        invocation: 30,
+        si: "app/si".into(),
+        csi: "app/si/csi".into(),
+    });
+    assert_eq!(
+        conn.recv(),
+        ToAgent::Response {
+            invocation: 30,
+            ok: true
+        }
+    );
+    assert_eq!(
+        calls(&log).last(),
+        Some(&Call::Remove("app/si".into(), "app/si/csi".into()))
+    );
+}
+
+#[test]
+fn healthcheck_is_confirmed_only_when_healthy() {
+    let agent = FakeAgent::new();
+    let (mut component, log) = Scripted::new();
+    component.health = [Ok(()), Err("database unreachable".to_string()), Ok(())].into();
+    let (_session, mut conn) = agent.start(component);
+    conn.send(&ToComponent::Healthcheck { invocation: 1 });
+    conn.send(&ToComponent::Healthcheck { invocation: 2 });
+    conn.send(&ToComponent::Healthcheck { invocation: 3 });
+    assert_eq!(conn.recv(), ToAgent::HealthcheckConfirm { invocation: 1 });
+    // Invocation 2 failed: nothing is sent for it, the next confirmation is for 3.
+    assert_eq!(conn.recv(), ToAgent::HealthcheckConfirm { invocation: 3 });
+    assert_eq!(
+        calls(&log)
+            .iter()
+            .filter(|c| **c == Call::Healthcheck)
+            .count(),
+        3
+    );
+}
+
+#[test]
+fn error_report_carries_the_recommendation() {
+    let agent = FakeAgent::new();
+    let (session, mut conn) = agent.start(Scripted::default());
+    session.report_error(Recovery::ComponentFailover).unwrap();
+    assert_eq!(
+        conn.recv(),
+        ToAgent::ErrorReport {
+            recommended: Recovery::ComponentFailover
+        }
+    );
+    session.report_error(Recovery::NodeFailfast).unwrap();
+    assert_eq!(
+        conn.recv(),
+        ToAgent::ErrorReport {
+            recommended: Recovery::NodeFailfast
+        }
+    );
+}
+
+#[test]
+fn protection_group_tracking() {
+    let agent = FakeAgent::new();
+    let (component, log) = Scripted::new();
+    let (session, mut conn) = agent.start(component);
+    session.track_protection_group("app/si").unwrap();
+    assert_eq!(
+        conn.recv(),
+        ToAgent::TrackProtectionGroup {
+            si: "app/si".into()
+        }
+    );
+    let members = vec![
+        ("app/sg/su-1/comp".to_string(), HaState::Active),
+        ("app/sg/su-2/comp".to_string(), HaState::Standby),
+    ];
+    conn.send(&ToComponent::ProtectionGroup {
+        si: "app/si".into(),
+        members: members.clone(),
+    });
+    // Callbacks are in order: once the healthcheck is confirmed, the group was delivered.
+    conn.send(&ToComponent::Healthcheck { invocation: 1 });
+    assert_eq!(conn.recv(), ToAgent::HealthcheckConfirm { invocation: 1 });
+    assert!(calls(&log).contains(&Call::Group("app/si".into(), members)));
+}
+
+/// The fake agent's side of a checkpoint store: answers writes and reads from a map.
+fn serve_checkpoints(mut conn: common::Conn, requests: usize) -> (common::Conn, Vec<ToAgent>) {
+    let mut store: Vec<(String, String, Vec<u8>)> = Vec::new();
+    let mut seen = Vec::new();
+    for _ in 0..requests {
+        let msg = conn.recv();
+        seen.push(msg.clone());
+        match msg {
+            ToAgent::CheckpointWrite {
+                request,
+                checkpoint,
+                section,
+                data,
+                ..
+            } => {
+                if checkpoint == "forbidden" {
+                    conn.send(&ToComponent::CheckpointAck {
+                        request,
+                        ok: false,
+                        reason: Some("not active for this SI".into()),
+                    });
+                    continue;
+                }
+                store.retain(|(c, s, _)| !(c == &checkpoint && s == &section));
+                store.push((checkpoint, section, data));
+                conn.send(&ToComponent::CheckpointAck {
+                    request,
+                    ok: true,
+                    reason: None,
+                });
+            }
+            ToAgent::CheckpointRead {
+                request,
+                checkpoint,
+            } => conn.send(&ToComponent::CheckpointData {
+                request,
+                sections: store
+                    .iter()
+                    .filter(|(c, _, _)| c == &checkpoint)
+                    .map(|(_, s, d)| (s.clone(), d.clone()))
+                    .collect(),
+            }),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    (conn, seen)
+}
+
+#[test]
+fn checkpoint_write_and_read_round_trip() {
+    let agent = FakeAgent::new();
+    let (session, conn) = agent.start(Scripted::default());
+    let server = thread::spawn(move || serve_checkpoints(conn, 6));
+
+    session
+        .checkpoint_write("app/si", "counter", &42u64.to_be_bytes(), true)
+        .unwrap();
+    session
+        .checkpoint_write("app/si", "name", b"first", false)
+        .unwrap();
+    session
+        .checkpoint_write("app/si", "name", b"second", true)
+        .unwrap();
+    let mut sections = session.checkpoint_read("app/si").unwrap();
+    sections.sort();
+    assert_eq!(
+        sections,
+        vec![
+            ("counter".to_string(), 42u64.to_be_bytes().to_vec()),
+            ("name".to_string(), b"second".to_vec()),
+        ]
+    );
+    assert_eq!(session.checkpoint_read("never-written").unwrap(), vec![]);
+    match session.checkpoint_write("forbidden", "s", b"x", true) {
+        Err(ClientError::Agent(reason)) => assert_eq!(reason, "not active for this SI"),
+        other => panic!("expected Agent, got {other:?}"),
+    }
+
+    let (_conn, seen) = server.join().unwrap();
+    // Request ids are distinct, and `sync` is passed through.
+    let ids: std::collections::HashSet<u64> =
+        seen.iter()
+            .map(|m| match m {
+                ToAgent::CheckpointWrite { request, .. }
+                | ToAgent::CheckpointRead { request, .. } => *request,
+                _ => unreachable!(),
+            })
+            .collect();
+    assert_eq!(ids.len(), 6);
+    assert!(matches!(
+        seen[0],
+        ToAgent::CheckpointWrite { sync: true, .. }
+    ));
+    assert!(matches!(
+        seen[1],
+        ToAgent::CheckpointWrite { sync: false, .. }
+    ));
+}
+
+#[test]
+fn sync_checkpoint_write_waits_for_the_ack() {
+    let agent = FakeAgent::new();
+    let (session, mut conn) = agent.start(Scripted::default());
+    let writer = thread::spawn(move || {
+        let started = Instant::now();
+        session
+            .checkpoint_write("app/si", "s", b"v", true)
+            .map(|()| started.elapsed())
+    });
+    let request = match conn.recv() {
+        ToAgent::CheckpointWrite {
+            request,
+            sync: true,
+            ..
+        } => request,
+        other => panic!("unexpected {other:?}"),
+    };
+    // Replication takes a while; the writer must still be waiting.
+    thread::sleep(Duration::from_millis(200));
+    assert!(!writer.is_finished());
+    conn.send(&ToComponent::CheckpointAck {
+        request,
+        ok: true,
+        reason: None,
+    });
+    let waited = writer.join().unwrap().unwrap();
+    assert!(waited >= Duration::from_millis(200));
+}
+
+#[test]
+fn concurrent_checkpoint_requests_get_their_own_replies() {
+    let agent = FakeAgent::new();
+    let (session, mut conn) = agent.start(Scripted::default());
+    let readers: Vec<_> = (0..4)
+        .map(|i| {
+            let session = session.clone();
+            thread::spawn(move || session.checkpoint_read(&format!("ckpt-{i}")))
+        })
+        .collect();
+    let mut pending = Vec::new();
+    for _ in 0..4 {
+        match conn.recv() {
+            ToAgent::CheckpointRead {
+                request,
+                checkpoint,
+            } => pending.push((request, checkpoint)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Answer in reverse order; each reader must get the data of its own checkpoint.
+    for (request, checkpoint) in pending.into_iter().rev() {
+        conn.send(&ToComponent::CheckpointData {
+            request,
+            sections: vec![("name".into(), checkpoint.into_bytes())],
+        });
+    }
+    for (i, r) in readers.into_iter().enumerate() {
+        assert_eq!(
+            r.join().unwrap().unwrap(),
+            vec![("name".to_string(), format!("ckpt-{i}").into_bytes())]
+        );
+    }
+}
+
+#[test]
+fn checkpoint_read_inside_a_callback_does_not_deadlock() {
+    let agent = FakeAgent::new();
+    let (mut component, log) = Scripted::new();
+    component.read_on_active = Some("app/si".into());
+    let (_session, mut conn) = agent.start(component);
+    conn.send(&csi_set(1, HaState::Active, &[]));
+    // The component asks for its checkpoint before answering the CsiSet.
+    let request = match conn.recv() {
+        ToAgent::CheckpointRead { request, .. } => request,
+        other => panic!("expected CheckpointRead, got {other:?}"),
+    };
+    conn.send(&ToComponent::CheckpointData {
+        request,
+        sections: vec![("counter".into(), vec![7])],
+    });
+    assert_eq!(
+        conn.recv(),
+        ToAgent::Response {
+            invocation: 1,
+            ok: true
+        }
+    );
+    assert!(calls(&log).contains(&Call::ReadInCallback(Ok(vec![("counter".into(), vec![7])]))));
+}
+
+#[test]
+fn too_large_checkpoint_write_fails_alone() {
+    let agent = FakeAgent::new();
+    let (session, mut conn) = agent.start(Scripted::default());
+    let big = vec![0u8; MAX_FRAME];
+    assert!(matches!(
+        session.checkpoint_write("app/si", "big", &big, true),
+        Err(ClientError::Protocol(
+            nines_proto::FrameError::TooLarge { .. }
+        ))
+    ));
+    // The session is intact.
+    session.report_error(Recovery::ComponentRestart).unwrap();
+    assert_eq!(
+        conn.recv(),
+        ToAgent::ErrorReport {
+            recommended: Recovery::ComponentRestart
+        }
+    );
+}
+
+#[test]
+fn waiters_are_woken_with_closed_when_the_agent_hangs_up() {
+    let agent = FakeAgent::new();
+    let (session, mut conn) = agent.start(Scripted::default());
+    let s = session.clone();
+    let reader = thread::spawn(move || s.checkpoint_read("app/si"));
+    let s = session.clone();
+    let waiter = thread::spawn(move || s.wait());
+    assert!(matches!(conn.recv(), ToAgent::CheckpointRead { .. }));
+    let hung_up = Instant::now();
+    drop(conn);
+    assert!(matches!(reader.join().unwrap(), Err(ClientError::Closed)));
+    assert!(matches!(waiter.join().unwrap(), Err(ClientError::Closed)));
+    assert!(
+        hung_up.elapsed() < PATIENCE,
+        "woken at once, not by a timeout"
+    );
+    // Every later call fails the same way.
+    assert!(matches!(
+        session.checkpoint_write("app/si", "s", b"v", true),
+        Err(ClientError::Closed)
+    ));
+    assert!(matches!(
+        session.report_error(Recovery::ComponentRestart),
+        Err(ClientError::Closed)
+    ));
+    assert!(matches!(session.wait(), Err(ClientError::Closed)));
+}
+
+#[test]
+fn terminate_runs_the_callback_answers_and_releases_wait() {
+    let agent = FakeAgent::new();
+    let (component, log) = Scripted::new();
+    let (session, mut conn) = agent.start(component);
+    let s = session.clone();
+    let waiter = thread::spawn(move || s.wait());
+    thread::sleep(Duration::from_millis(50));
+    assert!(!waiter.is_finished());
+    conn.send(&ToComponent::Terminate { invocation: 99 });
+    assert_eq!(
+        conn.recv(),
+        ToAgent::Response {
+            invocation: 99,
+            ok: true
+        }
+    );
+    assert!(waiter.join().unwrap().is_ok());
+    assert_eq!(calls(&log).last(), Some(&Call::Terminate));
+    // The agent hanging up after terminate does not turn the outcome into an error.
+    drop(conn);
+    assert!(within(move || session.wait()).is_ok());
+}
+
+#[test]
+fn a_panicking_callback_fails_the_request_and_closes_the_session() {
+    let agent = FakeAgent::new();
+    let (session, mut conn) = agent.start(Scripted::default());
+    conn.send(&csi_set(7, HaState::Active, &[("panic", "boom")]));
+    assert_eq!(
+        conn.recv(),
+        ToAgent::Response {
+            invocation: 7,
+            ok: false
+        }
+    );
+    conn.expect_eof();
+    assert!(matches!(
+        within(move || session.wait()),
+        Err(ClientError::Closed)
+    ));
+}
