@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The project's one test command: what the README tells you to run and what CI runs
+# (.ci/run installs the tools, then execs this). Runs from any directory.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+stage() {
+    printf '\n==> %s\n' "$*"
+}
+
+stage "format (cargo fmt --check)"
+cargo fmt --all --check
+
+stage "lint (clippy, warnings are errors)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+stage "tests (cargo test --workspace)"
+cargo test --workspace
+
+stage "validate the examples"
+cargo run --release -p nines -- validate examples/*.yaml
+
+stage "simulate (10,000 seeded runs)"
+cargo run --release -p nines -- sim --runs 10000 --seed 1
+
+stage "all checks passed"
