@@ -368,6 +368,8 @@ impl Engine {
             su,
             ha_state: None,
         });
+        // A removal waits for no answer, so nothing else would wake this SI's next step.
+        self.mark_dirty(m.sis[si.index()].sg);
     }
 
     /// Forgets every assignment of `su` without callbacks: its components are dead or being

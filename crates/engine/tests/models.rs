@@ -167,3 +167,29 @@ fn no_redundancy_serves_the_higher_ranked_si_first_when_short_of_sus() {
     );
     assert!(w.active("app/b").is_empty());
 }
+
+#[test]
+fn n_way_active_si_lock_during_an_su_shutdown_removes_every_assignment() {
+    // Found by the simulator: removing the remaining actives of a locked N-Way-Active SI needs
+    // no answer, so nothing woke the next step and the quiesced leftover stayed forever.
+    let mut w = World::start(N_WAY_ACTIVE);
+    w.complete_quiescing = false;
+    w.adm(nines_engine::AdminOp::Shutdown, "app/sg/su-2")
+        .expect("shutdown");
+    w.adm(nines_engine::AdminOp::Lock, "app/web")
+        .expect("lock si");
+    let comp = w.comp("app/sg/su-2/c");
+    let csi = w.model.sis[w.si("app/web").index()].csis[0];
+    w.feed(nines_engine::Input::QuiescingComplete { comp, csi });
+    assert!(
+        w.engine.assignments(w.si("app/web")).is_empty(),
+        "{:?}",
+        w.engine.assignments(w.si("app/web"))
+    );
+    let su2 = w.entity("app/sg/su-2");
+    assert_eq!(
+        w.engine.admin_state(su2),
+        Some(nines_engine::AdminState::Locked),
+        "the shutdown finished"
+    );
+}
