@@ -23,18 +23,6 @@ apps:
       si: { sg: sg, csis: { x: { component: c } } }
 "#;
 
-/// HA states requested from `comp`, in order.
-fn requested(w: &World, comp: &str) -> Vec<HaState> {
-    let c = w.comp(comp);
-    w.log
-        .iter()
-        .filter_map(|a| match a.kind {
-            ActionKind::AssignCsi { comp, ha_state, .. } if comp == c => Some(ha_state),
-            _ => None,
-        })
-        .collect()
-}
-
 #[test]
 fn lock_moves_the_work_gracefully_and_unlock_brings_the_su_back() {
     let mut w = World::start(CONFIG);
@@ -42,7 +30,7 @@ fn lock_moves_the_work_gracefully_and_unlock_brings_the_su_back() {
     assert_eq!(w.active("app/si"), ["app/sg/su-2"]);
     assert_eq!(w.standby("app/si"), ["app/sg/su-3"]);
     assert_eq!(
-        requested(&w, "app/sg/su-1/c"),
+        w.requested("app/sg/su-1/c"),
         [HaState::Active, HaState::Quiesced],
         "quiesced before the standby took over"
     );
@@ -67,7 +55,7 @@ fn shutdown_quiesces_gracefully_and_ends_locked() {
     let mut w = World::start(CONFIG);
     w.adm(AdminOp::Shutdown, "app/sg/su-1").expect("shutdown");
     assert_eq!(
-        requested(&w, "app/sg/su-1/c"),
+        w.requested("app/sg/su-1/c"),
         [HaState::Active, HaState::Quiescing]
     );
     assert_eq!(w.active("app/si"), ["app/sg/su-2"]);
@@ -120,7 +108,7 @@ fn switchover_swaps_active_and_standby_through_quiesced() {
     assert_eq!(w.active("app/si"), ["app/sg/su-2"]);
     assert_eq!(w.standby("app/si"), ["app/sg/su-1"]);
     assert_eq!(
-        requested(&w, "app/sg/su-1/c"),
+        w.requested("app/sg/su-1/c"),
         [HaState::Active, HaState::Quiesced, HaState::Standby]
     );
     w.assert_never_two_actives();

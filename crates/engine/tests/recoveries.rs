@@ -3,7 +3,7 @@
 
 mod support;
 
-use nines_engine::{ActionKind, Event, HaState, RecoveryStep};
+use nines_engine::{Command, Event, HaState, RecoveryStep};
 use nines_model::Recovery;
 use support::World;
 
@@ -52,27 +52,6 @@ fn step_of(w: &World) -> RecoveryStep {
         .expect("a fault was detected")
 }
 
-fn instantiations(w: &World, path: &str) -> usize {
-    let c = w.comp(path);
-    w.count(|k| matches!(k, ActionKind::Instantiate { comp } if *comp == c))
-}
-
-fn cleanups(w: &World, path: &str) -> usize {
-    let c = w.comp(path);
-    w.count(|k| matches!(k, ActionKind::Cleanup { comp } if *comp == c))
-}
-
-fn requested(w: &World, comp: &str) -> Vec<HaState> {
-    let c = w.comp(comp);
-    w.log
-        .iter()
-        .filter_map(|a| match a.kind {
-            ActionKind::AssignCsi { comp, ha_state, .. } if comp == c => Some(ha_state),
-            _ => None,
-        })
-        .collect()
-}
-
 #[test]
 fn node_switchover_fails_over_the_faulty_su_and_gracefully_moves_the_rest_of_the_node() {
     let mut w = World::start(CONFIG);
@@ -82,10 +61,10 @@ fn node_switchover_fails_over_the_faulty_su_and_gracefully_moves_the_rest_of_the
     assert_eq!(w.active("app/sb"), ["app/b/su-2"]);
     assert_eq!(w.active("other/s"), ["other/g/su-2"]);
     // The faulty SU was cleaned up; the healthy ones on the node were not, only quiesced.
-    assert_eq!(cleanups(&w, "app/a/su-1/c"), 1);
-    assert_eq!(cleanups(&w, "app/b/su-1/c"), 0);
+    assert_eq!(w.commands("app/a/su-1/c", Command::Cleanup), 1);
+    assert_eq!(w.commands("app/b/su-1/c", Command::Cleanup), 0);
     assert_eq!(
-        requested(&w, "app/b/su-1/c"),
+        w.requested("app/b/su-1/c"),
         [HaState::Active, HaState::Quiesced, HaState::Standby]
     );
     w.assert_never_two_actives();
@@ -104,8 +83,8 @@ fn node_failover_fails_over_every_su_of_the_node() {
         assert_eq!(w.active(si), [su]);
     }
     for c in ["app/a/su-1/c", "app/b/su-1/c", "other/g/su-1/c"] {
-        assert_eq!(cleanups(&w, c), 1, "{c} isolated");
-        assert_eq!(instantiations(&w, c), 2, "{c} repaired");
+        assert_eq!(w.commands(c, Command::Cleanup), 1, "{c} isolated");
+        assert_eq!(w.commands(c, Command::Instantiate), 2, "{c} repaired");
     }
     w.assert_never_two_actives();
 }
@@ -121,10 +100,10 @@ fn application_restart_restarts_every_su_of_the_application_only() {
         "app/b/su-1/c",
         "app/b/su-2/c",
     ] {
-        assert_eq!(instantiations(&w, c), 2, "{c} restarted");
+        assert_eq!(w.commands(c, Command::Instantiate), 2, "{c} restarted");
     }
     assert_eq!(
-        instantiations(&w, "other/g/su-1/c"),
+        w.commands("other/g/su-1/c", Command::Instantiate),
         1,
         "other app untouched"
     );
@@ -148,7 +127,7 @@ fn cluster_reset_restarts_everything() {
         "other/g/su-1/c",
         "other/g/su-2/c",
     ] {
-        assert_eq!(instantiations(&w, c), 2, "{c} restarted");
+        assert_eq!(w.commands(c, Command::Instantiate), 2, "{c} restarted");
     }
     assert_eq!(w.active("other/s"), ["other/g/su-1"]);
     assert!(w

@@ -276,6 +276,31 @@ impl World {
         })
     }
 
+    /// HA states the engine asked component `comp` to take, in order.
+    pub fn requested(&self, comp: &str) -> Vec<HaState> {
+        let c = self.comp(comp);
+        self.log
+            .iter()
+            .filter_map(|a| match a.kind {
+                ActionKind::AssignCsi { comp, ha_state, .. } if comp == c => Some(ha_state),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// How many times `command` was issued to component `comp`.
+    pub fn commands(&self, comp: &str, command: Command) -> usize {
+        let c = self.comp(comp);
+        self.count(|k| {
+            matches!(
+                (k, command),
+                (ActionKind::Instantiate { comp }, Command::Instantiate)
+                    | (ActionKind::Terminate { comp }, Command::Terminate)
+                    | (ActionKind::Cleanup { comp }, Command::Cleanup) if *comp == c
+            )
+        })
+    }
+
     pub fn count(&self, pred: impl Fn(&ActionKind) -> bool) -> usize {
         self.log.iter().filter(|a| pred(&a.kind)).count()
     }
