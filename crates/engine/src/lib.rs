@@ -70,6 +70,9 @@ pub struct Engine {
     next_fault: u64,
     /// Entities shutting down, checked for completion at the end of each step.
     shutting_down: Vec<EntityRef>,
+    /// SGs that have not made their first assignment yet: they wait until no SU is still in
+    /// its first instantiation, so ranks (not process start-up races) decide who is active.
+    sg_starting: Vec<bool>,
 }
 
 impl Engine {
@@ -144,6 +147,7 @@ impl Engine {
             faults: Vec::new(),
             next_fault: 1,
             shutting_down: Vec::new(),
+            sg_starting: vec![true; m.sgs.len()],
             model,
         }
     }

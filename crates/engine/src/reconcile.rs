@@ -16,7 +16,7 @@ use crate::input::{FaultKind, Outcome, Timer};
 use crate::redundancy::placement::{place, SiView};
 use crate::redundancy::{model_of, RedundancyModel};
 use crate::runtime::SuSi;
-use crate::states::{AdminState, HaState, Readiness, SiAssignmentState};
+use crate::states::{AdminState, HaState, Presence, Readiness, SiAssignmentState};
 use crate::Engine;
 
 /// Rounds of dependency propagation per step; dependency chains are validated acyclic, so this
@@ -63,6 +63,18 @@ impl Engine {
                     readiness: readiness[p],
                 });
             }
+        }
+        if self.sg_starting[sg.index()] {
+            let instantiating = sgm.sus.iter().any(|su| {
+                m.sus[su.index()]
+                    .comps
+                    .iter()
+                    .any(|c| self.comps[c.index()].presence == Presence::Instantiating)
+            });
+            if instantiating {
+                return; // the last instantiation result marks the SG dirty again
+            }
+            self.sg_starting[sg.index()] = false;
         }
         let eligible: Vec<bool> = readiness
             .iter()

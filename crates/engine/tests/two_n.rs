@@ -218,3 +218,18 @@ fn while_a_node_is_fenced_a_standby_on_a_locked_su_still_leaves_at_once() {
         assert!(held.is_empty(), "{si} still on locked su-2: {held:?}");
     }
 }
+
+#[test]
+fn at_start_the_best_ranked_su_becomes_active_even_if_it_instantiates_last() {
+    let mut w = World::new(&config(false, "failover"));
+    w.auto = false;
+    w.feed(Input::Start);
+    // Deliver su-2's instantiation first, then su-1's.
+    let su2c = w.comp("app/sg/su-2/c");
+    w.queue
+        .make_contiguous()
+        .sort_by_key(|i| !matches!(i, Input::CommandDone { comp, .. } if *comp == su2c));
+    w.run();
+    assert_eq!(w.active("app/si-a"), ["app/sg/su-1"]);
+    assert_eq!(w.standby("app/si-a"), ["app/sg/su-2"]);
+}
