@@ -1,0 +1,94 @@
+//! Checkpoints: named sets of sections that an active component writes and its successor reads.
+//!
+//! On one host every component of an SI talks to the same agent, so storing the sections in the
+//! agent's memory is enough for a standby (or a restarted active) to continue from them. Writes
+//! are acknowledged once stored; replication to other nodes' agents (issue 4) goes behind this
+//! same interface, which is why sessions only ever see [`CheckpointStore::write`] and
+//! [`CheckpointStore::read`].
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+/// Upper bound of the postcard overhead of one section in a `CheckpointData` reply (two length
+/// varints), plus the reply's own fields, so that a checkpoint that was accepted can be read.
+const SECTION_OVERHEAD: usize = 10;
+const REPLY_OVERHEAD: usize = 32;
+
+/// Checkpoint name → section → bytes.
+#[derive(Debug, Default)]
+pub(crate) struct CheckpointStore {
+    checkpoints: Mutex<BTreeMap<String, BTreeMap<String, Vec<u8>>>>,
+}
+
+impl CheckpointStore {
+    /// Create or overwrite a section. Refused when the whole checkpoint would no longer fit in
+    /// one reply frame, because it could then never be read back.
+    pub(crate) fn write(
+        &self,
+        checkpoint: &str,
+        section: &str,
+        data: Vec<u8>,
+    ) -> Result<(), String> {
+        let mut all = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
+        let sections = all.entry(checkpoint.to_string()).or_default();
+        let size = |name: &str, data: &[u8]| name.len() + data.len() + SECTION_OVERHEAD;
+        let others: usize = sections
+            .iter()
+            .filter(|(name, _)| name.as_str() != section)
+            .map(|(name, data)| size(name, data))
+            .sum();
+        let total = REPLY_OVERHEAD + others + size(section, &data);
+        if total > nines_proto::MAX_FRAME {
+            if sections.is_empty() {
+                all.remove(checkpoint);
+            }
+            return Err(format!(
+                "checkpoint {checkpoint} would hold {total} bytes, more than the {} a read can return",
+                nines_proto::MAX_FRAME
+            ));
+        }
+        sections.insert(section.to_string(), data);
+        Ok(())
+    }
+
+    /// Every section of a checkpoint, sorted by section id (none for an unknown checkpoint).
+    pub(crate) fn read(&self, checkpoint: &str) -> Vec<(String, Vec<u8>)> {
+        let all = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
+        all.get(checkpoint)
+            .map(|s| s.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_overwrite_read_sorted() {
+        let store = CheckpointStore::default();
+        store.write("c", "b", vec![2]).unwrap();
+        store.write("c", "a", vec![1]).unwrap();
+        store.write("c", "b", vec![3]).unwrap();
+        assert_eq!(
+            store.read("c"),
+            vec![("a".to_string(), vec![1]), ("b".to_string(), vec![3])]
+        );
+        assert!(store.read("other").is_empty());
+    }
+
+    #[test]
+    fn refuses_what_could_not_be_read_back() {
+        let store = CheckpointStore::default();
+        let big = vec![0u8; nines_proto::MAX_FRAME / 2];
+        store.write("c", "a", big.clone()).unwrap();
+        assert!(store.write("c", "b", big.clone()).is_err());
+        // Overwriting a section replaces its size instead of adding to it.
+        store.write("c", "a", big).unwrap();
+        assert_eq!(store.read("c").len(), 1);
+        assert!(store
+            .write("d", "x", vec![0; nines_proto::MAX_FRAME])
+            .is_err());
+        assert!(store.read("d").is_empty());
+    }
+}

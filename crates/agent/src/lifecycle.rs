@@ -1,0 +1,377 @@
+//! Instantiate, terminate and cleanup of process and SA-aware components.
+//!
+//! Every command gets exactly one `CommandDone`, and none waits forever: each step is bounded by
+//! the component's timeouts, plus [`REAP_GRACE`] for the kernel to take down a SIGKILLed group.
+//! A component is its process group: terminate and cleanup signal the group, and when the
+//! leader exits whatever is left of the group is killed (see [`crate::pidfd`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nines_engine::{Command, FaultKind, Input, Outcome};
+use nines_model::{CompId, CompKind};
+use nines_proto::ToComponent;
+use rustix::process::Signal;
+use tokio::sync::oneshot;
+use tokio::time::{sleep, timeout, timeout_at};
+
+use crate::agent::{Agent, Incarnation, Phase};
+use crate::commands::{self, CommandResult, CommandSpec, REAP_GRACE};
+use crate::healthcheck;
+use crate::pidfd::{Exit, Proc};
+use crate::session::Pending;
+use crate::spawn;
+
+fn done(agent: &Agent, comp: CompId, command: Command, outcome: Outcome) {
+    agent.report(
+        agent.clock.now(),
+        Input::CommandDone {
+            comp,
+            command,
+            outcome,
+        },
+    );
+}
+
+/// Start a component. Process components are instantiated once spawned; SA-aware ones once
+/// they register (see [`crate::session`]) within `timeouts.instantiate`.
+pub(crate) fn instantiate(agent: &Arc<Agent>, comp: CompId) {
+    let m = agent.comp(comp);
+    if m.kind == CompKind::Vm {
+        tracing::error!(component = %m.path, "vm components need the VM driver (issue 5)");
+        return done(agent, comp, Command::Instantiate, Outcome::Failed);
+    }
+    if *agent.stop.borrow() {
+        tracing::warn!(component = %m.path, "not instantiating: the agent is shutting down");
+        return done(agent, comp, Command::Instantiate, Outcome::Failed);
+    }
+    let mut comps = agent.comps();
+    if let Some(old) = comps.get(&comp) {
+        match old.phase {
+            Phase::Running => {
+                tracing::warn!(component = %m.path, pid = old.proc.pid(), "instantiate: already running");
+                drop(comps);
+                return done(agent, comp, Command::Instantiate, Outcome::Ok);
+            }
+            Phase::Instantiating => {
+                // The attempt under way answers for both.
+                tracing::warn!(component = %m.path, "instantiate: already being instantiated");
+                return;
+            }
+            Phase::Stopping => {
+                tracing::warn!(component = %m.path, "instantiate refused: still stopping");
+                drop(comps);
+                return done(agent, comp, Command::Instantiate, Outcome::Failed);
+            }
+            Phase::Abandoned | Phase::Exited => {
+                // Never leave an earlier incarnation running unsupervised.
+                old.proc.signal_group(Signal::KILL);
+            }
+        }
+    }
+    let env = agent.env(comp);
+    let log = agent.log_path(comp);
+    let started = spawn::command(&m.instantiate, &env, log.as_deref())
+        .and_then(|mut cmd| Proc::spawn(&mut cmd, agent.clock, &agent.live));
+    let proc = match started {
+        Ok(proc) => proc,
+        Err(e) => {
+            comps.remove(&comp);
+            drop(comps);
+            tracing::error!(
+                component = %m.path,
+                argv = ?m.instantiate,
+                error = %e,
+                "cannot start component"
+            );
+            return done(agent, comp, Command::Instantiate, Outcome::Failed);
+        }
+    };
+    let gen = agent.next_id();
+    let sa_aware = m.kind == CompKind::SaAware;
+    comps.insert(
+        comp,
+        Incarnation {
+            gen,
+            proc: proc.clone(),
+            phase: if sa_aware {
+                Phase::Instantiating
+            } else {
+                Phase::Running
+            },
+            failed: false,
+            session: None,
+        },
+    );
+    drop(comps);
+    tracing::info!(component = %m.path, pid = proc.pid(), "started");
+    let a = agent.clone();
+    tokio::spawn(async move {
+        let exit = proc.exited().await;
+        on_exit(&a, comp, gen, exit);
+    });
+    if sa_aware {
+        let a = agent.clone();
+        let limit = m.timeouts.instantiate;
+        tokio::spawn(async move { registration_deadline(&a, comp, gen, limit).await });
+    } else {
+        done(agent, comp, Command::Instantiate, Outcome::Ok);
+        healthcheck::start_monitor(agent, comp, gen);
+    }
+}
+
+/// An SA-aware component that has not registered in time is reported timed out; the engine then
+/// cleans it up.
+async fn registration_deadline(agent: &Arc<Agent>, comp: CompId, gen: u64, limit: Duration) {
+    sleep(limit).await;
+    let mut comps = agent.comps();
+    let Some(inc) = comps.get_mut(&comp) else {
+        return;
+    };
+    if inc.gen != gen || inc.phase != Phase::Instantiating {
+        return;
+    }
+    inc.phase = Phase::Abandoned;
+    drop(comps);
+    tracing::warn!(
+        component = %agent.comp(comp).path,
+        timeout = ?limit,
+        "did not register within the instantiate timeout"
+    );
+    done(agent, comp, Command::Instantiate, Outcome::TimedOut);
+}
+
+/// The leader of incarnation `gen` exited (and is reaped): a failure if nobody asked for it.
+fn on_exit(agent: &Arc<Agent>, comp: CompId, gen: u64, exit: Exit) {
+    let path = &agent.comp(comp).path;
+    let mut comps = agent.comps();
+    let Some(inc) = comps.get_mut(&comp) else {
+        return;
+    };
+    if inc.gen != gen {
+        return;
+    }
+    let phase = inc.phase;
+    let first_failure = !inc.failed;
+    if phase != Phase::Stopping {
+        inc.phase = Phase::Exited;
+    }
+    if let Some(link) = inc.session.take() {
+        link.close();
+    }
+    if matches!(phase, Phase::Running | Phase::Instantiating) {
+        inc.failed = true;
+    }
+    drop(comps);
+    agent.groups().remove_comp(&agent.model, comp);
+    match phase {
+        Phase::Instantiating => {
+            tracing::error!(component = %path, status = %exit.status, "exited before registering");
+            agent.report(
+                exit.at,
+                Input::CommandDone {
+                    comp,
+                    command: Command::Instantiate,
+                    outcome: Outcome::Failed,
+                },
+            );
+        }
+        Phase::Running if first_failure => {
+            tracing::warn!(component = %path, status = %exit.status, "exited");
+            agent.report(
+                exit.at,
+                Input::ComponentFailed {
+                    comp,
+                    kind: FaultKind::Exited,
+                    recommended: None,
+                },
+            );
+        }
+        _ => tracing::info!(component = %path, status = %exit.status, "exited"),
+    }
+}
+
+/// Stop a component gracefully and report `CommandDone{Terminate}`.
+pub(crate) fn terminate(agent: &Arc<Agent>, comp: CompId) {
+    let a = agent.clone();
+    tokio::spawn(async move {
+        let outcome = stop_gracefully(&a, comp).await;
+        done(&a, comp, Command::Terminate, outcome);
+    });
+}
+
+/// Claim the current incarnation for a stop: `None` if there is nothing left to stop.
+fn begin_stop(agent: &Agent, comp: CompId, keep_session: bool) -> Option<Incarnation> {
+    let mut comps = agent.comps();
+    let inc = comps.get_mut(&comp)?;
+    inc.phase = Phase::Stopping;
+    let session = if keep_session {
+        inc.session.clone()
+    } else {
+        let s = inc.session.take();
+        if let Some(s) = &s {
+            s.close();
+        }
+        None
+    };
+    Some(Incarnation {
+        gen: inc.gen,
+        proc: inc.proc.clone(),
+        phase: Phase::Stopping,
+        failed: inc.failed,
+        session,
+    })
+}
+
+/// Forget incarnation `gen` once it is reaped (a newer one may have replaced it).
+fn end_stop(agent: &Agent, comp: CompId, gen: u64) {
+    let mut comps = agent.comps();
+    if comps
+        .get(&comp)
+        .is_some_and(|i| i.gen == gen && i.proc.exit_now().is_some())
+    {
+        comps.remove(&comp);
+    }
+}
+
+/// SA-aware: the terminate callback first (answer or exit, within the callback timeout). Then
+/// the `terminate` command if configured, otherwise SIGTERM to the group; SIGKILL once
+/// `timeouts.terminate` (counted from the start) has passed. Done once the leader is reaped.
+pub(crate) async fn stop_gracefully(agent: &Arc<Agent>, comp: CompId) -> Outcome {
+    let m = agent.comp(comp);
+    let Some(inc) = begin_stop(agent, comp, true) else {
+        return Outcome::Ok;
+    };
+    let proc = inc.proc.clone();
+    if proc.exit_now().is_some() {
+        end_stop(agent, comp, inc.gen);
+        return Outcome::Ok;
+    }
+    let limit = m.timeouts.terminate;
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut outcome = Outcome::Ok;
+    if let Some(link) = &inc.session {
+        let invocation = agent.next_id();
+        let (tx, rx) = oneshot::channel();
+        // Like any callback, answered within the callback timeout; the rest of the terminate
+        // timeout is left for SIGTERM to work.
+        let answer_by = deadline.min(tokio::time::Instant::now() + m.timeouts.callback);
+        link.add_pending(invocation, Pending::Terminate(tx));
+        let _ = link.send(&ToComponent::Terminate { invocation });
+        tokio::select! {
+            answer = rx => {
+                if answer == Ok(false) {
+                    tracing::warn!(component = %m.path, "refused to terminate; stopping it anyway");
+                    outcome = Outcome::Failed;
+                }
+            }
+            _ = proc.exited() => {}
+            _ = tokio::time::sleep_until(answer_by) => {
+                tracing::warn!(component = %m.path, "did not answer the terminate callback");
+            }
+        }
+        link.take_pending(invocation);
+    }
+    if proc.exit_now().is_none() {
+        match &m.terminate {
+            Some(argv) => {
+                let env = agent.command_env(comp, Some(proc.pid()));
+                let log = agent.log_path(comp);
+                let spec = CommandSpec {
+                    what: "terminate",
+                    component: &m.path,
+                    argv,
+                    env: &env,
+                    log: log.as_deref(),
+                };
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match commands::run(&spec, left, agent.clock, &agent.live).await {
+                    CommandResult::Success => {}
+                    CommandResult::Failed(_) => outcome = Outcome::Failed,
+                    CommandResult::TimedOut => outcome = Outcome::TimedOut,
+                }
+            }
+            None => {
+                proc.signal_group(Signal::TERM);
+            }
+        }
+        if timeout_at(deadline, proc.exited()).await.is_err() {
+            tracing::warn!(
+                component = %m.path,
+                timeout = ?limit,
+                "still running at the terminate timeout; killing it"
+            );
+            proc.signal_group(Signal::KILL);
+            if timeout(REAP_GRACE, proc.exited()).await.is_err() {
+                tracing::error!(component = %m.path, pid = proc.pid(), "survives SIGKILL");
+                outcome = Outcome::TimedOut;
+            }
+        }
+    }
+    end_stop(agent, comp, inc.gen);
+    tracing::info!(component = %m.path, ?outcome, "terminated");
+    outcome
+}
+
+/// Stop a component by force and report `CommandDone{Cleanup}`.
+pub(crate) fn cleanup(agent: &Arc<Agent>, comp: CompId) {
+    let a = agent.clone();
+    tokio::spawn(async move {
+        let outcome = clean_up(&a, comp).await;
+        done(&a, comp, Command::Cleanup, outcome);
+    });
+}
+
+/// The `cleanup` command if configured (bounded by `timeouts.cleanup`), then SIGKILL to the
+/// group in any case; done once the leader is reaped.
+async fn clean_up(agent: &Arc<Agent>, comp: CompId) -> Outcome {
+    let m = agent.comp(comp);
+    let Some(inc) = begin_stop(agent, comp, false) else {
+        return Outcome::Ok; // not running: nothing to clean
+    };
+    let proc = inc.proc.clone();
+    let limit = m.timeouts.cleanup;
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut outcome = Outcome::Ok;
+    if let Some(argv) = &m.cleanup {
+        let pid = proc.exit_now().is_none().then(|| proc.pid());
+        let env = agent.command_env(comp, pid);
+        let log = agent.log_path(comp);
+        let spec = CommandSpec {
+            what: "cleanup",
+            component: &m.path,
+            argv,
+            env: &env,
+            log: log.as_deref(),
+        };
+        match commands::run(&spec, limit, agent.clock, &agent.live).await {
+            CommandResult::Success => {}
+            CommandResult::Failed(_) => outcome = Outcome::Failed,
+            CommandResult::TimedOut => outcome = Outcome::TimedOut,
+        }
+    }
+    proc.signal_group(Signal::KILL);
+    let left = deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .max(REAP_GRACE);
+    if timeout(left, proc.exited()).await.is_err() {
+        tracing::error!(component = %m.path, pid = proc.pid(), "cannot be reaped after SIGKILL");
+        outcome = Outcome::TimedOut;
+    }
+    end_stop(agent, comp, inc.gen);
+    tracing::info!(component = %m.path, ?outcome, "cleaned up");
+    outcome
+}
+
+/// SIGKILL the component's group at once and wait (bounded by [`REAP_GRACE`]) for the leader to
+/// be reaped; for fencing, where nothing may run on a moment longer.
+pub(crate) async fn kill_now(agent: &Arc<Agent>, comp: CompId) {
+    let Some(inc) = begin_stop(agent, comp, false) else {
+        return;
+    };
+    inc.proc.signal_group(Signal::KILL);
+    if timeout(REAP_GRACE, inc.proc.exited()).await.is_err() {
+        tracing::error!(component = %agent.comp(comp).path, pid = inc.proc.pid(), "survives SIGKILL");
+    }
+    end_stop(agent, comp, inc.gen);
+}

@@ -1,0 +1,321 @@
+//! A spawned process group watched through a pidfd: exit detection without polling.
+//!
+//! Every process the agent starts (a component, or a CLC command) is the leader of its own
+//! process group and is represented by a [`Proc`]. A watcher task waits for the leader's pidfd
+//! to become readable (the kernel's signal that it exited), stamps that moment, SIGKILLs what is
+//! left of its group, reaps the leader and publishes the [`Exit`].
+//!
+//! Signals go to the whole group, and only while the leader is not yet reaped: an unreaped
+//! leader pins its pid, so the group id cannot have been recycled for an unrelated process.
+//! That is also why leftovers are killed *before* the leader is reaped: a component is its
+//! process group, and no stray member outlives it.
+//!
+//! If the watcher is dropped before the exit (its runtime shut down), the group is SIGKILLed and
+//! a thread reaps the leader, so no zombie and no unsupervised component remains.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use nines_engine::Instant;
+use rustix::process::{Pid, PidfdFlags, Signal, WaitIdStatus};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::{watch, Notify};
+
+use crate::clock::Clock;
+use crate::reaper;
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ExitStatus {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal killed it.
+    Signal(i32),
+    /// The status could not be read (someone else reaped it).
+    Unknown,
+}
+
+impl ExitStatus {
+    fn from_wait(status: Option<&WaitIdStatus>) -> ExitStatus {
+        match status {
+            Some(s) if s.exited() => ExitStatus::Code(s.exit_status().unwrap_or(-1)),
+            Some(s) if s.killed() || s.dumped() => {
+                ExitStatus::Signal(s.terminating_signal().unwrap_or(0))
+            }
+            _ => ExitStatus::Unknown,
+        }
+    }
+
+    /// Exit code 0.
+    pub(crate) fn success(self) -> bool {
+        self == ExitStatus::Code(0)
+    }
+}
+
+impl std::fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitStatus::Code(c) => write!(f, "exit code {c}"),
+            ExitStatus::Signal(s) => write!(f, "killed by signal {s}"),
+            ExitStatus::Unknown => write!(f, "unknown exit status"),
+        }
+    }
+}
+
+/// The end of a process: when its pidfd became readable, and how it ended.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Exit {
+    /// When the exit was seen.
+    pub at: Instant,
+    /// How it ended.
+    pub status: ExitStatus,
+}
+
+/// Counts an agent's live processes, so that shutdown can wait until all are reaped.
+#[derive(Default, Debug)]
+pub(crate) struct Live {
+    count: AtomicUsize,
+    zero: Notify,
+}
+
+impl Live {
+    fn enter(self: &Arc<Self>) -> LiveGuard {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        LiveGuard(self.clone())
+    }
+
+    /// Wait until no process of this agent is left unreaped.
+    pub(crate) async fn all_reaped(&self) {
+        loop {
+            let notified = self.zero.notified();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+#[derive(Debug)]
+struct LiveGuard(Arc<Live>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.zero.notify_waiters();
+        }
+    }
+}
+
+/// A spawned process group, led by a process the agent tracks.
+#[derive(Debug)]
+pub(crate) struct Proc {
+    pid: Pid,
+    /// Whether the leader has been reaped; held while signalling so a reap cannot interleave.
+    reaped: Mutex<bool>,
+    exit: watch::Receiver<Option<Exit>>,
+}
+
+impl Proc {
+    /// Spawn `cmd` (which must put the child in its own process group) and start watching it.
+    /// Must run inside a tokio runtime.
+    pub(crate) fn spawn(
+        cmd: &mut Command,
+        clock: Clock,
+        live: &Arc<Live>,
+    ) -> io::Result<Arc<Proc>> {
+        let pid = reaper::spawn_tracked(cmd)?;
+        let (tx, rx) = watch::channel(None);
+        let proc = Arc::new(Proc {
+            pid,
+            reaped: Mutex::new(false),
+            exit: rx,
+        });
+        let guard = WatchGuard {
+            proc: proc.clone(),
+            fd: None,
+            tx: Some(tx),
+            live: Some(live.enter()),
+        };
+        let fd = match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
+            Ok(fd) => fd,
+            Err(e) => {
+                // The guard kills and reaps the child without a pidfd.
+                drop(guard);
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    format!("pidfd_open failed (Linux 5.3 or later is needed): {e}"),
+                ));
+            }
+        };
+        // SAFETY: the `OwnedFd` moves into the `AsyncFd`, which owns it from here on: it stays
+        // open and is the same descriptor until the `AsyncFd` is dropped or `into_inner`ed.
+        let afd = match unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) } {
+            Ok(afd) => afd,
+            Err(e) => {
+                drop(guard);
+                return Err(e.into());
+            }
+        };
+        let mut guard = guard;
+        guard.fd = Some(afd);
+        tokio::spawn(watch_exit(guard, clock));
+        Ok(proc)
+    }
+
+    /// The leader's pid, which is also the process group id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid.as_raw_nonzero().get().unsigned_abs()
+    }
+
+    /// Send `sig` to the whole group. Returns `false` (and sends nothing) once the leader is
+    /// reaped: the group is then gone (its leftovers were killed) and its id may be reused.
+    pub(crate) fn signal_group(&self, sig: Signal) -> bool {
+        let reaped = self.reaped.lock().unwrap_or_else(|e| e.into_inner());
+        if *reaped {
+            return false;
+        }
+        match rustix::process::kill_process_group(self.pid, sig) {
+            Ok(()) => true,
+            Err(rustix::io::Errno::SRCH) => false,
+            Err(e) => {
+                tracing::warn!(pid = self.pid(), error = %e, "cannot signal process group");
+                false
+            }
+        }
+    }
+
+    /// The exit, if it has happened (and the leader is reaped).
+    pub(crate) fn exit_now(&self) -> Option<Exit> {
+        *self.exit.borrow()
+    }
+
+    /// Wait for the exit (the leader reaped).
+    pub(crate) async fn exited(&self) -> Exit {
+        let mut rx = self.exit.clone();
+        let seen = rx.wait_for(|e| e.is_some()).await.map(|e| *e);
+        match seen {
+            Ok(e) => e.unwrap_or(Exit {
+                at: Instant::ZERO,
+                status: ExitStatus::Unknown,
+            }),
+            // The watcher vanished without publishing: only when the process is torn down.
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
+/// Owns the pidfd and the exit publisher; reaps on drop if the watcher never saw the exit.
+struct WatchGuard {
+    proc: Arc<Proc>,
+    fd: Option<AsyncFd<OwnedFd>>,
+    tx: Option<watch::Sender<Option<Exit>>>,
+    live: Option<LiveGuard>,
+}
+
+impl WatchGuard {
+    /// Kill the leftovers of the group, reap the leader and publish the exit. `None` if the
+    /// leader turned out not to be waitable yet.
+    fn reap(&mut self, at: Instant) -> Option<Exit> {
+        let fd = self.fd.as_ref()?;
+        let mut reaped = self.proc.reaped.lock().unwrap_or_else(|e| e.into_inner());
+        // The leader is a zombie and pins the group id: safe to kill the rest of the group.
+        let _ = rustix::process::kill_process_group(self.proc.pid, Signal::KILL);
+        let status = match reaper::reap_tracked(fd.get_ref().as_fd(), self.proc.pid) {
+            Ok(Some(status)) => ExitStatus::from_wait(Some(&status)),
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(pid = self.proc.pid(), error = %e, "cannot reap process");
+                ExitStatus::Unknown
+            }
+        };
+        *reaped = true;
+        drop(reaped);
+        let exit = Exit { at, status };
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Some(exit));
+        }
+        self.live = None;
+        Some(exit)
+    }
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        if self.tx.is_none() {
+            return; // reaped and published
+        }
+        {
+            let reaped = self.proc.reaped.lock().unwrap_or_else(|e| e.into_inner());
+            if !*reaped {
+                let _ = rustix::process::kill_process_group(self.proc.pid, Signal::KILL);
+            }
+        }
+        let fd = self.fd.take().map(AsyncFd::into_inner);
+        let proc = self.proc.clone();
+        let tx = self.tx.take();
+        let live = self.live.take();
+        let reap = move || {
+            let status = match &fd {
+                Some(fd) => reaper::reap_tracked_blocking(fd.as_fd(), proc.pid),
+                None => reap_without_pidfd(proc.pid),
+            };
+            *proc.reaped.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            if let Some(tx) = tx {
+                let _ = tx.send(Some(Exit {
+                    at: Instant::ZERO,
+                    status: ExitStatus::from_wait(status.as_ref()),
+                }));
+            }
+            drop(live);
+        };
+        if std::thread::Builder::new()
+            .name("nines-reap".into())
+            .spawn(reap)
+            .is_err()
+        {
+            tracing::error!(
+                pid = self.proc.pid(),
+                "cannot start a thread to reap a killed child"
+            );
+        }
+    }
+}
+
+/// Reap a tracked child for which no pidfd could be opened (it was just SIGKILLed).
+fn reap_without_pidfd(pid: Pid) -> Option<WaitIdStatus> {
+    // Without a pidfd, waitid(P_PID) is safe here: the pid is tracked, so nobody else reaps it
+    // and it cannot have been reused.
+    let status = rustix::process::waitid(
+        rustix::process::WaitId::Pid(pid),
+        rustix::process::WaitIdOptions::EXITED,
+    )
+    .ok()
+    .flatten();
+    reaper::untrack(pid);
+    status
+}
+
+/// Wait for the pidfd to become readable, then reap and publish.
+async fn watch_exit(mut guard: WatchGuard, clock: Clock) {
+    loop {
+        let Some(fd) = guard.fd.as_ref() else { return };
+        let mut ready = match fd.readable().await {
+            Ok(ready) => ready,
+            Err(e) => {
+                tracing::error!(pid = guard.proc.pid(), error = %e, "cannot watch pidfd");
+                return; // the guard's drop kills and reaps
+            }
+        };
+        let at = clock.now();
+        ready.clear_ready();
+        drop(ready);
+        if guard.reap(at).is_some() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! SA-aware sessions: the agent's side of one registered component's connection.
+//!
+//! A [`SessionLink`] is how the rest of the agent talks to a component: it queues frames for the
+//! connection's writer and matches answers to requests by invocation. Connections themselves
+//! (binding, accepting, registration, reading) are in [`crate::socket`]; what the agent does
+//! with each message is in [`crate::dispatch`].
+//!
+//! A component that stops reading its socket has its session closed once [`OUTBOX`] frames are
+//! queued, so it cannot make the agent hold unbounded memory.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use nines_engine::HaState;
+use nines_model::{CompId, CsiId};
+use nines_proto::{FrameError, ToComponent};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+/// Frames queued for a component before the agent decides it does not read its socket and
+/// closes the session.
+pub const OUTBOX: usize = 256;
+
+/// A request sent to a component that waits for its answer.
+pub(crate) enum Pending {
+    /// `CsiSet`, answered by `Response`.
+    Assign { csi: CsiId, ha: HaState },
+    /// `CsiRemove`, answered by `Response`.
+    Remove { csi: CsiId },
+    /// `Terminate`, answered by `Response`; the terminating task waits for `ok`.
+    Terminate(oneshot::Sender<bool>),
+    /// `Healthcheck`, answered by `HealthcheckConfirm`.
+    Healthcheck(oneshot::Sender<()>),
+}
+
+/// Why a frame could not be queued.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// The session is closed (or being closed).
+    Closed,
+    /// The message exceeds the frame limit (a checkpoint too large to read in one reply).
+    TooLarge(FrameError),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::Closed => write!(f, "session closed"),
+            SendError::TooLarge(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// The agent's handle on one registered session: send to the component, and match answers to
+/// requests. Callbacks keep it alive until they are answered or time out.
+pub(crate) struct SessionLink {
+    /// Session id (unique in the process).
+    pub id: u64,
+    /// The component it speaks for.
+    pub comp: CompId,
+    /// The incarnation it belongs to.
+    pub gen: u64,
+    outbox: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
+    closing: Notify,
+    pending: Mutex<HashMap<u64, Pending>>,
+    quiescing: Mutex<HashMap<u64, CsiId>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl SessionLink {
+    /// A link for incarnation `gen` of `comp`, writing through `outbox`.
+    pub(crate) fn new(comp: CompId, gen: u64, outbox: mpsc::Sender<Vec<u8>>) -> Arc<SessionLink> {
+        Arc::new(SessionLink {
+            id: next_session_id(),
+            comp,
+            gen,
+            outbox: Mutex::new(Some(outbox)),
+            closing: Notify::new(),
+            pending: Mutex::new(HashMap::new()),
+            quiescing: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Resolves when the agent closes the session.
+    pub(crate) async fn closed(&self) {
+        self.closing.notified().await;
+    }
+
+    /// Queue a message. A component that lets [`OUTBOX`] frames pile up loses its session.
+    pub(crate) fn send(&self, msg: &ToComponent) -> Result<(), SendError> {
+        let frame = nines_proto::try_encode(msg).map_err(SendError::TooLarge)?;
+        let mut outbox = lock(&self.outbox);
+        let Some(tx) = outbox.as_ref() else {
+            return Err(SendError::Closed);
+        };
+        match tx.try_send(frame) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::error!(
+                    session = self.id,
+                    "component does not read its socket ({OUTBOX} frames queued); closing session"
+                );
+                *outbox = None;
+                drop(outbox);
+                self.closing.notify_one();
+                Err(SendError::Closed)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                *outbox = None;
+                Err(SendError::Closed)
+            }
+        }
+    }
+
+    /// Close the session (the agent is done with this component); queued frames still go out.
+    pub(crate) fn close(&self) {
+        *lock(&self.outbox) = None;
+        self.closing.notify_one();
+    }
+
+    /// Wait for an answer to `invocation`.
+    pub(crate) fn add_pending(&self, invocation: u64, p: Pending) {
+        lock(&self.pending).insert(invocation, p);
+    }
+
+    /// Claim the request behind `invocation`; whoever claims it answers the engine.
+    pub(crate) fn take_pending(&self, invocation: u64) -> Option<Pending> {
+        lock(&self.pending).remove(&invocation)
+    }
+
+    /// `invocation` sets a CSI to quiescing: its `QuiescingComplete` is expected.
+    pub(crate) fn expect_quiescing(&self, invocation: u64, csi: CsiId) {
+        lock(&self.quiescing).insert(invocation, csi);
+    }
+
+    /// The CSI whose quiescing `invocation` completes, if it was expected.
+    pub(crate) fn take_quiescing(&self, invocation: u64) -> Option<CsiId> {
+        lock(&self.quiescing).remove(&invocation)
+    }
+
+    /// The quiescing callback `invocation` failed or timed out: no completion will count.
+    pub(crate) fn forget_quiescing(&self, invocation: u64) {
+        lock(&self.quiescing).remove(&invocation);
+    }
+}
+
+/// Session ids are unique in the process, not just the agent: agents of one host share
+/// protection-group trackers, which are told apart by session id.
+fn next_session_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}

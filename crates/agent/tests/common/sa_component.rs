@@ -1,0 +1,279 @@
+//! A tiny SA-aware component for tests, speaking the raw protocol (so tests control exactly what
+//! it answers). It runs inside a re-executed test binary: the agent spawns
+//! `env NINES_TEST_SA_MODE=<mode> NINES_TEST_MARKER=<file> <test exe> sa_component_main --exact`,
+//! and the `sa_component_main` test calls [`run`]. It notes what it sees in the marker file.
+
+use std::io::{BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use nines_proto::{read_frame, write_frame, Recovery, ToAgent, ToComponent, PROTOCOL_VERSION};
+
+/// The command line that runs this component in `mode`, noting into `marker`.
+pub fn argv(mode: &str, marker: &Path) -> Vec<String> {
+    let exe = std::env::current_exe().expect("test executable");
+    vec![
+        "/usr/bin/env".into(),
+        format!("NINES_TEST_SA_MODE={mode}"),
+        format!("NINES_TEST_MARKER={}", marker.display()),
+        exe.display().to_string(),
+        "sa_component_main".into(),
+        "--exact".into(),
+        "--nocapture".into(),
+        "--test-threads=1".into(),
+        "-q".into(),
+    ]
+}
+
+/// Append `<node>: <line>` to the marker file (components of several nodes may share one).
+fn note(line: &str) {
+    let node = std::env::var("NINES_NODE").unwrap_or_default();
+    if let Ok(path) = std::env::var("NINES_TEST_MARKER") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            // One write per line: O_APPEND keeps lines of several components whole.
+            let _ = f.write_all(format!("{node}: {line}\n").as_bytes());
+        }
+    }
+}
+
+/// Run the component in `mode`; never returns.
+pub fn run(mode: &str) -> ! {
+    // Die with the test process that spawned us, even if it is killed.
+    let _ = rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL));
+    if mode == "client" {
+        run_client();
+    }
+    let code = match session(mode) {
+        Ok(code) => code,
+        Err(e) => {
+            note(&format!("error: {e}"));
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn idle() -> ! {
+    loop {
+        std::thread::sleep(std::time::Duration::from_secs(1000));
+    }
+}
+
+fn session(mode: &str) -> Result<i32, Box<dyn std::error::Error>> {
+    let socket = std::env::var(nines_proto::ENV_AGENT_SOCKET)?;
+    let me = std::env::var(nines_proto::ENV_COMPONENT)?;
+    let name = if mode == "wrong-name" {
+        "app/sg/su/nope".to_string()
+    } else {
+        me
+    };
+    let mut out = UnixStream::connect(socket)?;
+    let mut input = BufReader::new(out.try_clone()?);
+    write_frame(
+        &mut out,
+        &ToAgent::Register {
+            component: name,
+            pid: std::process::id(),
+            version: PROTOCOL_VERSION,
+        },
+    )?;
+    match read_frame::<_, ToComponent>(&mut input)? {
+        Some(ToComponent::Registered { ok: true, .. }) => note("registered"),
+        Some(ToComponent::Registered { ok: false, reason }) => {
+            note(&format!("refused: {}", reason.unwrap_or_default()));
+            return Ok(3);
+        }
+        other => return Err(format!("unexpected first message {other:?}").into()),
+    }
+    match mode {
+        "malformed" => {
+            // Length 3, right version, then a body that is no message at all.
+            out.write_all(&[0, 0, 0, 3, PROTOCOL_VERSION, 0xff, 0xff])?;
+        }
+        "error-report" => write_frame(
+            &mut out,
+            &ToAgent::ErrorReport {
+                recommended: Recovery::ComponentRestart,
+            },
+        )?,
+        "ckpt" => {
+            // Only the component on n1 writes; every one reads and tracks.
+            let writes = if std::env::var("NINES_NODE").as_deref() == Ok("n1") {
+                vec![(1, "b", vec![2u8]), (2, "a", vec![1u8])]
+            } else {
+                Vec::new()
+            };
+            for (request, section, data) in writes {
+                write_frame(
+                    &mut out,
+                    &ToAgent::CheckpointWrite {
+                        request,
+                        checkpoint: "app/si".into(),
+                        section: section.into(),
+                        data,
+                        sync: request == 1,
+                    },
+                )?;
+            }
+            write_frame(
+                &mut out,
+                &ToAgent::CheckpointRead {
+                    request: 3,
+                    checkpoint: "app/si".into(),
+                },
+            )?;
+            write_frame(
+                &mut out,
+                &ToAgent::TrackProtectionGroup {
+                    si: "app/si".into(),
+                },
+            )?;
+        }
+        _ => {}
+    }
+    let mut healthchecks = 0u32;
+    loop {
+        let msg = match read_frame::<_, ToComponent>(&mut input) {
+            Ok(Some(msg)) => msg,
+            Ok(None) => {
+                note("eof");
+                idle();
+            }
+            Err(e) => {
+                note(&format!("read error: {e}"));
+                idle();
+            }
+        };
+        match msg {
+            ToComponent::CsiSet {
+                invocation,
+                si,
+                csi,
+                ha,
+                attrs,
+            } => {
+                note(&format!("csi-set {si} {csi} {ha:?} {attrs:?}"));
+                if mode == "mute-csi" {
+                    continue;
+                }
+                write_frame(
+                    &mut out,
+                    &ToAgent::Response {
+                        invocation,
+                        ok: mode != "refuse-csi",
+                    },
+                )?;
+                if ha == nines_proto::HaState::Quiescing {
+                    write_frame(&mut out, &ToAgent::QuiescingComplete { invocation })?;
+                }
+            }
+            ToComponent::CsiRemove {
+                invocation, csi, ..
+            } => {
+                note(&format!("csi-remove {csi}"));
+                write_frame(
+                    &mut out,
+                    &ToAgent::Response {
+                        invocation,
+                        ok: true,
+                    },
+                )?;
+            }
+            ToComponent::Healthcheck { invocation } => {
+                healthchecks += 1;
+                if mode == "hc-stop" && healthchecks > 3 {
+                    if healthchecks == 4 {
+                        note("healthchecks ignored from now on");
+                    }
+                    continue;
+                }
+                note(&format!("healthcheck {healthchecks}"));
+                write_frame(&mut out, &ToAgent::HealthcheckConfirm { invocation })?;
+            }
+            ToComponent::Terminate { invocation } => {
+                note("terminate");
+                if mode == "ignore-terminate" {
+                    continue;
+                }
+                write_frame(
+                    &mut out,
+                    &ToAgent::Response {
+                        invocation,
+                        ok: true,
+                    },
+                )?;
+                return Ok(0);
+            }
+            ToComponent::ProtectionGroup { si, members } => note(&format!("pg {si} {members:?}")),
+            ToComponent::CheckpointAck {
+                request,
+                ok,
+                reason,
+            } => note(&format!("ack {request} {ok} {reason:?}")),
+            ToComponent::CheckpointData { request, sections } => {
+                note(&format!("data {request} {sections:?}"))
+            }
+            ToComponent::Registered { .. } => note("registered twice?"),
+        }
+    }
+}
+
+/// The same kind of component written with the real client library (`nines-client`): it
+/// checkpoints on becoming active, reads the checkpoint back, and exits when terminated.
+fn run_client() -> ! {
+    struct Counter {
+        session: Option<nines_client::Session>,
+    }
+    impl nines_client::Component for Counter {
+        fn registered(&mut self, session: &nines_client::Session) {
+            note("client registered");
+            self.session = Some(session.clone());
+        }
+        fn csi_set(
+            &mut self,
+            _si: &str,
+            csi: &str,
+            ha: nines_client::HaState,
+            _attrs: &[(String, String)],
+        ) -> Result<(), String> {
+            note(&format!("client csi-set {csi} {ha:?}"));
+            if ha == nines_client::HaState::Active {
+                let s = self.session.as_ref().ok_or("no session")?;
+                s.checkpoint_write("app/si", "count", b"41", true)
+                    .map_err(|e| e.to_string())?;
+                let sections = s.checkpoint_read("app/si").map_err(|e| e.to_string())?;
+                note(&format!("client read {sections:?}"));
+            }
+            Ok(())
+        }
+        fn csi_remove(&mut self, _si: &str, csi: &str) -> Result<(), String> {
+            note(&format!("client csi-remove {csi}"));
+            Ok(())
+        }
+        fn healthcheck(&mut self) -> Result<(), String> {
+            note("client healthcheck");
+            Ok(())
+        }
+        fn terminate(&mut self) {
+            note("client terminate");
+        }
+    }
+    let code = match nines_client::Session::start(Counter { session: None }) {
+        Ok(session) => match session.wait() {
+            Ok(()) => 0,
+            Err(e) => {
+                note(&format!("client wait: {e}"));
+                2
+            }
+        },
+        Err(e) => {
+            note(&format!("client start: {e}"));
+            1
+        }
+    };
+    std::process::exit(code)
+}

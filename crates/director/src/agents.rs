@@ -1,0 +1,151 @@
+//! One in-process node agent per config node, and the routing of component actions to them.
+//!
+//! On one host every config node is "this host": each gets its own agent, socket
+//! (`state_dir/agents/NODE.sock`, which the agent hands its components as
+//! `NINES_AGENT_SOCKET`) and log directory (`state_dir/logs/NODE/`). Each agent's reports are
+//! forwarded into the engine loop's queue tagged with the node and the agent's generation, so
+//! that after a fence the late reports of the old agent are recognised and dropped.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use nines_agent::{AgentHandle, AgentOptions, Clock};
+use nines_engine::ActionKind;
+use nines_model::{CompId, Model, NodeId};
+use tokio::sync::mpsc;
+
+use crate::msg::Msg;
+
+/// What starting an agent needs; cloned into fence tasks, which restart agents.
+#[derive(Clone)]
+pub(crate) struct AgentCtx {
+    pub model: Arc<Model>,
+    pub clock: Clock,
+    pub agents_dir: PathBuf,
+    pub logs_dir: PathBuf,
+    pub tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl AgentCtx {
+    /// The socket path of a node's agent.
+    pub fn socket(&self, node: NodeId) -> PathBuf {
+        self.agents_dir
+            .join(format!("{}.sock", self.model.nodes[node.index()].name))
+    }
+
+    /// Starts the agent of `node` (generation `gen`) and forwards its reports.
+    pub async fn start(&self, node: NodeId, gen: u64) -> io::Result<AgentHandle> {
+        // The agent replaces a stale socket file a crashed run left behind.
+        let socket = self.socket(node);
+        let log_dir = self.logs_dir.join(&self.model.nodes[node.index()].name);
+        std::fs::create_dir_all(&log_dir)?;
+        let (handle, mut rx) = nines_agent::start(AgentOptions {
+            node,
+            model: self.model.clone(),
+            socket,
+            log_dir: Some(log_dir),
+            clock: self.clock,
+        })
+        .await?;
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            while let Some(report) = rx.recv().await {
+                if tx.send(Msg::Report { node, gen, report }).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(handle)
+    }
+}
+
+/// A node's agent: absent while it is being fenced and restarted.
+pub(crate) struct Slot {
+    pub handle: Option<AgentHandle>,
+    pub gen: u64,
+}
+
+/// The agents of every node.
+pub(crate) struct Agents {
+    pub ctx: AgentCtx,
+    pub slots: Vec<Slot>,
+}
+
+impl Agents {
+    /// Starts one agent per node of the model. On failure the agents already started are shut
+    /// down again, so a failed start leaves nothing running.
+    pub async fn start_all(ctx: AgentCtx) -> Result<Agents, (NodeId, io::Error)> {
+        let mut slots: Vec<Slot> = Vec::new();
+        for n in 0..ctx.model.nodes.len() {
+            let node = NodeId(n as u32);
+            match ctx.start(node, 0).await {
+                Ok(handle) => slots.push(Slot {
+                    handle: Some(handle),
+                    gen: 0,
+                }),
+                Err(e) => {
+                    for s in &slots {
+                        if let Some(h) = &s.handle {
+                            h.shutdown().await;
+                        }
+                    }
+                    return Err((node, e));
+                }
+            }
+        }
+        Ok(Agents { ctx, slots })
+    }
+
+    /// Hands a component action to the agent of the component's node. Dropped (and `false`)
+    /// when that node's agent is being replaced after a fence: everything on the node is dead
+    /// by then and the engine learns it through `FenceDone`.
+    pub fn execute(&self, comp: CompId, action: &ActionKind) -> bool {
+        let m = &self.ctx.model;
+        let node = m.sus[m.comps[comp.index()].su.index()].node;
+        match &self.slots[node.index()].handle {
+            Some(h) => {
+                h.execute(action);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Every running component process of every agent.
+    pub fn pids(&self) -> Vec<(CompId, u32)> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.handle.as_ref())
+            .flat_map(|h| h.pids())
+            .collect()
+    }
+
+    /// Shuts every agent down at once (each terminates its components) and waits for all.
+    pub async fn shutdown_all(&mut self, extra: Vec<AgentHandle>) {
+        let mut tasks = Vec::new();
+        for h in self
+            .slots
+            .iter_mut()
+            .filter_map(|s| s.handle.take())
+            .chain(extra)
+        {
+            tasks.push(tokio::spawn(async move { h.shutdown().await }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// The component an action is for, if it is a component action.
+pub(crate) fn comp_of(action: &ActionKind) -> Option<CompId> {
+    match action {
+        ActionKind::Instantiate { comp }
+        | ActionKind::Terminate { comp }
+        | ActionKind::Cleanup { comp }
+        | ActionKind::AssignCsi { comp, .. }
+        | ActionKind::RemoveCsi { comp, .. } => Some(*comp),
+        _ => None,
+    }
+}

@@ -1,0 +1,387 @@
+//! The engine task: the only owner of the `Engine` and the only caller of `handle`.
+//!
+//! It takes messages from one queue (agent reports, admin and status requests, fence
+//! progress), fires the engine's timers, and carries out every action the engine returns:
+//! component actions go to the agent of the component's node, `StartTimer` to the timer set,
+//! `Fence` to [`crate::fence`], `AdminReply` back to the waiting requester, and `Record` to the
+//! event log (after everything else, so logging never delays a failover).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nines_agent::{AgentHandle, Clock};
+use nines_engine::{ActionKind, AdminError, AdminOp, Engine, Event, Input, Instant};
+use nines_model::{EntityRef, Model};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::admin_store::{self, AdminStore};
+use crate::agents::{comp_of, Agents};
+use crate::event_json::{self, Detection, Fields};
+use crate::event_log::EventLog;
+use crate::msg::Msg;
+use crate::names;
+use crate::pid_file::PidFile;
+use crate::status::Status;
+use crate::timers::Timers;
+
+/// How often the running component pids are saved for the next run (see [`crate::pid_file`]);
+/// they are also saved after an instantiation, as soon as the engine loop is idle.
+const PID_SAVE_PERIOD: Duration = Duration::from_millis(500);
+
+/// An admin request waiting for its reply.
+struct Pending {
+    op: AdminOp,
+    target: EntityRef,
+    reply: Option<oneshot::Sender<Result<(), AdminError>>>,
+}
+
+/// The engine task's state.
+pub(crate) struct EngineLoop {
+    pub engine: Engine,
+    pub model: Arc<Model>,
+    pub clock: Clock,
+    pub agents: Agents,
+    pub timers: Timers,
+    pub log: Arc<EventLog>,
+    pub admin_store: AdminStore,
+    pub pid_file: PidFile,
+    pub rx: mpsc::UnboundedReceiver<Msg>,
+    pub run: u64,
+    pub next_request: u64,
+    pending: HashMap<u64, Pending>,
+    /// A component was instantiated since the pids were last saved.
+    pids_dirty: bool,
+    pub fence_tasks: Vec<JoinHandle<()>>,
+}
+
+impl EngineLoop {
+    /// Assembles the loop; nothing is fed to the engine yet (see [`EngineLoop::boot`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        model: Arc<Model>,
+        clock: Clock,
+        agents: Agents,
+        log: Arc<EventLog>,
+        admin_store: AdminStore,
+        pid_file: PidFile,
+        rx: mpsc::UnboundedReceiver<Msg>,
+        run: u64,
+    ) -> EngineLoop {
+        EngineLoop {
+            engine: Engine::new(model.clone()),
+            model,
+            clock,
+            agents,
+            timers: Timers::default(),
+            log,
+            admin_store,
+            pid_file,
+            rx,
+            run,
+            next_request: 1,
+            pending: HashMap::new(),
+            pids_dirty: false,
+            fence_tasks: Vec::new(),
+        }
+    }
+
+    /// Re-applies the saved admin states, then starts the engine (`Input::Start`).
+    pub fn boot(&mut self) {
+        let saved: Vec<(String, String)> = self
+            .admin_store
+            .entries()
+            .map(|(e, s)| (e.to_string(), s.to_string()))
+            .collect();
+        for (path, state) in saved {
+            let skip = |this: &mut Self, reason: &str| {
+                this.log_director(
+                    "restore-skipped",
+                    vec![("entity", json!(path)), ("reason", json!(reason))],
+                );
+            };
+            let Some(target) = names::parse_admin(&state) else {
+                skip(self, &format!("unknown admin state {state}"));
+                continue;
+            };
+            let Some(entity) = self.model.find(&path) else {
+                skip(self, "no such entity in this config");
+                continue;
+            };
+            let Some(current) = self.engine.admin_state(entity) else {
+                skip(self, "this entity has no admin state");
+                continue;
+            };
+            let ops = admin_store::restore_ops(current, target);
+            if ops.is_empty() {
+                continue;
+            }
+            let mut error = None;
+            for op in ops {
+                if let Err(e) = self.admin(op, entity, None) {
+                    error = Some(e.to_string());
+                    break;
+                }
+            }
+            let mut fields: Fields = vec![("entity", json!(path)), ("admin", json!(state))];
+            if let Some(e) = error {
+                fields.push(("error", json!(e)));
+            }
+            self.log_director("admin-restored", fields);
+        }
+        let now = self.clock.now();
+        self.feed(now, Input::Start);
+        self.save_pids();
+    }
+
+    /// Runs until a `Shutdown` message (or until every sender is gone).
+    pub async fn run(mut self) {
+        let mut pid_tick = tokio::time::interval(PID_SAVE_PERIOD);
+        pid_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let deadline = self.timers.next().map(|at| {
+                let now = self.clock.now();
+                tokio::time::Instant::now() + at.saturating_since(now)
+            });
+            tokio::select! {
+                msg = self.rx.recv() => match msg {
+                    Some(Msg::Shutdown { done }) => {
+                        self.stop().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    Some(msg) => {
+                        self.on_msg(msg);
+                        // A new process is saved as soon as nothing more urgent is queued.
+                        if self.pids_dirty && self.rx.is_empty() {
+                            self.save_pids();
+                        }
+                    }
+                    None => {
+                        self.stop().await;
+                        return;
+                    }
+                },
+                () = sleep_until(deadline) => self.fire_timers(),
+                _ = pid_tick.tick() => self.save_pids(),
+            }
+        }
+    }
+
+    fn on_msg(&mut self, msg: Msg) {
+        match msg {
+            Msg::Report { node, gen, report } => {
+                if self.agents.slots[node.index()].gen != gen {
+                    return; // from an agent replaced by a fence: everything it ran is dead
+                }
+                let instantiated = matches!(
+                    report.input,
+                    Input::CommandDone {
+                        command: nines_engine::Command::Instantiate,
+                        ..
+                    }
+                );
+                self.feed(report.at, report.input);
+                self.pids_dirty |= instantiated;
+            }
+            Msg::Admin { op, target, reply } => {
+                // The reply is sent from `feed` when the engine's AdminReply comes out.
+                let _ = self.admin(op, target, Some(reply));
+            }
+            Msg::Status { reply } => {
+                let s = Status::build(
+                    &self.engine,
+                    self.run,
+                    self.clock.now(),
+                    &self.agents.pids(),
+                );
+                let _ = reply.send(s);
+            }
+            Msg::Fenced { node } => self.on_fenced(node),
+            Msg::Rebooted { node, gen, result } => self.on_rebooted(node, gen, result),
+            // `run` handles it before calling here.
+            Msg::Shutdown { done } => drop(done),
+        }
+    }
+
+    /// Feeds an admin request; returns the engine's answer (also sent on `reply`).
+    fn admin(
+        &mut self,
+        op: AdminOp,
+        target: EntityRef,
+        reply: Option<oneshot::Sender<Result<(), AdminError>>>,
+    ) -> Result<(), AdminError> {
+        let request = self.next_request;
+        self.next_request += 1;
+        self.pending.insert(request, Pending { op, target, reply });
+        let now = self.clock.now();
+        self.feed(
+            now,
+            Input::Admin {
+                request,
+                op,
+                target,
+            },
+        )
+        .unwrap_or(Ok(()))
+    }
+
+    fn fire_timers(&mut self) {
+        // tokio sleeps with millisecond granularity; a timer due within the next millisecond
+        // is fired now rather than after another wake-up.
+        let now = self.clock.now();
+        for (at, timer) in self.timers.take_due(now + Duration::from_millis(1)) {
+            self.feed(now.max(at), Input::TimerFired { timer });
+        }
+    }
+
+    /// Hands one input to the engine and carries out its actions. Returns the result of an
+    /// admin request if the input was one.
+    pub fn feed(&mut self, now: Instant, input: Input) -> Option<Result<(), AdminError>> {
+        let actions = self.engine.handle(now, input);
+        let decided = self.clock.now();
+        let detection = Detection {
+            failed: now,
+            detected: decided,
+        };
+        let mut admin_result = None;
+        let mut records = Vec::new();
+        for action in actions {
+            match action.kind {
+                ActionKind::Record(event) => records.push((action.at, event)),
+                ActionKind::StartTimer { timer, at } => self.timers.start(timer, at),
+                ActionKind::Fence { node } => self.fence(node),
+                ActionKind::AdminReply { request, result } => {
+                    self.on_admin_reply(action.at, request, &result);
+                    admin_result = Some(result);
+                }
+                kind => {
+                    if let Some(comp) = comp_of(&kind) {
+                        if !self.agents.execute(comp, &kind) {
+                            tracing::debug!("dropped {kind:?}: the node's agent is restarting");
+                        }
+                    } else {
+                        tracing::warn!("the director does not carry out {kind:?}");
+                    }
+                }
+            }
+        }
+        if !records.is_empty() {
+            let lines: Vec<_> = records
+                .iter()
+                .map(|(at, event)| self.record(*at, event, detection))
+                .collect();
+            self.log.append_all(&lines);
+        }
+        admin_result
+    }
+
+    fn on_admin_reply(&mut self, at: Instant, request: u64, result: &Result<(), AdminError>) {
+        let pending = self.pending.remove(&request);
+        let mut fields: Fields = vec![("request", json!(request))];
+        if let Some(p) = &pending {
+            fields.push(("op", json!(p.op.name())));
+            fields.push(("target", json!(self.model.path(p.target))));
+        }
+        match result {
+            Ok(()) => fields.push(("ok", json!(true))),
+            Err(e) => {
+                fields.push(("ok", json!(false)));
+                fields.push(("error", json!(e.to_string())));
+            }
+        }
+        self.log.append(at, "admin-reply", &fields);
+        if let Some(reply) = pending.and_then(|p| p.reply) {
+            let _ = reply.send(result.clone());
+        }
+    }
+
+    /// The log line of an engine event; persists admin-state changes on the way.
+    fn record(
+        &mut self,
+        at: Instant,
+        event: &Event,
+        detection: Detection,
+    ) -> (Instant, &'static str, Fields) {
+        if let Event::Admin { entity, admin } = event {
+            let path = self.model.path(*entity);
+            if let Err(e) = self.admin_store.set(&path, *admin) {
+                self.log_director(
+                    "persist-error",
+                    vec![
+                        ("file", json!("admin.json")),
+                        ("error", json!(e.to_string())),
+                    ],
+                );
+            }
+        }
+        let (name, fields) = event_json::event_fields(&self.model, event, detection);
+        (at, name, fields)
+    }
+
+    /// Logs a director milestone (not an engine event) at the current instant.
+    pub fn log_director(&self, event: &str, fields: Fields) {
+        self.log.append(self.clock.now(), event, &fields);
+    }
+
+    /// Saves the running component pids if they changed.
+    fn save_pids(&mut self) {
+        self.pids_dirty = false;
+        let pids: Vec<(String, u32)> = self
+            .agents
+            .pids()
+            .into_iter()
+            .map(|(c, pid)| (self.model.comps[c.index()].path.clone(), pid))
+            .collect();
+        if let Err(e) = self.pid_file.save(pids) {
+            tracing::warn!("cannot save pids.json: {e}");
+        }
+    }
+
+    /// Stops taking input and terminates every component through the agents.
+    async fn stop(&mut self) {
+        self.log_director("run-stopping", Vec::new());
+        // A fence in flight may be about to start a new agent: let it finish, then stop it too.
+        for t in std::mem::take(&mut self.fence_tasks) {
+            let _ = t.await;
+        }
+        let mut extra: Vec<AgentHandle> = Vec::new();
+        while let Ok(msg) = self.rx.try_recv() {
+            match msg {
+                Msg::Rebooted { result: Ok(h), .. } => extra.push(h),
+                Msg::Shutdown { done } => {
+                    let _ = done.send(());
+                }
+                _ => {}
+            }
+        }
+        self.rx.close();
+        self.agents.shutdown_all(extra).await;
+        if let Err(e) = self.pid_file.remove() {
+            tracing::warn!("cannot remove pids.json: {e}");
+        }
+        self.log_director("run-stopped", Vec::new());
+    }
+}
+
+/// Sleeps until `deadline`, or forever if there is none.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Fields for `run-started`.
+pub(crate) fn run_started_fields(model: &Model, run: u64, state_dir: &std::path::Path) -> Fields {
+    let _ = run; // the common `run` field of every line already says it
+    vec![
+        ("cluster", json!(model.cluster)),
+        ("nodes", json!(model.nodes.len())),
+        ("state_dir", json!(state_dir.display().to_string())),
+        ("pid", json!(std::process::id())),
+        ("version", Value::from(env!("CARGO_PKG_VERSION"))),
+    ]
+}

@@ -1,0 +1,348 @@
+//! The director: runs the engine for a cluster. Today that is the single-host runtime behind
+//! `nines run`: one in-process node agent per config node, one engine task, the event log,
+//! persisted admin states and the control socket, all under one state directory.
+//!
+//! ```text
+//!   agents (one per node) ──Report──▶ ┌─────────────┐ ──component actions──▶ agent of the node
+//!   control.sock ──admin/status─────▶ │ engine loop │ ──StartTimer──▶ timers ──TimerFired──┐
+//!   fence tasks ──FenceDone/NodeUp──▶ │ (owns the   │ ──Fence──▶ fence task               │
+//!   timers ◀──────────────────────────│  Engine)    │ ──Record──▶ events.jsonl + followers │
+//!                                     └─────────────┘ ◀────────────────────────────────────┘
+//! ```
+//!
+//! State directory layout: `lock` (flock: one runtime per directory), `control.sock`,
+//! `agents/NODE.sock`, `logs/NODE/` (component output), `events.jsonl` (the event log, kept
+//! across runs), `admin.json` (operators' admin states, re-applied on start), `pids.json`
+//! (running components, so the next run can kill what a crashed run left behind).
+
+#![warn(missing_docs)]
+
+mod admin_store;
+mod agents;
+mod atomic;
+pub mod client;
+mod control;
+mod engine_loop;
+pub mod event_json;
+pub mod event_log;
+pub mod faults;
+mod fence;
+pub mod format;
+mod lock;
+mod msg;
+pub mod names;
+mod pid_file;
+pub mod protocol;
+pub mod status;
+mod suggest;
+mod timers;
+pub mod wall;
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use nines_agent::Clock;
+use nines_model::Model;
+use serde_json::json;
+use tokio::net::UnixListener;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+pub use client::{ClientError, ControlClient};
+pub use event_log::LogLine;
+pub use status::Status;
+
+use crate::admin_store::AdminStore;
+use crate::agents::{AgentCtx, Agents};
+use crate::control::ControlCtx;
+use crate::engine_loop::EngineLoop;
+use crate::event_log::EventLog;
+use crate::lock::{LockError, StateLock};
+use crate::msg::Msg;
+use crate::pid_file::PidFile;
+
+/// The control socket of the runtime using `state_dir` (where clients connect).
+pub fn control_socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("control.sock")
+}
+
+/// The event log of `state_dir` (readable without a running runtime).
+pub fn events_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("events.jsonl")
+}
+
+/// What `nines run` needs to start.
+pub struct RunOptions {
+    /// The validated config.
+    pub model: Arc<Model>,
+    /// Where sockets, logs and persisted state live; created if missing (mode 0700).
+    pub state_dir: PathBuf,
+}
+
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The state directory (or a file in it) could not be created, read or written.
+    #[error("state directory {}: {source}", path.display())]
+    StateDir {
+        /// The file or directory.
+        path: PathBuf,
+        /// What failed.
+        source: io::Error,
+    },
+    /// Another runtime uses the state directory.
+    #[error("another nines runtime{} already uses the state directory {} ({}); stop it first or choose another --state-dir", pid.map(|p| format!(" (pid {p})")).unwrap_or_default(), dir.display(), why)]
+    InUse {
+        /// The state directory.
+        dir: PathBuf,
+        /// Its pid, when known.
+        pid: Option<u32>,
+        /// How it was noticed.
+        why: String,
+    },
+    /// A node agent could not be started.
+    #[error("cannot start the agent of node/{node}: {source}")]
+    Agent {
+        /// Node name.
+        node: String,
+        /// What failed.
+        source: io::Error,
+    },
+}
+
+fn dir_err(path: &Path) -> impl FnOnce(io::Error) -> RunError + '_ {
+    move |source| RunError::StateDir {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A running single-host cluster. Call [`Runtime::shutdown`] to stop cleanly (components
+/// terminated gracefully, sockets removed); without it, the components live until the tokio
+/// runtime is dropped, when the agents SIGKILL them.
+pub struct Runtime {
+    state_dir: PathBuf,
+    control_socket: PathBuf,
+    agents_dir: PathBuf,
+    tx: mpsc::UnboundedSender<Msg>,
+    log: Arc<EventLog>,
+    run: u64,
+    first_seq: u64,
+    engine_task: JoinHandle<()>,
+    control_task: JoinHandle<()>,
+    stop_control: watch::Sender<bool>,
+    stopped: watch::Receiver<bool>,
+    _lock: StateLock,
+}
+
+impl Runtime {
+    /// Starts everything: takes the state directory (refusing if another runtime holds it),
+    /// kills components a crashed earlier run left running, starts one agent per node,
+    /// re-applies saved admin states, starts the engine and opens the control socket.
+    ///
+    /// Must run inside a tokio runtime with I/O and time enabled. The process becomes a child
+    /// subreaper (the agents reap every child of the process), so code sharing the process
+    /// must not wait for its own children with `std::process`.
+    pub async fn start(opts: RunOptions) -> Result<Runtime, RunError> {
+        let dir = opts.state_dir;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(dir_err(&dir))?;
+        let lock = match StateLock::acquire(&dir) {
+            Ok(l) => l,
+            Err(LockError::Held(pid)) => {
+                return Err(RunError::InUse {
+                    dir,
+                    pid,
+                    why: "its lock file is held".into(),
+                })
+            }
+            Err(LockError::Io(e)) => return Err(dir_err(&dir.join("lock"))(e)),
+        };
+        let control_socket = control_socket_path(&dir);
+        if std::os::unix::net::UnixStream::connect(&control_socket).is_ok() {
+            return Err(RunError::InUse {
+                pid: None,
+                why: format!("{} answers", control_socket.display()),
+                dir,
+            });
+        }
+        remove_if_present(&control_socket)?;
+        let agents_dir = dir.join("agents");
+        let logs_dir = dir.join("logs");
+        for d in [&agents_dir, &logs_dir] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(d)
+                .map_err(dir_err(d))?;
+        }
+
+        let events_path = events_path(&dir);
+        let history = EventLog::history(&events_path).map_err(dir_err(&events_path))?;
+        let run = history.last_run + 1;
+        let clock = Clock::new();
+        let wall = wall::WallClock::new(clock.now(), SystemTime::now());
+        let log = Arc::new(
+            EventLog::open(&events_path, history, run, wall).map_err(dir_err(&events_path))?,
+        );
+        let first_seq = log.next_seq();
+        log.append(
+            clock.now(),
+            "run-started",
+            &engine_loop::run_started_fields(&opts.model, run, &dir),
+        );
+
+        let pid_file = PidFile::new(&dir.join("pids.json"));
+        for e in pid_file.kill_stale() {
+            log.append(
+                clock.now(),
+                "stale-killed",
+                &vec![("comp", json!(e.comp)), ("pid", json!(e.pid))],
+            );
+        }
+        let admin_path = dir.join("admin.json");
+        let admin_store = AdminStore::load(&admin_path).map_err(dir_err(&admin_path))?;
+
+        let (tx, rx) = mpsc::unbounded_channel();
+        let ctx = AgentCtx {
+            model: opts.model.clone(),
+            clock,
+            agents_dir: agents_dir.clone(),
+            logs_dir,
+            tx: tx.clone(),
+        };
+        let agents = Agents::start_all(ctx)
+            .await
+            .map_err(|(node, source)| RunError::Agent {
+                node: opts.model.nodes[node.index()].name.clone(),
+                source,
+            })?;
+
+        let listener = match bind_control(&control_socket) {
+            Ok(l) => l,
+            Err(e) => {
+                let mut agents = agents;
+                agents.shutdown_all(Vec::new()).await;
+                return Err(dir_err(&control_socket)(e));
+            }
+        };
+
+        let mut engine_loop = EngineLoop::new(
+            opts.model.clone(),
+            clock,
+            agents,
+            log.clone(),
+            admin_store,
+            pid_file,
+            rx,
+            run,
+        );
+        engine_loop.boot();
+        let (stopped_tx, stopped) = watch::channel(false);
+        let engine_task = tokio::spawn(async move {
+            engine_loop.run().await;
+            let _ = stopped_tx.send(true);
+        });
+
+        let (stop_control, stop_rx) = watch::channel(false);
+        let control_ctx = Arc::new(ControlCtx {
+            model: opts.model,
+            tx: tx.clone(),
+            log: log.clone(),
+        });
+        let control_task = tokio::spawn(control::serve(listener, control_ctx, stop_rx));
+
+        Ok(Runtime {
+            state_dir: dir,
+            control_socket,
+            agents_dir,
+            tx,
+            log,
+            run,
+            first_seq,
+            engine_task,
+            control_task,
+            stop_control,
+            stopped,
+            _lock: lock,
+        })
+    }
+
+    /// The control socket clients connect to.
+    pub fn control_socket(&self) -> &Path {
+        &self.control_socket
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// This run's number (runs of a state directory are numbered from 1).
+    pub fn run_number(&self) -> u64 {
+        self.run
+    }
+
+    /// The event-log line number of this run's `run-started` line: subscribe from it to see
+    /// everything this run has logged.
+    pub fn first_seq(&self) -> u64 {
+        self.first_seq
+    }
+
+    /// The event log from line `since`, and a receiver of every line written after that, with
+    /// no gap between the two (the `nines run` console uses it).
+    pub fn subscribe(
+        &self,
+        since: u64,
+    ) -> io::Result<(Vec<LogLine>, broadcast::Receiver<LogLine>)> {
+        self.log.subscribe(since)
+    }
+
+    /// Waits until the runtime stops by itself (its engine task ended). In normal operation it
+    /// never does; `nines run` waits on this and on signals together.
+    pub async fn wait(&self) {
+        let mut stopped = self.stopped.clone();
+        let _ = stopped.wait_for(|s| *s).await;
+    }
+
+    /// Stops cleanly: closes the control socket, stops taking input, terminates every
+    /// component through the agents, and removes the sockets. Returns once all that is done.
+    pub async fn shutdown(self) {
+        let _ = self.stop_control.send(true);
+        let _ = self.control_task.await;
+        let _ = std::fs::remove_file(&self.control_socket);
+        let (done, done_rx) = oneshot::channel();
+        if self.tx.send(Msg::Shutdown { done }).is_ok() {
+            let _ = done_rx.await;
+        }
+        let _ = self.engine_task.await;
+        if let Ok(entries) = std::fs::read_dir(&self.agents_dir) {
+            for e in entries.flatten() {
+                if e.path().extension().is_some_and(|x| x == "sock") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+}
+
+fn remove_if_present(path: &Path) -> Result<(), RunError> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(dir_err(path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Binds the control socket owner-only. The state directory is 0700 as well, so there is no
+/// window in which another user could connect.
+fn bind_control(path: &Path) -> io::Result<UnixListener> {
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}

@@ -1,0 +1,40 @@
+//! Messages to the engine loop: everything that may change the engine's state, or needs a
+//! consistent view of it, goes through this one queue, so `Engine::handle` is only ever called
+//! from the engine task and in one total order.
+
+use std::io;
+
+use nines_agent::{AgentHandle, Report};
+use nines_engine::{AdminError, AdminOp};
+use nines_model::{EntityRef, NodeId};
+use tokio::sync::oneshot;
+
+use crate::status::Status;
+
+/// One message to the engine loop.
+pub(crate) enum Msg {
+    /// A fact an agent observed. `gen` tells reports of a fenced (replaced) agent apart.
+    Report {
+        node: NodeId,
+        gen: u64,
+        report: Report,
+    },
+    /// An operator's admin request; the engine's answer goes back on `reply`.
+    Admin {
+        op: AdminOp,
+        target: EntityRef,
+        reply: oneshot::Sender<Result<(), AdminError>>,
+    },
+    /// A status snapshot is wanted.
+    Status { reply: oneshot::Sender<Status> },
+    /// A fenced node's agent (and with it every component on the node) is gone.
+    Fenced { node: NodeId },
+    /// A fenced node's agent was started again (the node "rebooted"), or could not be.
+    Rebooted {
+        node: NodeId,
+        gen: u64,
+        result: io::Result<AgentHandle>,
+    },
+    /// Stop: no more input; terminate everything; answer on `done`.
+    Shutdown { done: oneshot::Sender<()> },
+}
