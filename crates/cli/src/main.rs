@@ -1,22 +1,31 @@
 //! The `nines` command.
 //!
 //! Deliberately thin: it parses arguments, reads files, hands their text to the crates that do
-//! the work (`nines_model` validates, `nines_sim` simulates) and turns their results into output
-//! and an exit code. Nothing here decides anything about availability, so everything worth
-//! testing stays testable without a process.
+//! the work (`nines_model` validates, `nines_sim` simulates, `nines_director` runs a cluster on
+//! this host and answers on its control socket) and turns their results into output and an
+//! exit code. Nothing here decides anything about availability, so everything worth testing
+//! stays testable without a process. One file per subcommand.
 //!
 //! Exit codes: 0 success, 1 the check failed (invalid config, unreadable file, invariant
-//! violation), 2 bad command line (clap's own errors).
+//! violation, no runtime running, refused admin operation), 2 bad command line (clap's own
+//! errors).
 
-use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+mod adm;
+mod bench;
+mod demo;
+mod events;
+mod example;
+mod run;
+mod sim;
+mod state_dir;
+mod status;
+mod validate;
+
+use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Instant;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use nines_model::Model;
-use nines_sim::SimOptions;
 
 /// nines: availability management for services (AMF-style: SGs, SUs, SIs, 2N, N+M, ...).
 #[derive(Parser, Debug)]
@@ -29,162 +38,44 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Check config files and print a summary of each (or every error, with file:line).
-    Validate(ValidateArgs),
+    Validate(validate::ValidateArgs),
     /// Run the deterministic simulator: seeded random faults, invariants checked every step.
-    Sim(SimArgs),
-}
-
-#[derive(Args, Debug)]
-struct ValidateArgs {
-    /// Config files (YAML) to check.
-    #[arg(value_name = "FILE", required_unless_present = "explain")]
-    files: Vec<PathBuf>,
-    /// Print every config key with its default value instead of checking files.
-    #[arg(long, conflicts_with = "files")]
-    explain: bool,
-}
-
-#[derive(Args, Debug)]
-struct SimArgs {
-    /// Number of independent seeded runs.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
-    runs: u64,
-    /// Seed from which every run's own seed is derived; the same seed gives the same result.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Faults and admin operations injected per run (each leads to many engine steps).
-    #[arg(long, default_value_t = SimOptions::default().steps,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    steps: u32,
-    /// Worker threads; the result does not depend on it.
-    #[arg(long, default_value_t = 2, value_parser = positive_usize)]
-    threads: usize,
-    /// Config to simulate [default: examples/sim-mix.yaml, built in: all five redundancy models].
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Replay the single run with this run seed (as printed with a violation) and print its
-    /// statistics and any violation.
-    #[arg(long, value_name = "SEED", conflicts_with_all = ["runs", "seed", "threads"])]
-    replay: Option<u64>,
-}
-
-/// Parses a thread count. clap's ranged parsers do not cover `usize`, and zero threads would
-/// mean no progress at all, so it is refused here with a precise message.
-fn positive_usize(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(0) => Err("must be at least 1".to_string()),
-        Ok(n) => Ok(n),
-        Err(e) => Err(e.to_string()),
-    }
+    Sim(sim::SimArgs),
+    /// Run a cluster on this host until SIGINT/SIGTERM, logging every event.
+    Run(run::RunArgs),
+    /// Show every SG, SU, component and SI of the running cluster with their states.
+    Status(status::StatusArgs),
+    /// Run an admin operation (lock, unlock, switchover, ...) on an entity.
+    Adm(adm::AdmArgs),
+    /// Print the event log and a per-fault table (reaction, outage, repair).
+    Events(events::EventsArgs),
+    /// Start a 2N counter service here, kill its active component and show the failover.
+    Demo(demo::DemoArgs),
+    /// Inject process faults repeatedly and report outage percentiles.
+    Bench(bench::BenchArgs),
+    /// Run an example component (what the demo's and bench's configs start).
+    #[command(hide = true)]
+    Example(example::ExampleArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Validate(args) => validate(&args),
-        Command::Sim(args) => sim(&args),
+        Command::Validate(args) => validate::validate(&args),
+        Command::Sim(args) => sim::sim(&args),
+        Command::Run(args) => run::run(&args),
+        Command::Status(args) => status::status(&args),
+        Command::Adm(args) => adm::adm(&args),
+        Command::Events(args) => events::events(&args),
+        Command::Demo(args) => demo::demo(&args),
+        Command::Bench(args) => bench::bench(&args),
+        Command::Example(args) => example::example(&args),
     }
-}
-
-/// `nines validate`: every file is checked, even after a bad one, so one run shows all problems.
-fn validate(args: &ValidateArgs) -> ExitCode {
-    if args.explain {
-        print!("{}", with_newline(nines_model::explain()));
-        return ExitCode::SUCCESS;
-    }
-    let mut ok = true;
-    for path in &args.files {
-        match load_file(path) {
-            Some(model) => {
-                println!("{}: ok", path.display());
-                print!("{}", with_newline(nines_model::summary(&model)));
-            }
-            None => ok = false,
-        }
-    }
-    exit(ok)
-}
-
-/// `nines sim`: many seeded runs, or one run replayed by its seed.
-fn sim(args: &SimArgs) -> ExitCode {
-    let model = match &args.config {
-        Some(path) => load_file(path),
-        None => load_text(nines_sim::builtin_config(), "<builtin>"),
-    };
-    let Some(model) = model else {
-        return ExitCode::FAILURE;
-    };
-    let model = Arc::new(model);
-
-    if let Some(seed) = args.replay {
-        let (stats, violation) = nines_sim::replay(model, seed, args.steps);
-        for line in &stats.log {
-            println!("{line}");
-        }
-        print_stats(&stats);
-        if let Some(v) = &violation {
-            println!("{v}");
-        }
-        return finish(1, stats.inputs, usize::from(violation.is_some()));
-    }
-
-    let opts = SimOptions {
-        seed: args.seed,
-        runs: args.runs,
-        steps: args.steps,
-        threads: args.threads,
-    };
-    // Progress only where someone watches (a terminal) or the run is long enough to wonder
-    // about; one line per tenth keeps CI logs short.
-    let show = std::io::stderr().is_terminal() || args.runs >= 1000;
-    let mut last_tenth = 0;
-    let mut progress = |done: u64| {
-        let tenth = done.saturating_mul(10) / args.runs;
-        if show && tenth > last_tenth && done < args.runs {
-            last_tenth = tenth;
-            eprintln!("sim: {done}/{} runs ({}%)", args.runs, tenth * 10);
-        }
-    };
-    let started = Instant::now();
-    let report = nines_sim::run(model, &opts, &mut progress);
-    for v in &report.violations {
-        println!("{v}\n");
-    }
-    if args.config.is_some() && !report.violations.is_empty() {
-        println!("(replays need the same config: add --config to the replay command)");
-    }
-    eprintln!("sim: took {:.1?}", started.elapsed());
-    finish(report.runs, report.steps, report.violations.len())
-}
-
-/// Prints the closing line scripts and CI look for, and turns the violation count into the exit
-/// code. `steps` counts inputs handed to the engine.
-fn finish(runs: u64, steps: u64, violations: usize) -> ExitCode {
-    println!("sim: {runs} runs, {steps} steps, {violations} invariant violations");
-    exit(violations == 0)
-}
-
-/// What a replayed run did, after its input/action log, so a trace can be judged at a glance.
-fn print_stats(s: &nines_sim::RunStats) {
-    println!("replay of run seed {}:", s.seed);
-    println!("  virtual time      {:?}", s.virtual_time);
-    println!("  engine inputs     {}", s.inputs);
-    println!("  engine actions    {}", s.actions);
-    println!(
-        "  injected          {} ({} component faults, {} node downs, {} admin ops of which {} refused)",
-        s.injected, s.component_faults, s.node_downs, s.admin_ops, s.admin_refused
-    );
-    println!(
-        "  faults            {} detected, {} ignored, {} services recovered, {} fences",
-        s.faults_detected, s.faults_ignored, s.services_recovered, s.fences
-    );
-    println!("  answers dropped   {}", s.dropped_answers);
-    println!("  settle checks     {}", s.settle_checks);
 }
 
 /// Reads and validates one config file, printing its warnings or errors. `None` means the
 /// problem was already reported.
-fn load_file(path: &Path) -> Option<Model> {
+pub(crate) fn load_file(path: &Path) -> Option<Model> {
     match std::fs::read_to_string(path) {
         Ok(text) => load_text(&text, &path.display().to_string()),
         Err(e) => {
@@ -195,7 +86,7 @@ fn load_file(path: &Path) -> Option<Model> {
 }
 
 /// Validates config text; `file` is the name errors are reported under.
-fn load_text(text: &str, file: &str) -> Option<Model> {
+pub(crate) fn load_text(text: &str, file: &str) -> Option<Model> {
     match nines_model::load(text, file) {
         Ok(loaded) => {
             for w in &loaded.warnings {
@@ -215,14 +106,14 @@ fn load_text(text: &str, file: &str) -> Option<Model> {
 }
 
 /// The crates' texts may or may not end in a newline; the terminal should not care.
-fn with_newline(mut s: String) -> String {
+pub(crate) fn with_newline(mut s: String) -> String {
     if !s.ends_with('\n') {
         s.push('\n');
     }
     s
 }
 
-fn exit(ok: bool) -> ExitCode {
+pub(crate) fn exit(ok: bool) -> ExitCode {
     if ok {
         ExitCode::SUCCESS
     } else {

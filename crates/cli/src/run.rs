@@ -1,0 +1,114 @@
+//! `nines run CONFIG`: run a cluster on this host until SIGINT/SIGTERM, printing one line per
+//! event; then stop every component and exit 0.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Args;
+use nines_director::{format, RunOptions, Runtime};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::load_file;
+use crate::state_dir::StateDirArg;
+
+#[derive(Args, Debug)]
+pub(crate) struct RunArgs {
+    /// The cluster's config (YAML); every node in it runs on this host.
+    #[arg(value_name = "CONFIG")]
+    config: PathBuf,
+    #[command(flatten)]
+    state_dir: StateDirArg,
+}
+
+pub(crate) fn run(args: &RunArgs) -> ExitCode {
+    let Some(model) = load_file(&args.config) else {
+        return ExitCode::FAILURE;
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nines: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(serve(Arc::new(model), args.state_dir.resolve()))
+}
+
+async fn serve(model: Arc<nines_model::Model>, state_dir: PathBuf) -> ExitCode {
+    // Signals first: a SIGTERM during start-up must still end in a clean shutdown.
+    let (mut int, mut term) = match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(i), Ok(t)) => (i, t),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("nines: cannot handle signals: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let runtime = match Runtime::start(RunOptions { model, state_dir }).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("nines: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "nines: running; control socket {} (stop with Ctrl-C or SIGTERM)",
+        runtime.control_socket().display()
+    );
+    // The console is a plain thread: a slow terminal or a full pipe must never block the
+    // async workers the engine runs on (a follower that falls behind skips lines instead).
+    let printer = match runtime.subscribe(runtime.first_seq()) {
+        Ok((backlog, mut rx)) => Some(std::thread::spawn(move || {
+            let mut next = 0;
+            let mut print = |l: &nines_director::LogLine| {
+                if l.seq < next {
+                    return;
+                }
+                next = l.seq + 1;
+                if let Ok(v) = serde_json::from_str(&l.json) {
+                    if let Some(line) = format::event_line(&v) {
+                        println!("{line}");
+                    }
+                }
+            };
+            for l in &backlog {
+                print(l);
+            }
+            loop {
+                match rx.blocking_recv() {
+                    Ok(l) => print(&l),
+                    Err(RecvError::Lagged(n)) => {
+                        println!("... {n} events not shown (see `nines events`)")
+                    }
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        })),
+        Err(e) => {
+            eprintln!("nines: cannot read the event log: {e}");
+            None
+        }
+    };
+    let why = tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+        () = runtime.wait() => "the engine stopped",
+    };
+    eprintln!("nines: {why}: stopping every component");
+    runtime.shutdown().await;
+    if let Some(p) = printer {
+        // The log closes with the runtime; the printer ends once it printed the last line.
+        let join = tokio::task::spawn_blocking(move || p.join());
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), join).await;
+    }
+    eprintln!("nines: stopped");
+    ExitCode::SUCCESS
+}
