@@ -73,6 +73,8 @@ pub struct Engine {
     /// SGs that have not made their first assignment yet: they wait until no SU is still in
     /// its first instantiation, so ranks (not process start-up races) decide who is active.
     sg_starting: Vec<bool>,
+    /// SUs whose auto-repair waits for the failover of their work to be confirmed.
+    deferred_repairs: Vec<SuId>,
 }
 
 impl Engine {
@@ -148,6 +150,7 @@ impl Engine {
             next_fault: 1,
             shutting_down: Vec::new(),
             sg_starting: vec![true; m.sgs.len()],
+            deferred_repairs: Vec::new(),
             model,
         }
     }

@@ -6,7 +6,7 @@ use nines_model::{CompId, EntityRef, NodeId, SuId};
 
 use crate::action::{ActionKind, Event, RecoveryStep};
 use crate::input::{Command, Outcome, Timer};
-use crate::states::{AdminState, OperState, Presence, Readiness};
+use crate::states::{AdminState, HaState, OperState, Presence, Readiness};
 use crate::Engine;
 
 impl Engine {
@@ -252,10 +252,19 @@ impl Engine {
         self.mark_dirty(sg);
     }
 
-    /// Re-enables an auto-repairable SU once all its components are cleaned up.
-    fn maybe_auto_repair(&mut self, su: SuId) {
+    /// Re-enables an auto-repairable SU once all its components are cleaned up and the
+    /// failover of its work is confirmed: recovery comes before repair, so starting the
+    /// replacement process never competes for the CPU with the promotion that ends the outage.
+    /// When nothing is being promoted (no capacity elsewhere) the repair goes ahead at once.
+    pub(crate) fn maybe_auto_repair(&mut self, su: SuId) {
         let s = &self.sus[su.index()];
         if s.oper != OperState::Disabled || !s.auto_repair {
+            return;
+        }
+        if self.promotion_in_flight_for(su) {
+            if !self.deferred_repairs.contains(&su) {
+                self.deferred_repairs.push(su);
+            }
             return;
         }
         let clean = self.model.sus[su.index()].comps.iter().all(|c| {
@@ -267,6 +276,34 @@ impl Engine {
             self.set_oper(su, OperState::Enabled);
             self.converge_su(su);
         }
+    }
+
+    /// Whether an open fault of `su` still waits for an active assignment elsewhere to be
+    /// confirmed.
+    fn promotion_in_flight_for(&self, su: SuId) -> bool {
+        self.faults.iter().any(|f| {
+            !f.recovered
+                && f.faulty.contains(&su)
+                && f.affected.iter().any(|si| {
+                    self.sis[si.index()]
+                        .assignments
+                        .iter()
+                        .any(|a| a.su != su && a.ha == HaState::Active && !a.confirmed())
+                })
+        })
+    }
+
+    /// Retries deferred repairs; returns whether any of them went ahead.
+    pub(crate) fn retry_deferred_repairs(&mut self) -> bool {
+        if self.deferred_repairs.is_empty() {
+            return false;
+        }
+        let waiting = std::mem::take(&mut self.deferred_repairs);
+        let before = waiting.len();
+        for su in waiting {
+            self.maybe_auto_repair(su);
+        }
+        self.deferred_repairs.len() < before
     }
 
     /// Restarts components in place: cleanup, instantiate, then give their CSIs back.

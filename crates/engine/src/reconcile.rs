@@ -27,6 +27,9 @@ impl Engine {
     /// Reconciles every dirty SG, propagates SI dependencies, and records what changed.
     pub(crate) fn settle(&mut self) {
         for _ in 0..MAX_ROUNDS {
+            if self.dirty_list.is_empty() && !self.retry_deferred_repairs() {
+                break;
+            }
             if self.dirty_list.is_empty() {
                 break;
             }

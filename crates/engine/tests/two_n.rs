@@ -233,3 +233,43 @@ fn at_start_the_best_ranked_su_becomes_active_even_if_it_instantiates_last() {
     assert_eq!(w.active("app/si-a"), ["app/sg/su-1"]);
     assert_eq!(w.standby("app/si-a"), ["app/sg/su-2"]);
 }
+
+#[test]
+fn repair_starts_only_after_the_failover_is_confirmed() {
+    // Recovery before repair: the replacement process must not compete for the CPU with the
+    // promotion that ends the outage.
+    let mut w = World::start(&config(false, "failover"));
+    w.auto = false;
+    let su1c = w.comp("app/sg/su-1/c");
+    w.kill("app/sg/su-1/c");
+    // Deliver the cleanup result first, hold the standby's answers.
+    let cleanup = w
+        .queue
+        .iter()
+        .position(|i| matches!(i, Input::CommandDone { comp, .. } if *comp == su1c))
+        .expect("cleanup queued");
+    let done = w.queue.remove(cleanup).expect("present");
+    let actions = w.feed(done);
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a.kind, ActionKind::Instantiate { comp } if comp == su1c)),
+        "repair started before the standby confirmed"
+    );
+    w.run(); // the standby confirms: now the repair goes ahead
+    assert_eq!(w.active("app/si-a"), ["app/sg/su-2"]);
+    assert_eq!(w.standby("app/si-a"), ["app/sg/su-1"]);
+}
+
+#[test]
+fn repair_goes_ahead_at_once_when_nothing_can_take_the_work() {
+    let mut w = World::start(&config(false, "failover"));
+    let n2 = w.node("node/n2");
+    w.feed(Input::NodeDown { node: n2 });
+    w.kill("app/sg/su-1/c");
+    assert_eq!(
+        w.active("app/si-a"),
+        ["app/sg/su-1"],
+        "repaired and active again"
+    );
+}
