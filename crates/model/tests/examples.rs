@@ -42,7 +42,10 @@ fn two_n() {
     let Some(EntityRef::Comp(c)) = m.find("counter/sg/su-1/counterd") else {
         panic!("no counterd")
     };
-    assert_eq!(m.comps[c.index()].instantiate[1], "--port");
+    assert_eq!(
+        m.comps[c.index()].instantiate,
+        ["nines", "example", "counter"]
+    );
     assert_eq!(m.sis[0].preferred_standby, 1);
 }
 
