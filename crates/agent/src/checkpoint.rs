@@ -51,6 +51,28 @@ impl CheckpointStore {
         Ok(())
     }
 
+    /// The sections of `checkpoint` to send along with an activation whose CSI carries
+    /// `attrs`, or `None` when they would not fit in the frame beside the rest of the request
+    /// (the component then reads them with a `CheckpointRead`, which has the frame to itself).
+    pub(crate) fn snapshot_for_activation(
+        &self,
+        checkpoint: &str,
+        attrs: &[(String, String)],
+    ) -> Option<Vec<(String, Vec<u8>)>> {
+        let sections = self.read(checkpoint);
+        let attrs: usize = attrs
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + SECTION_OVERHEAD)
+            .sum();
+        let data: usize = sections
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + SECTION_OVERHEAD)
+            .sum();
+        // The SI and CSI paths are bounded by the model, well under a kilobyte together.
+        let total = REPLY_OVERHEAD + 4 * 1024 + attrs + data;
+        (total <= nines_proto::MAX_FRAME).then_some(sections)
+    }
+
     /// Every section of a checkpoint, sorted by section id (none for an unknown checkpoint).
     pub(crate) fn read(&self, checkpoint: &str) -> Vec<(String, Vec<u8>)> {
         let all = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
@@ -75,6 +97,23 @@ mod tests {
             vec![("a".to_string(), vec![1]), ("b".to_string(), vec![3])]
         );
         assert!(store.read("other").is_empty());
+    }
+
+    #[test]
+    fn an_activation_carries_the_checkpoint_only_when_it_fits() {
+        let store = CheckpointStore::default();
+        assert_eq!(store.snapshot_for_activation("c", &[]), Some(vec![]));
+        store.write("c", "a", vec![7]).unwrap();
+        assert_eq!(
+            store.snapshot_for_activation("c", &[("port".into(), "1".into())]),
+            Some(vec![("a".to_string(), vec![7])])
+        );
+        store
+            .write("c", "b", vec![0; nines_proto::MAX_FRAME - 1024])
+            .unwrap();
+        assert_eq!(store.snapshot_for_activation("c", &[]), None);
+        // A read, which has the frame to itself, still returns it.
+        assert_eq!(store.read("c").len(), 2);
     }
 
     #[test]

@@ -118,16 +118,21 @@ fn send_callback(
             if ha == HaState::Quiescing {
                 link.expect_quiescing(invocation, csi);
             }
+            let attrs: Vec<(String, String)> = c
+                .attrs
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let checkpoint = (ha == HaState::Active)
+                .then(|| agent.host.checkpoints.snapshot_for_activation(&si, &attrs))
+                .flatten();
             ToComponent::CsiSet {
                 invocation,
-                si,
                 csi: c.path.clone(),
                 ha: ha_to_wire(ha),
-                attrs: c
-                    .attrs
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
+                attrs,
+                checkpoint,
+                si,
             }
         }
         Callback::Remove => {

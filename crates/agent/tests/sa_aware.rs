@@ -563,6 +563,24 @@ async fn agents_of_one_cluster_share_checkpoints_and_protection_groups() {
             Duration::from_secs(2),
         )
         .await;
+        // Its activation carries the checkpoint n1's component wrote, both sections.
+        t2.handle.execute(&ActionKind::AssignCsi {
+            comp: c2,
+            csi,
+            ha_state: HaState::Active,
+        });
+        t2.expect(Duration::from_secs(2), is_assigned).await;
+        let text = wait_for_file(
+            &marker,
+            "n2: csi-set app/si app/si/main Active",
+            Duration::from_secs(2),
+        )
+        .await;
+        assert!(
+            text.contains(r#"n2: csi-set app/si app/si/main Active [("port", "7100")] checkpoint-sections=Some(2)"#)
+                && text.contains("n2: csi-set app/si app/si/main Standby [(\"port\", \"7100\")] checkpoint-sections=None"),
+            "{text}"
+        );
         t2.teardown().await;
         t1.teardown().await;
     })

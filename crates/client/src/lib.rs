@@ -179,6 +179,11 @@ struct Inner {
     /// lock, which a blocked write may hold.
     socket: UnixStream,
     requests: Mutex<Requests>,
+    /// Checkpoints that arrived with an activation (name → sections), each answering the next
+    /// [`Session::checkpoint_read`] of that name without a round trip. Dropped by a write to
+    /// the checkpoint and when the SI is no longer active here, so a copy is never older than
+    /// what this component itself wrote.
+    delivered: Mutex<HashMap<String, Vec<(String, Vec<u8>)>>>,
     life: Mutex<Life>,
     life_changed: Condvar,
 }
@@ -322,6 +327,7 @@ impl Session {
                 writer: Mutex::new(writer),
                 socket: shutdown,
                 requests: Mutex::default(),
+                delivered: Mutex::default(),
                 life: Mutex::default(),
                 life_changed: Condvar::new(),
             }),
@@ -365,6 +371,7 @@ impl Session {
         data: &[u8],
         sync: bool,
     ) -> Result<(), ClientError> {
+        lock(&self.inner.delivered).remove(checkpoint);
         let reply = self.inner.request(|request| ToAgent::CheckpointWrite {
             request,
             checkpoint: checkpoint.to_owned(),
@@ -386,9 +393,15 @@ impl Session {
     /// Every section of a checkpoint, as `(section, data)`; empty if it was never written.
     ///
     /// This is how a component that becomes active continues from where the previous active
-    /// stopped: call it from [`Component::csi_set`] before returning `Ok`. Safe to call from any
+    /// stopped: call it from [`Component::csi_set`] before returning `Ok`. The agent sends the
+    /// SI's checkpoint (the one named after the SI) along with the activation, so that first
+    /// read costs no round trip: a failover does not wait for the agent, which is busy with
+    /// the failed component at that moment. Later reads ask the agent. Safe to call from any
     /// thread, including inside callbacks.
     pub fn checkpoint_read(&self, checkpoint: &str) -> Result<Vec<(String, Vec<u8>)>, ClientError> {
+        if let Some(sections) = lock(&self.inner.delivered).remove(checkpoint) {
+            return Ok(sections);
+        }
         let reply = self.inner.request(|request| ToAgent::CheckpointRead {
             request,
             checkpoint: checkpoint.to_owned(),
@@ -437,6 +450,16 @@ impl Session {
 }
 
 impl Inner {
+    /// Keep the checkpoint of `si` that came with an activation, or forget the one kept (any
+    /// other HA state, or removal: this component no longer continues the SI's work).
+    fn deliver(&self, si: &str, checkpoint: Option<Vec<(String, Vec<u8>)>>) {
+        let mut delivered = lock(&self.delivered);
+        match checkpoint {
+            Some(sections) => delivered.insert(si.to_owned(), sections),
+            None => delivered.remove(si),
+        };
+    }
+
     fn is_closed(&self) -> bool {
         lock(&self.life).closed
     }
@@ -589,7 +612,11 @@ fn dispatch<C: Component>(session: Session, mut component: C, inbox: Receiver<To
                 csi,
                 ha,
                 attrs,
-            } => match guarded(|| component.csi_set(&si, &csi, ha, &attrs)) {
+                checkpoint,
+            } => match {
+                inner.deliver(&si, checkpoint);
+                guarded(|| component.csi_set(&si, &csi, ha, &attrs))
+            } {
                 Some(Ok(())) => {
                     respond(invocation, true);
                     if ha == HaState::Quiescing {
@@ -609,7 +636,10 @@ fn dispatch<C: Component>(session: Session, mut component: C, inbox: Receiver<To
                 invocation,
                 si,
                 csi,
-            } => match guarded(|| component.csi_remove(&si, &csi)) {
+            } => match {
+                inner.deliver(&si, None);
+                guarded(|| component.csi_remove(&si, &csi))
+            } {
                 Some(Ok(())) => respond(invocation, true),
                 Some(Err(reason)) => {
                     tracing::warn!("nines: csi_remove({csi}) failed: {reason}");

@@ -77,6 +77,7 @@ fn truncated_frame_then_hang_up() {
         csi: "app/si/csi".into(),
         ha: HaState::Active,
         attrs: vec![],
+        checkpoint: None,
     });
     count_panics();
     let agent = FakeAgent::new();

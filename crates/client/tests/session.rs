@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{within, Call, FakeAgent, Scripted, PATIENCE};
+use common::{within, Call, Conn, FakeAgent, Scripted, PATIENCE};
 use nines_client::{ClientError, HaState, Recovery, Session};
 use nines_proto::{ToAgent, ToComponent, MAX_FRAME};
 
@@ -20,6 +20,7 @@ fn csi_set(invocation: u64, ha: HaState, attrs: &[(&str, &str)]) -> ToComponent 
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
+        checkpoint: None,
     }
 }
 
@@ -602,4 +603,119 @@ fn a_panicking_callback_fails_the_request_and_closes_the_session() {
         within(move || session.wait()),
         Err(ClientError::Closed)
     ));
+}
+
+#[test]
+fn the_checkpoint_sent_with_an_activation_answers_the_first_read_without_a_round_trip() {
+    let agent = FakeAgent::new();
+    let (mut component, log) = Scripted::new();
+    component.read_on_active = Some("app/si".into());
+    let (session, mut conn) = agent.start(component);
+    let mut activation = csi_set(1, HaState::Active, &[]);
+    if let ToComponent::CsiSet { checkpoint, .. } = &mut activation {
+        *checkpoint = Some(vec![("counter".into(), vec![41])]);
+    }
+    conn.send(&activation);
+    // The callback read the checkpoint, yet the next thing the agent hears is the answer.
+    assert_eq!(
+        conn.recv(),
+        ToAgent::Response {
+            invocation: 1,
+            ok: true
+        }
+    );
+    assert!(calls(&log).contains(&Call::ReadInCallback(Ok(vec![(
+        "counter".into(),
+        vec![41]
+    )]))));
+
+    // Only the first read is answered locally: a second one asks the agent.
+    let s = session.clone();
+    let reader = thread::spawn(move || s.checkpoint_read("app/si"));
+    let request = match conn.recv() {
+        ToAgent::CheckpointRead { request, .. } => request,
+        other => panic!("expected CheckpointRead, got {other:?}"),
+    };
+    conn.send(&ToComponent::CheckpointData {
+        request,
+        sections: vec![("counter".into(), vec![42])],
+    });
+    assert_eq!(
+        reader.join().unwrap().unwrap(),
+        vec![("counter".to_string(), vec![42])]
+    );
+}
+
+#[test]
+fn a_delivered_checkpoint_is_dropped_by_a_write_and_by_leaving_active() {
+    let agent = FakeAgent::new();
+    let (session, mut conn) = agent.start(Scripted::default());
+    let activation = |invocation| {
+        let mut m = csi_set(invocation, HaState::Active, &[]);
+        if let ToComponent::CsiSet { checkpoint, .. } = &mut m {
+            *checkpoint = Some(vec![("counter".into(), vec![1])]);
+        }
+        m
+    };
+    let expect_read_from_agent = |conn: &mut Conn, s: &Session| {
+        let s = s.clone();
+        let reader = thread::spawn(move || s.checkpoint_read("app/si"));
+        let request = match conn.recv() {
+            ToAgent::CheckpointRead { request, .. } => request,
+            other => panic!("expected CheckpointRead, got {other:?}"),
+        };
+        conn.send(&ToComponent::CheckpointData {
+            request,
+            sections: vec![],
+        });
+        assert_eq!(reader.join().unwrap().unwrap(), vec![]);
+    };
+
+    // A write makes the delivered copy stale: it is not used afterwards.
+    conn.send(&activation(1));
+    assert!(matches!(
+        conn.recv(),
+        ToAgent::Response { invocation: 1, .. }
+    ));
+    let s = session.clone();
+    let writer = thread::spawn(move || s.checkpoint_write("app/si", "counter", &[2], true));
+    let request = match conn.recv() {
+        ToAgent::CheckpointWrite { request, .. } => request,
+        other => panic!("expected CheckpointWrite, got {other:?}"),
+    };
+    conn.send(&ToComponent::CheckpointAck {
+        request,
+        ok: true,
+        reason: None,
+    });
+    writer.join().unwrap().unwrap();
+    expect_read_from_agent(&mut conn, &session);
+
+    // Becoming standby, or losing the CSI, drops it too.
+    conn.send(&activation(2));
+    assert!(matches!(
+        conn.recv(),
+        ToAgent::Response { invocation: 2, .. }
+    ));
+    conn.send(&csi_set(3, HaState::Standby, &[]));
+    assert!(matches!(
+        conn.recv(),
+        ToAgent::Response { invocation: 3, .. }
+    ));
+    expect_read_from_agent(&mut conn, &session);
+    conn.send(&activation(4));
+    assert!(matches!(
+        conn.recv(),
+        ToAgent::Response { invocation: 4, .. }
+    ));
+    conn.send(&ToComponent::CsiRemove {
+        invocation: 5,
+        si: "app/si".into(),
+        csi: "app/si/csi".into(),
+    });
+    assert!(matches!(
+        conn.recv(),
+        ToAgent::Response { invocation: 5, .. }
+    ));
+    expect_read_from_agent(&mut conn, &session);
 }

@@ -38,7 +38,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Version byte at the start of every payload. Bump it on any incompatible message change: old
 /// peers then fail fast with [`FrameError::BadVersion`] instead of misreading postcard bytes.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Largest payload (version byte + postcard body) a peer may send, in bytes.
 ///
@@ -185,6 +185,12 @@ pub enum ToComponent {
         ha: HaState,
         /// The CSI's configured attributes, in configuration order.
         attrs: Vec<(String, String)>,
+        /// For [`HaState::Active`]: every section of the checkpoint named after the SI, as
+        /// the agent holds it when it sends this request, so that the new active continues
+        /// from it without a round trip to the agent (the client library answers the next
+        /// read of that checkpoint with it). `None` for other states, or when the sections
+        /// would not fit in this frame; the component then reads them from the agent.
+        checkpoint: Option<Vec<(String, Vec<u8>)>>,
     },
     /// Drop a CSI. Answered by [`ToAgent::Response`].
     CsiRemove {

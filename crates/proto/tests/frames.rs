@@ -126,6 +126,7 @@ fn every_to_component() -> Vec<ToComponent> {
             csi: "a/si/csi".into(),
             ha,
             attrs: vec![("port".into(), "7100".into()), ("é".into(), "ü€".into())],
+            checkpoint: (ha == HaState::Active).then(|| vec![("value".into(), vec![0, 1, 255])]),
         });
     }
     v
@@ -353,6 +354,7 @@ fn truncated_frame_is_none_until_complete() {
         csi: "app/si/csi".into(),
         ha: HaState::Quiescing,
         attrs: vec![("k".into(), "v".into())],
+        checkpoint: None,
     };
     let frame = encode(&msg);
     let mut d = Decoder::new();

@@ -78,15 +78,22 @@ fn to_component() -> impl Strategy<Value = ToComponent> {
             text(),
             text(),
             ha(),
-            prop::collection::vec((text(), text()), 0..4)
+            prop::collection::vec((text(), text()), 0..4),
+            prop::option::of(prop::collection::vec(
+                (text(), prop::collection::vec(any::<u8>(), 0..16)),
+                0..3
+            ))
         )
-            .prop_map(|(invocation, si, csi, ha, attrs)| ToComponent::CsiSet {
-                invocation,
-                si,
-                csi,
-                ha,
-                attrs
-            }),
+            .prop_map(
+                |(invocation, si, csi, ha, attrs, checkpoint)| ToComponent::CsiSet {
+                    invocation,
+                    si,
+                    csi,
+                    ha,
+                    attrs,
+                    checkpoint,
+                }
+            ),
         (any::<u64>(), text(), text()).prop_map(|(invocation, si, csi)| {
             ToComponent::CsiRemove {
                 invocation,

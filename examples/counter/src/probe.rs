@@ -352,9 +352,10 @@ mod tests {
             .is_some());
 
         // "Fail over": the listener goes away for a while, then another one continues from
-        // the checkpoint.
-        let fault = Instant::now();
+        // the checkpoint. The fault is the moment the old server is gone: requests sent while
+        // it was stopping may still have been answered by it.
         server.stop();
+        let fault = Instant::now();
         thread::sleep(Duration::from_millis(20));
         let again = Server::start(port, svc).expect("restart");
         let back = probe

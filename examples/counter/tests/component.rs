@@ -94,6 +94,7 @@ impl Agent {
             csi: CSI.into(),
             ha,
             attrs: vec![("port".into(), port.to_string())],
+            checkpoint: None,
         });
     }
 
@@ -242,6 +243,7 @@ fn activation_without_a_port_is_refused() {
         csi: CSI.into(),
         ha: HaState::Active,
         attrs: vec![],
+        checkpoint: None,
     });
     match agent.recv() {
         ToAgent::Response { invocation: 1, ok } => assert!(!ok),

@@ -155,8 +155,12 @@ fn session(mode: &str) -> Result<i32, Box<dyn std::error::Error>> {
                 csi,
                 ha,
                 attrs,
+                checkpoint,
             } => {
-                note(&format!("csi-set {si} {csi} {ha:?} {attrs:?}"));
+                let sections = checkpoint.map(|c| c.len());
+                note(&format!(
+                    "csi-set {si} {csi} {ha:?} {attrs:?} checkpoint-sections={sections:?}"
+                ));
                 if mode == "mute-csi" {
                     continue;
                 }
