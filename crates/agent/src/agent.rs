@@ -27,6 +27,7 @@ use crate::pidfd::{Live, Proc};
 use crate::protection::ProtectionGroups;
 use crate::session::SessionLink;
 use crate::spawn;
+use crate::spawning::SpawningMap;
 use crate::Report;
 
 /// Where an incarnation is in its life.
@@ -75,6 +76,8 @@ pub(crate) struct Agent {
     pub host: Arc<Host>,
     pub live: Arc<Live>,
     next_id: AtomicU64,
+    /// Components whose process is being started, and the actions waiting for them.
+    pub spawning: watch::Sender<SpawningMap>,
     /// Set once at shutdown; stops the accept and sweep loops.
     pub stop: watch::Sender<bool>,
 }
@@ -102,6 +105,7 @@ impl Agent {
             comps: Mutex::new(HashMap::new()),
             live: Arc::new(Live::default()),
             next_id: AtomicU64::new(1),
+            spawning: watch::channel(SpawningMap::new()).0,
             stop: watch::channel(false).0,
         }
     }

@@ -9,7 +9,12 @@
 //!
 //! # Code map
 //!
+//! * `actions`: the entry point for the engine's actions (which are ours, and when).
 //! * `lifecycle`: instantiate / terminate / cleanup, one `CommandDone` each.
+//! * `spawner`, `spawning`: component processes are started on one background thread at
+//!   background CPU priority (restored once instantiated), so neither the engine's thread nor
+//!   the services being recovered wait for a repair's start; actions for a component whose
+//!   spawn is in flight wait for it and run in order.
 //! * `pidfd`, `reaper`: process groups watched through pidfds; the agent is a child subreaper
 //!   and reaps every child, tracked or orphaned.
 //! * `spawn`, `env`, `commands`: command lines, environment, logs, CLC commands with timeouts.
@@ -44,6 +49,7 @@
 //! unsupervised.
 #![warn(missing_docs)]
 
+mod actions;
 mod agent;
 mod checkpoint;
 mod clock;
@@ -60,6 +66,8 @@ mod reaper;
 mod session;
 mod socket;
 mod spawn;
+mod spawner;
+mod spawning;
 mod wire;
 
 use std::io;
@@ -175,18 +183,7 @@ impl AgentHandle {
     pub fn execute(&self, action: &ActionKind) {
         let a = &self.agent;
         let _runtime = a.rt.enter();
-        match *action {
-            ActionKind::Instantiate { comp } if a.owns(comp) => lifecycle::instantiate(a, comp),
-            ActionKind::Terminate { comp } if a.owns(comp) => lifecycle::terminate(a, comp),
-            ActionKind::Cleanup { comp } if a.owns(comp) => lifecycle::cleanup(a, comp),
-            ActionKind::AssignCsi {
-                comp,
-                csi,
-                ha_state,
-            } if a.owns(comp) => csi::assign(a, comp, csi, ha_state),
-            ActionKind::RemoveCsi { comp, csi } if a.owns(comp) => csi::remove(a, comp, csi),
-            _ => {}
-        }
+        actions::dispatch(a, action);
     }
 
     /// The main process of every component this agent is running (or starting, or stopping),
@@ -238,6 +235,14 @@ impl AgentHandle {
             if e.kind() != io::ErrorKind::NotFound {
                 tracing::warn!(socket = %a.socket.display(), error = %e, "cannot remove socket");
             }
+        }
+        // A spawn in flight records its incarnation (or fails, seeing `stop`) before this
+        // goes on, so no process started now escapes the stop below.
+        if tokio::time::timeout(SHUTDOWN_DRAIN, spawning::all_settled(a))
+            .await
+            .is_err()
+        {
+            tracing::error!("component spawns still in flight at shutdown");
         }
         let comps: Vec<CompId> = a.comps().keys().copied().collect();
         let stops: Vec<_> = comps

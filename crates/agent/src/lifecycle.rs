@@ -21,6 +21,7 @@ use crate::healthcheck;
 use crate::pidfd::{Exit, Proc};
 use crate::session::Pending;
 use crate::spawn;
+use crate::{spawner, spawning};
 
 fn done(agent: &Agent, comp: CompId, command: Command, outcome: Outcome) {
     agent.report(
@@ -45,7 +46,7 @@ pub(crate) fn instantiate(agent: &Arc<Agent>, comp: CompId) {
         tracing::warn!(component = %m.path, "not instantiating: the agent is shutting down");
         return done(agent, comp, Command::Instantiate, Outcome::Failed);
     }
-    let mut comps = agent.comps();
+    let comps = agent.comps();
     if let Some(old) = comps.get(&comp) {
         match old.phase {
             Phase::Running => {
@@ -69,10 +70,32 @@ pub(crate) fn instantiate(agent: &Arc<Agent>, comp: CompId) {
             }
         }
     }
+    spawning::begin(agent, comp);
+    drop(comps);
+    let a = agent.clone();
+    spawner::run(move || {
+        let _runtime = a.rt.enter();
+        spawn_incarnation(&a, comp);
+        spawning::end(&a, comp);
+    });
+}
+
+/// The second half of [`instantiate`], on the spawner thread: start the process and record
+/// the new incarnation. Actions for `comp` wait meanwhile (see [`crate::spawning`]).
+fn spawn_incarnation(agent: &Arc<Agent>, comp: CompId) {
+    let m = agent.comp(comp);
+    if *agent.stop.borrow() {
+        tracing::warn!(component = %m.path, "not instantiating: the agent is shutting down");
+        return done(agent, comp, Command::Instantiate, Outcome::Failed);
+    }
     let env = agent.env(comp);
     let log = agent.log_path(comp);
+    // Not under the `comps` lock: a spawn takes up to milliseconds, and every other
+    // component's task needs the lock. Nothing else touches `comp` meanwhile (its actions
+    // wait in `spawning`, its registration waits for the spawn).
     let started = spawn::command(&m.instantiate, &env, log.as_deref())
         .and_then(|mut cmd| Proc::spawn(&mut cmd, agent.clock, &agent.live));
+    let mut comps = agent.comps();
     let proc = match started {
         Ok(proc) => proc,
         Err(e) => {
@@ -105,6 +128,7 @@ pub(crate) fn instantiate(agent: &Arc<Agent>, comp: CompId) {
     );
     drop(comps);
     tracing::info!(component = %m.path, pid = proc.pid(), "started");
+    let leader = proc.leader();
     let a = agent.clone();
     tokio::spawn(async move {
         let exit = proc.exited().await;
@@ -115,6 +139,9 @@ pub(crate) fn instantiate(agent: &Arc<Agent>, comp: CompId) {
         let limit = m.timeouts.instantiate;
         tokio::spawn(async move { registration_deadline(&a, comp, gen, limit).await });
     } else {
+        // A process component is instantiated once spawned: the exec, the costly part, ran
+        // at background priority; from here on it runs at the agent's.
+        spawner::restore(leader);
         done(agent, comp, Command::Instantiate, Outcome::Ok);
         healthcheck::start_monitor(agent, comp, gen);
     }

@@ -172,6 +172,11 @@ impl Proc {
         self.pid.as_raw_nonzero().get().unsigned_abs()
     }
 
+    /// The leader's pid, which is also the process group's id.
+    pub(crate) fn leader(&self) -> Pid {
+        self.pid
+    }
+
     /// Send `sig` to the whole group. Returns `false` (and sends nothing) once the leader is
     /// reaped: the group is then gone (its leftovers were killed) and its id may be reused.
     pub(crate) fn signal_group(&self, sig: Signal) -> bool {

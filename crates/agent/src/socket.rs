@@ -27,6 +27,7 @@ use crate::agent::{Agent, Phase};
 use crate::dispatch::handle;
 use crate::healthcheck;
 use crate::session::{SessionLink, OUTBOX};
+use crate::{spawner, spawning};
 
 /// How long a new connection may take to send its `Register`.
 pub const REGISTER_WAIT: Duration = Duration::from_secs(10);
@@ -137,7 +138,7 @@ async fn serve(agent: Arc<Agent>, stream: UnixStream) {
             component,
             pid,
             version,
-        }))) => match register(&agent, &component, peer, tx.clone()) {
+        }))) => match register_once_spawned(&agent, &component, peer, tx.clone()).await {
             Ok(link) => {
                 tracing::info!(component = %component, pid, "registered");
                 link
@@ -210,6 +211,20 @@ async fn finish(tx: mpsc::Sender<Vec<u8>>, writer: tokio::task::JoinHandle<()>) 
 }
 
 /// Check a registration and, if it is valid, attach the session and complete instantiation.
+/// [`register`], once the component's spawn is recorded: a process can connect before the
+/// spawner thread has recorded it.
+async fn register_once_spawned(
+    agent: &Arc<Agent>,
+    component: &str,
+    peer: Option<i32>,
+    tx: mpsc::Sender<Vec<u8>>,
+) -> Result<Arc<SessionLink>, String> {
+    if let Some(EntityRef::Comp(comp)) = agent.model.find(component) {
+        spawning::settled(agent, comp).await;
+    }
+    register(agent, component, peer, tx)
+}
+
 fn register(
     agent: &Arc<Agent>,
     component: &str,
@@ -267,7 +282,10 @@ fn register(
     inc.session = Some(link.clone());
     inc.phase = Phase::Running;
     let gen = inc.gen;
+    let group_leader = inc.proc.leader();
     drop(comps);
+    // Registered: the component is started, and runs at the agent's priority from now on.
+    spawner::restore(group_leader);
     agent.report(
         agent.clock.now(),
         Input::CommandDone {

@@ -57,6 +57,30 @@ async fn sa_agent(name: &str, mode: &str, extra: &[String]) -> (TestAgent, std::
 }
 
 #[tokio::test]
+async fn a_registered_component_runs_at_the_agents_priority() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let (mut t, marker) = sa_agent("nice", "hc-stop", &[]).await;
+        let c = t.comp("app/sg/su/c");
+        let r = t.instantiate(c).await;
+        assert_eq!(outcome(&r.input), Outcome::Ok);
+        wait_for_file(&marker, "registered", Duration::from_secs(2)).await;
+        let pid = t.pid(c).expect("running");
+        // Started at background priority; every thread it has (the client library's too)
+        // is back at the agent's once it registered.
+        let own = rustix::process::getpriority_process(None).unwrap_or(0);
+        let nices = thread_nices(pid);
+        assert!(!nices.is_empty(), "no threads read for pid {pid}");
+        assert!(
+            nices.iter().all(|n| *n == i64::from(own)),
+            "threads of {pid} run at nice {nices:?}, the agent at {own}"
+        );
+        t.teardown().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
 async fn register_assign_healthcheck_then_missed_healthcheck() {
     tokio::time::timeout(TEST_LIMIT, async {
         let (mut t, marker) = sa_agent(

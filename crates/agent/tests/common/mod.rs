@@ -215,6 +215,27 @@ impl TestAgent {
     }
 }
 
+/// The nice value of every thread of `pid` (field 19 of `/proc/PID/task/TID/stat`).
+pub fn thread_nices(pid: u32) -> Vec<i64> {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
+        // Fields after the command name, which is in parentheses and may contain spaces.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if let Some(nice) = rest.split_whitespace().nth(16).and_then(|f| f.parse().ok()) {
+            out.push(nice);
+        }
+    }
+    out
+}
+
 /// Whether a process exists (zombies count as gone: they no longer run).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

@@ -1,0 +1,135 @@
+//! Instantiation starts processes off the caller's thread, at background priority: actions
+//! that arrive meanwhile apply to the process being started, and an instantiated component
+//! runs at the agent's own priority.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use nines_engine::{ActionKind, Command, HaState, Input, Outcome};
+
+fn is_done(comp: nines_model::CompId, command: Command) -> impl Fn(&Input) -> bool {
+    move |i| matches!(i, Input::CommandDone { comp: c, command: k, .. } if *c == comp && *k == command)
+}
+
+fn sleeper() -> String {
+    config(
+        &comp("c", "process", &argv(&["/bin/sleep", "1000"]), &[]),
+        "port: \"7100\"",
+    )
+}
+
+fn own_nice() -> i64 {
+    i64::from(rustix::process::getpriority_process(None).unwrap_or(0))
+}
+
+#[tokio::test]
+async fn a_cleanup_right_after_instantiate_stops_the_process_being_started() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let mut t = TestAgent::start("spawn-cleanup", &sleeper()).await;
+        let c = t.comp("app/sg/su/c");
+        // Back to back: the cleanup arrives while the spawn is still in flight.
+        t.handle.execute(&ActionKind::Instantiate { comp: c });
+        t.handle.execute(&ActionKind::Cleanup { comp: c });
+        let inst = t
+            .expect(Duration::from_secs(10), is_done(c, Command::Instantiate))
+            .await;
+        assert!(matches!(
+            inst.input,
+            Input::CommandDone {
+                outcome: Outcome::Ok,
+                ..
+            }
+        ));
+        let clean = t
+            .expect(Duration::from_secs(10), is_done(c, Command::Cleanup))
+            .await;
+        assert!(matches!(
+            clean.input,
+            Input::CommandDone {
+                outcome: Outcome::Ok,
+                ..
+            }
+        ));
+        assert_eq!(
+            t.pid(c),
+            None,
+            "the process started by the instantiate was cleaned up"
+        );
+        t.teardown().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn an_assignment_right_behind_instantiate_is_answered_after_it() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let mut t = TestAgent::start("spawn-order", &sleeper()).await;
+        let c = t.comp("app/sg/su/c");
+        let csi = t.csi("app/si/main");
+        t.handle.execute(&ActionKind::Instantiate { comp: c });
+        t.handle.execute(&ActionKind::AssignCsi {
+            comp: c,
+            csi,
+            ha_state: HaState::Active,
+        });
+        let mut seen = Vec::new();
+        while seen.len() < 2 {
+            let r = t
+                .expect(Duration::from_secs(10), |i| {
+                    matches!(i, Input::CommandDone { .. } | Input::CsiAssigned { .. })
+                })
+                .await;
+            seen.push(r.input);
+        }
+        assert_eq!(
+            seen,
+            vec![
+                Input::CommandDone {
+                    comp: c,
+                    command: Command::Instantiate,
+                    outcome: Outcome::Ok
+                },
+                Input::CsiAssigned {
+                    comp: c,
+                    csi,
+                    ha_state: HaState::Active,
+                    outcome: Outcome::Ok
+                },
+            ]
+        );
+        assert!(t.pid(c).is_some_and(alive));
+        t.teardown().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test]
+async fn an_instantiated_process_runs_at_the_agents_priority() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let mut t = TestAgent::start("spawn-nice", &sleeper()).await;
+        let c = t.comp("app/sg/su/c");
+        let r = t.instantiate(c).await;
+        assert!(matches!(
+            r.input,
+            Input::CommandDone {
+                outcome: Outcome::Ok,
+                ..
+            }
+        ));
+        let pid = t.pid(c).expect("running");
+        let nices = thread_nices(pid);
+        assert!(!nices.is_empty(), "no threads read for pid {pid}");
+        assert!(
+            nices.iter().all(|n| *n == own_nice()),
+            "threads of {pid} run at nice {nices:?}, the agent at {}",
+            own_nice()
+        );
+        t.teardown().await;
+    })
+    .await
+    .expect("test timed out");
+}
