@@ -297,6 +297,7 @@ impl EtcdStore {
             Client::clone(&self.client),
             key.clone(),
             revision,
+            lease,
             Arc::clone(&lost),
         ));
         hold.tasks.push(watcher.abort_handle());
@@ -391,11 +392,18 @@ async fn keep_alive(
 
     let reason = loop {
         let Some((keeper, answers)) = stream.as_mut() else {
-            // (Re)open the renewal stream, no later than the deadline.
+            // (Re)open the renewal stream, no later than the deadline. Opening sends a first
+            // renewal and waits for its answer, which renews the lease for a full TTL.
+            let sent = Instant::now();
             match tokio::time::timeout_at(deadline, client.lease_keep_alive(lease)).await {
                 Ok(Ok(opened)) => {
                     stream = Some(opened);
                     outstanding.clear();
+                    deadline = deadline.max(sent + ttl);
+                }
+                // How etcd-client reports a first answer with TTL 0.
+                Ok(Err(e)) if e.to_string().contains("lease not found") => {
+                    break LostReason::LeaseExpired;
                 }
                 Ok(Err(e)) => {
                     last_error = e.to_string();
@@ -414,12 +422,15 @@ async fn keep_alive(
         let step = tokio::select! {
             _ = tokio::time::sleep_until(deadline) => Step::Deadline,
             _ = wait_lost(&mut lost_rx) => Step::AlreadyLost,
-            _ = tick.tick() => match keeper.keep_alive().await {
-                Ok(()) => {
+            // The send only queues the renewal, but bound it anyway: a full queue must not
+            // keep the deadline from being noticed.
+            _ = tick.tick() => match tokio::time::timeout_at(deadline, keeper.keep_alive()).await {
+                Ok(Ok(())) => {
                     outstanding.push_back(Instant::now());
                     Step::Tick
                 }
-                Err(e) => Step::Broken(e.to_string()),
+                Ok(Err(e)) => Step::Broken(e.to_string()),
+                Err(_) => Step::Deadline,
             },
             answer = answers.message() => match answer {
                 Ok(Some(resp)) => Step::Answer(Some(resp.ttl())),
@@ -444,22 +455,29 @@ async fn keep_alive(
                 stream = None;
             }
             Step::Deadline => break LostReason::NoKeepAliveAnswer { ttl, last_error },
+            // The watch recorded its reason; this one is dropped by `signal_lost`.
             Step::AlreadyLost => break LostReason::KeyDeleted,
         }
     };
-    signal_lost(&lost, reason);
+    signal_lost(&lost, lease, reason);
     let _ = tokio::time::timeout(Duration::from_secs(1), client.lease_revoke(lease)).await;
 }
 
 /// Watches the leader key from its creation on and records the leadership lost when the key is
 /// deleted, or when the watch fails (a deletion could then go unseen). Starting at the key's
 /// create revision replays a deletion that happened before the watch was set up.
-async fn watch_leader_key(mut client: Client, key: String, revision: i64, lost: LostSender) {
+async fn watch_leader_key(
+    mut client: Client,
+    key: String,
+    revision: i64,
+    lease: i64,
+    lost: LostSender,
+) {
     let options = WatchOptions::new().with_start_revision(revision);
     let mut stream = match client.watch(key, Some(options)).await {
         Ok(stream) => stream,
         Err(e) => {
-            signal_lost(&lost, LostReason::WatchFailed(e.to_string()));
+            signal_lost(&lost, lease, LostReason::WatchFailed(e.to_string()));
             return;
         }
     };
@@ -484,5 +502,5 @@ async fn watch_leader_key(mut client: Client, key: String, revision: i64, lost: 
             Err(e) => break LostReason::WatchFailed(e.to_string()),
         }
     };
-    signal_lost(&lost, reason);
+    signal_lost(&lost, lease, reason);
 }

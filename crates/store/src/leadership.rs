@@ -51,15 +51,22 @@ impl std::fmt::Display for LostReason {
 /// reason is kept.
 pub(crate) type LostSender = Arc<watch::Sender<Option<LostReason>>>;
 
-/// Records `reason` unless a reason is already there.
-pub(crate) fn signal_lost(lost: &LostSender, reason: LostReason) {
-    lost.send_if_modified(|slot| {
+/// Records `reason` unless a reason is already there, and logs it once.
+pub(crate) fn signal_lost(lost: &LostSender, lease: i64, reason: LostReason) {
+    let shown = reason.to_string();
+    let first = lost.send_if_modified(|slot| {
         if slot.is_some() {
             return false;
         }
         *slot = Some(reason);
         true
     });
+    if first {
+        tracing::warn!(
+            lease = format_args!("{lease:x}"),
+            "leadership lost: {shown}"
+        );
+    }
 }
 
 /// Waits until a reason is recorded. Never returns if none ever is and the sender lives.
@@ -217,7 +224,7 @@ impl Leadership {
         };
         hold.stop_tasks();
         hold.release_on_drop = false;
-        signal_lost(&self.lost, LostReason::Resigned);
+        signal_lost(&self.lost, hold.lease, LostReason::Resigned);
         let key = self.token.to_string();
         let timeout = hold.op_timeout;
         match tokio::time::timeout(timeout, hold.client.lease_revoke(hold.lease)).await {

@@ -1,39 +1,12 @@
 //! The embedded backend on real files in a temporary directory.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::time::Duration;
 
+use common::{put, TempDir};
 use nines_store::{Change, RedbStore, Store, StoreError, DEFAULT_LEADER_TTL, STATE_FILE};
-
-/// A temporary directory removed on drop, also when the test fails.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("nines-store-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn put(key: &str, value: &str) -> Change {
-    Change::Put(key.to_string(), value.as_bytes().to_vec())
-}
-
-fn keys(entries: &[(String, Vec<u8>)]) -> Vec<&str> {
-    entries.iter().map(|(k, _)| k.as_str()).collect()
-}
 
 #[tokio::test]
 async fn put_get_list_delete() {
@@ -41,53 +14,7 @@ async fn put_get_list_delete() {
     let store = RedbStore::open(dir.path()).await.expect("open");
     assert_eq!(store.path(), dir.path().join(STATE_FILE));
     let token = store.owner_token();
-    assert_eq!(store.get("admin/counter/sg/su-1").await.expect("get"), None);
-
-    store
-        .commit(
-            &token,
-            vec![
-                put("admin/counter/sg/su-2", "locked"),
-                put("admin/counter/sg/su-1", "unlocked"),
-                put("admin/counterx/sg/su-1", "other app"),
-                put("pids/counter/sg/su-1/counterd", "4242"),
-            ],
-        )
-        .await
-        .expect("commit");
-    assert_eq!(
-        store.get("admin/counter/sg/su-1").await.expect("get"),
-        Some(b"unlocked".to_vec())
-    );
-    let admin = store.list("admin/counter/").await.expect("list");
-    assert_eq!(
-        admin,
-        vec![
-            ("admin/counter/sg/su-1".to_string(), b"unlocked".to_vec()),
-            ("admin/counter/sg/su-2".to_string(), b"locked".to_vec()),
-        ]
-    );
-    assert_eq!(store.list("").await.expect("list all").len(), 4);
-    assert!(store.list("zzz").await.expect("list none").is_empty());
-
-    store
-        .commit(
-            &token,
-            vec![
-                Change::Delete("admin/counter/sg/su-2".to_string()),
-                Change::Delete("never/was".to_string()),
-                put("admin/counter/sg/su-1", "locked"),
-            ],
-        )
-        .await
-        .expect("commit deletes");
-    assert_eq!(store.get("admin/counter/sg/su-2").await.expect("get"), None);
-    assert_eq!(
-        keys(&store.list("admin/").await.expect("list")),
-        vec!["admin/counter/sg/su-1", "admin/counterx/sg/su-1"]
-    );
-    // An empty batch is fine (on etcd it checks the token).
-    store.commit(&token, vec![]).await.expect("empty commit");
+    common::same_behaviour(&Store::Redb(store), &token).await;
 }
 
 #[tokio::test]
@@ -115,39 +42,6 @@ async fn the_enum_and_its_trivial_leadership_work_on_redb() {
     assert!(lost.is_err(), "an owner's leadership was lost: {lost:?}");
     assert_eq!(leadership.lost_reason(), None);
     leadership.resign().await.expect("resign is a no-op");
-}
-
-#[tokio::test]
-async fn a_rejected_batch_writes_nothing() {
-    let dir = TempDir::new("reject");
-    let store = RedbStore::open(dir.path()).await.expect("open");
-    let token = store.owner_token();
-    store
-        .commit(&token, vec![put("a", "1")])
-        .await
-        .expect("commit");
-    let err = store
-        .commit(
-            &token,
-            vec![
-                put("a", "2"),
-                put("b", "2"),
-                Change::Put("c".to_string(), vec![0; nines_store::MAX_VALUE_LEN + 1]),
-            ],
-        )
-        .await
-        .expect_err("oversized value");
-    let message = err.to_string();
-    assert!(matches!(err, StoreError::Invalid { .. }), "{message}");
-    assert!(
-        message.contains("redb ") && message.contains("commit c"),
-        "{message}"
-    );
-    assert_eq!(store.get("a").await.expect("get"), Some(b"1".to_vec()));
-    assert_eq!(store.get("b").await.expect("get"), None);
-
-    let err = store.get("").await.expect_err("empty key");
-    assert!(err.to_string().contains("must not be empty"), "{err}");
 }
 
 /// Readers running next to a writer never see half a batch: every batch sets both keys to the
