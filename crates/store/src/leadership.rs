@@ -25,7 +25,7 @@ pub enum LostReason {
     },
     /// The watch on the leader's key failed, so its deletion could go unnoticed.
     WatchFailed(String),
-    /// [`Leadership::resign`] was called.
+    /// [`Leadership::resign`] was called, or the `Leadership` was dropped.
     Resigned,
 }
 
@@ -54,6 +54,7 @@ pub(crate) type LostSender = Arc<watch::Sender<Option<LostReason>>>;
 /// Records `reason` unless a reason is already there, and logs it once.
 pub(crate) fn signal_lost(lost: &LostSender, lease: i64, reason: LostReason) {
     let shown = reason.to_string();
+    let chosen = reason == LostReason::Resigned;
     let first = lost.send_if_modified(|slot| {
         if slot.is_some() {
             return false;
@@ -61,11 +62,13 @@ pub(crate) fn signal_lost(lost: &LostSender, lease: i64, reason: LostReason) {
         *slot = Some(reason);
         true
     });
-    if first {
-        tracing::warn!(
+    match (first, chosen) {
+        (false, _) => {}
+        (true, true) => tracing::info!(lease = format_args!("{lease:x}"), "leadership resigned"),
+        (true, false) => tracing::warn!(
             lease = format_args!("{lease:x}"),
             "leadership lost: {shown}"
-        );
+        ),
     }
 }
 
@@ -131,7 +134,8 @@ impl Drop for EtcdHold {
 /// acknowledged for a whole TTL. Losing it is final: campaign again for a new one.
 ///
 /// Dropping it stops the renewals and revokes the lease (best effort), which lets a successor
-/// in at once; [`resign`](Leadership::resign) does the same and reports whether it worked.
+/// in at once, and tells subscribers [`LostReason::Resigned`]; [`resign`](Leadership::resign)
+/// does the same and reports whether the revocation worked.
 pub struct Leadership {
     token: Token,
     node_id: String,
@@ -148,6 +152,17 @@ impl std::fmt::Debug for Leadership {
             .field("ttl", &self.ttl)
             .field("lost", &*self.lost.borrow())
             .finish()
+    }
+}
+
+impl Drop for Leadership {
+    /// Tells the subscribers, who may outlive it, that an etcd leadership is over (a no-op
+    /// after `resign` or a loss; an owner's leadership is never lost). The lease is released by
+    /// `EtcdHold`'s own drop.
+    fn drop(&mut self) {
+        if let Some(lease) = self.token.lease() {
+            signal_lost(&self.lost, lease, LostReason::Resigned);
+        }
     }
 }
 

@@ -328,4 +328,8 @@ async fn a_dropped_campaign_withdraws_the_candidate() {
         started.elapsed()
     );
     assert_eq!(leader.lost_reason(), None);
+    // Whoever subscribed learns when the leadership is dropped.
+    let mut subscriber = leader.subscribe();
+    drop(leader);
+    assert_eq!(*subscriber.borrow_and_update(), Some(LostReason::Resigned));
 }
