@@ -96,12 +96,15 @@ async fn two_candidates_make_exactly_one_leader() {
         connect(&server, "/nines/test").await,
         connect(&server, "/nines/test").await,
     ];
+    // A TTL of 2 s, so that a loaded machine's scheduling hiccup cannot expire the leader's
+    // lease in the 3 s below: what is tested here is exclusion, not lease liveness.
+    let ttl = Duration::from_secs(2);
     let mut candidates = Vec::new();
     for (i, store) in stores.iter().enumerate() {
         let store = store.clone();
         candidates.push(tokio::spawn(async move {
             let node = format!("node-{}", i + 1);
-            store.campaign(ELECTION, &node, DEFAULT_LEADER_TTL).await
+            store.campaign(ELECTION, &node, ttl).await
         }));
     }
     // Exactly one wins, and the other is still waiting well past a lease TTL: the leader's
@@ -298,9 +301,11 @@ async fn a_dropped_campaign_withdraws_the_candidate() {
     let server = start_etcd();
     let store = connect(&server, "/nines/test").await;
     let leader = campaign(&store, "node-1").await;
+    // A long TTL, so that a withdrawal by revocation cannot be mistaken for the lease expiring.
+    let ttl = Duration::from_secs(5);
     let candidate = {
         let store = store.clone();
-        tokio::spawn(async move { store.campaign(ELECTION, "node-2", DEFAULT_LEADER_TTL).await })
+        tokio::spawn(async move { store.campaign(ELECTION, "node-2", ttl).await })
     };
     let mut raw = etcd_client::Client::connect(server.endpoints(), None)
         .await
@@ -323,7 +328,7 @@ async fn a_dropped_campaign_withdraws_the_candidate() {
     })
     .await;
     assert!(
-        started.elapsed() < Duration::from_millis(900),
+        started.elapsed() < ttl / 2,
         "withdrawn only after {:?}: by lease expiry, not revocation",
         started.elapsed()
     );
