@@ -384,7 +384,8 @@ async fn keep_alive(
 
     enum Step {
         Tick,
-        Answer(Option<i64>),
+        /// A renewal's answer: the lease's remaining TTL in seconds.
+        Answer(i64),
         Broken(String),
         Deadline,
         AlreadyLost,
@@ -433,14 +434,14 @@ async fn keep_alive(
                 Err(_) => Step::Deadline,
             },
             answer = answers.message() => match answer {
-                Ok(Some(resp)) => Step::Answer(Some(resp.ttl())),
+                Ok(Some(resp)) => Step::Answer(resp.ttl()),
                 Ok(None) => Step::Broken("etcd closed the keep-alive stream".to_string()),
                 Err(e) => Step::Broken(e.to_string()),
             },
         };
         match step {
-            Step::Tick | Step::Answer(None) => {}
-            Step::Answer(Some(remaining)) => {
+            Step::Tick => {}
+            Step::Answer(remaining) => {
                 let sent = outstanding.pop_front();
                 if remaining <= 0 {
                     break LostReason::LeaseExpired;
