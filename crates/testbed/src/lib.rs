@@ -545,7 +545,7 @@ impl Testbed {
     }
 
     /// Start `cmd` on node `i`; the same as `self.node(i).spawn(cmd)` without the panic.
-    pub fn spawn(&self, i: usize, cmd: &mut Command) -> Result<Process> {
+    pub fn spawn(&self, i: usize, cmd: Command) -> Result<Process> {
         self.check(i)?.spawn(cmd)
     }
 }
@@ -633,5 +633,12 @@ mod tests {
             let r = Testbed::builder().nodes(n).sweep_stale(false).build();
             assert!(matches!(r, Err(Error::Invalid(_))), "{n}: {r:?}");
         }
+    }
+
+    #[test]
+    fn a_testbed_can_be_shared_between_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Testbed>();
+        shared::<Process>();
     }
 }

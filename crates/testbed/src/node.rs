@@ -73,15 +73,19 @@ impl Node {
     /// the returned handle waits for it, and [`Testbed::kill_node`](crate::Testbed::kill_node)
     /// and the testbed's `Drop` reap it even if the handle was dropped. The working directory
     /// is `cmd`'s, or this process's.
-    pub fn spawn(&self, cmd: &mut Command) -> Result<Process, Error> {
+    ///
+    /// `cmd` is taken by value because spawning registers a hook on it that enters this node's
+    /// namespaces; a `Command` reused for another spawn would carry a stale one.
+    pub fn spawn(&self, mut cmd: Command) -> Result<Process, Error> {
         let mut rt = lock(&self.rt);
         // Reap what already exited, so a long test does not pile up zombies.
         rt.procs.retain(|c| matches!(lock(c).try_wait(), Ok(None)));
         let init = rt.init.as_ref().ok_or(Error::NodeDown(self.index))?;
-        let mut child = sys::spawn_in(init, &self.net_ns, cmd).map_err(|source| Error::Io {
-            what: format!("spawn {:?} on node {}", cmd.get_program(), self.index),
-            source,
-        })?;
+        let mut child =
+            sys::spawn_in(init, &self.net_ns, &mut cmd).map_err(|source| Error::Io {
+                what: format!("spawn {:?} on node {}", cmd.get_program(), self.index),
+                source,
+            })?;
         let pid = child.id();
         let (stdin, stdout, stderr) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take());
@@ -110,8 +114,9 @@ impl Node {
         })
     }
 
-    /// Every process of the node right now (pids as seen from this process), its init
-    /// included; empty while the node is down. Found by the PID namespace in `/proc/*/ns/pid`.
+    /// Every live process of the node right now (pids as seen from this process), its init
+    /// included; empty while the node is down. Found by the PID namespace in `/proc/*/ns/pid`,
+    /// which zombies no longer have: check `/proc/PID` itself to see that a pid is gone.
     pub fn pids(&self) -> Vec<u32> {
         let Some(id) = lock(&self.rt).init.as_ref().map(|i| i.pid_ns_id.clone()) else {
             return Vec::new();

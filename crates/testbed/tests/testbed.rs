@@ -40,10 +40,18 @@ fn sh(cmd: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `program args...` with stdout piped or not.
+fn command(program: &str, args: &[&str], piped: bool) -> Command {
+    let mut c = Command::new(program);
+    c.args(args)
+        .stdout(if piped { Stdio::piped() } else { Stdio::null() });
+    c
+}
+
 /// Spawn a probe and return it with the first line it printed.
 fn probe(node: &Node, args: &[&str]) -> (Process, String) {
     let mut p = node
-        .spawn(Command::new(PROBE).args(args).stdout(Stdio::piped()))
+        .spawn(command(PROBE, args, true))
         .expect("spawn the probe");
     let mut line = String::new();
     BufReader::new(p.stdout.take().expect("stdout"))
@@ -151,8 +159,8 @@ fn kill_node_kills_and_reaps_every_process_of_the_node() {
     let (n0, n1) = (bed.node(0), bed.node(1));
     let (tree, line) = probe(n0, &["tree"]);
     assert_eq!(line.trim(), "ready");
-    let _sleeper = n0.spawn(Command::new(PROBE).arg("sleep")).expect("spawn");
-    let other = n1.spawn(Command::new(PROBE).arg("sleep")).expect("spawn");
+    let _sleeper = n0.spawn(command(PROBE, &["sleep"], false)).expect("spawn");
+    let other = n1.spawn(command(PROBE, &["sleep"], false)).expect("spawn");
     // init, tree, tree's child (a grandchild of this process), the sleeper.
     eventually("4 processes on node 0", Duration::from_secs(5), || {
         n0.pids().len() >= 4
@@ -179,7 +187,7 @@ fn kill_node_kills_and_reaps_every_process_of_the_node() {
         other.try_wait().expect("try_wait").is_none(),
         "node 1 is untouched"
     );
-    let r = n0.spawn(&mut Command::new(PROBE));
+    let r = n0.spawn(Command::new(PROBE));
     assert!(matches!(r, Err(Error::NodeDown(0))), "{r:?}");
     bed.kill_node(0).expect("killing a dead node is a no-op");
 
@@ -187,13 +195,8 @@ fn kill_node_kills_and_reaps_every_process_of_the_node() {
     let new_init = n0.init_pid().expect("up again");
     assert!(!pids.contains(&new_init));
     // A fresh PID namespace, and the node's /proc shows only its own processes.
-    let mut ls = n0
-        .spawn(
-            Command::new("sh")
-                .args(["-c", "echo $$; ls -d /proc/[0-9]*"])
-                .stdout(Stdio::piped()),
-        )
-        .expect("spawn on the restarted node");
+    let inside = command("sh", &["-c", "echo $$; ls -d /proc/[0-9]*"], true);
+    let mut ls = n0.spawn(inside).expect("spawn on the restarted node");
     let mut out = String::new();
     std::io::Read::read_to_string(&mut ls.stdout.take().expect("stdout"), &mut out).expect("read");
     let mut lines = out.lines();
@@ -216,7 +219,7 @@ fn orphans_are_reaped_by_the_node_init() {
     let init = node.init_pid().expect("up");
     // sh exits at once; its child sleep is orphaned to the node's init.
     let parent = node
-        .spawn(Command::new("sh").args(["-c", "sleep 0.3 & exit 0"]))
+        .spawn(command("sh", &["-c", "sleep 0.3 & exit 0"], false))
         .expect("spawn");
     parent
         .wait_timeout(Duration::from_secs(5))
@@ -334,7 +337,7 @@ fn drop_kills_everything_and_deletes_every_namespace() {
     );
     let p = bed
         .node(1)
-        .spawn(Command::new(PROBE).arg("tree"))
+        .spawn(command(PROBE, &["tree"], false))
         .expect("spawn");
     let inits: Vec<u32> = bed.nodes().filter_map(Node::init_pid).collect();
     let pid = p.id();
@@ -367,7 +370,7 @@ fn drop_cleans_up_when_a_test_panics() {
         let bed = Testbed::new(2).expect("testbed");
         let p = bed
             .node(0)
-            .spawn(Command::new(PROBE).arg("sleep"))
+            .spawn(command(PROBE, &["sleep"], false))
             .expect("spawn");
         *seen.lock().expect("lock") = (bed.netns_names(), p.id());
         panic!("a deliberate test failure");
@@ -432,4 +435,80 @@ fn sweep_stale_removes_what_a_dead_process_left() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The helper role of `a_killed_test_process_takes_its_nodes_with_it`: this same test binary,
+/// run again with this variable set, builds a testbed, reports it and waits to be killed.
+const CHILD_ROLE: &str = "NINES_TESTBED_TEST_CHILD";
+
+#[test]
+fn a_killed_test_process_takes_its_nodes_with_it() {
+    if std::env::var_os(CHILD_ROLE).is_some() {
+        let bed = Testbed::builder()
+            .nodes(2)
+            .sweep_stale(false)
+            .build()
+            .expect("testbed");
+        let p = bed
+            .node(1)
+            .spawn(command(PROBE, &["tree"], false))
+            .expect("spawn");
+        let init = bed.node(1).init_pid().expect("up");
+        println!("CHILD {} {} {}", bed.name(), init, p.id());
+        std::thread::sleep(Duration::from_secs(30));
+        return;
+    }
+    if !nines_testbed::is_root() {
+        eprintln!("SKIPPED: the testbed needs root");
+        return;
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let args = [
+        "--exact",
+        "a_killed_test_process_takes_its_nodes_with_it",
+        "--nocapture",
+    ];
+    let mut child = Command::new(exe)
+        .args(args)
+        .env(CHILD_ROLE, "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run the helper role");
+    let mut line = String::new();
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    while !line.starts_with("CHILD ") {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).expect("read") > 0,
+            "the helper ended early"
+        );
+    }
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (name, init, grandchild) = (words[1].to_string(), words[2], words[3]);
+    child.kill().expect("SIGKILL the helper: no Drop runs");
+    child.wait().expect("reap the helper");
+    // Its inits see their lifeline close and exit; the kernel kills their nodes. The inits
+    // themselves are reaped by whoever adopted them (PID 1, slowly), so allow zombies there.
+    let gone = |pid: &str| !Path::new(&format!("/proc/{pid}")).exists();
+    let dead = |pid: &str| {
+        gone(pid)
+            || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            })
+    };
+    eventually("the node's processes die", Duration::from_secs(5), || {
+        gone(grandchild)
+    });
+    eventually("the node's init exits", Duration::from_secs(5), || {
+        dead(init)
+    });
+    // The namespaces are left behind for the next sweep (maybe a concurrent test's).
+    nines_testbed::sweep_stale().expect("sweep");
+    let listed = netns_list();
+    assert!(
+        !listed.contains(&name),
+        "{name} survived the sweep:\n{listed}"
+    );
 }
