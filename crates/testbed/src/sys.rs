@@ -215,6 +215,9 @@ unsafe fn init_main(life_r: RawFd, status_w: RawFd) -> ! {
             libc::close(fd);
         }
     }
+    // Tell it apart from the test process it was forked from (`ps -e`, `top`).
+    let comm = c"testbed-init";
+    libc::prctl(libc::PR_SET_NAME, comm.as_ptr());
     let report = |stage: u32| {
         let errno = if stage == STAGE_OK {
             0
