@@ -219,7 +219,7 @@ fn orphans_are_reaped_by_the_node_init() {
     let init = node.init_pid().expect("up");
     // sh exits at once; its child sleep is orphaned to the node's init.
     let parent = node
-        .spawn(command("sh", &["-c", "sleep 0.3 & exit 0"], false))
+        .spawn(command("sh", &["-c", "sleep 1 & exit 0"], false))
         .expect("spawn");
     parent
         .wait_timeout(Duration::from_secs(5))
@@ -401,17 +401,21 @@ fn sweep_stale_removes_what_a_dead_process_left() {
     let mut dead = Command::new("true").spawn().expect("spawn true");
     dead.wait().expect("wait");
     let stale = format!("ntb{}x0-n0", dead.id());
-    sh(&format!("ip netns add {stale}"));
-    // Something still running in it, as a node's process would be.
-    let mut inside = Command::new("ip")
-        .args(["netns", "exec", &stale, PROBE, "sleep"])
+    // Something still running in it, as a node's process would be: a process in a network
+    // namespace of its own, which then gets the stale name. (Naming first and entering after
+    // would race with the sweep of a concurrent test's `Testbed::new`.)
+    let mut inside = Command::new("unshare")
+        .args(["--net", PROBE, "sleep"])
         .spawn()
-        .expect("spawn in the stale namespace");
+        .expect("spawn in a new network namespace");
+    let net = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+    let pid = inside.id().to_string();
     eventually(
-        "the process is in the namespace",
+        "the probe is in its namespace",
         Duration::from_secs(5),
-        || !sh(&format!("ip netns pids {stale}")).trim().is_empty(),
+        || net(&pid) != net("self"),
     );
+    sh(&format!("ip netns attach {stale} {pid}"));
     let mine = Testbed::new(1).expect("a live testbed");
     nines_testbed::sweep_stale().expect("sweep");
     let listed = netns_list();
