@@ -64,7 +64,8 @@
 //! - **Faults on the switch side.** [`Testbed::cut_link`] disables the node's bridge port and
 //!   [`Testbed::partition`] moves ports to separate bridges: the node keeps its carrier and
 //!   its addresses, as when a switch or a cable elsewhere fails, so software on the node sees
-//!   silence, not an interface event.
+//!   silence, not an interface event. For the same reason [`Testbed::crash_node`] cuts the
+//!   link before it kills: a powered-off host sends no FIN or RST.
 //! - **netem needs the kernel's `sch_netem`.** [`Testbed::set_link`] uses `tc qdisc netem`;
 //!   on a kernel built without it (like the development VM this was written on, which has no
 //!   loadable modules either) it fails with [`Error::Unsupported`], and callers skip.
@@ -229,8 +230,17 @@ impl Builder {
 struct Link {
     /// The bridge (`br{bridge}`) the port is attached to; 0 unless partitioned.
     bridge: usize,
-    /// Whether the port is disabled by [`Testbed::cut_link`].
+    /// Whether [`Testbed::cut_link`] cut it.
     cut: bool,
+    /// Whether [`Testbed::crash_node`] cut it (until [`Testbed::restart_node`]).
+    crashed: bool,
+}
+
+impl Link {
+    /// Whether the port must be disabled.
+    fn down(self) -> bool {
+        self.cut || self.crashed
+    }
 }
 
 /// A cluster of nodes in network namespaces on this machine, torn down on drop.
@@ -376,37 +386,54 @@ impl Testbed {
         })
     }
 
-    /// Node failure: kill every process of node `i` at once (its init is SIGKILLed, so the
-    /// kernel kills the whole PID namespace) and reap them all before returning.
+    /// Every process of node `i` dies: its init is SIGKILLed, so the kernel kills the whole
+    /// PID namespace at once, and all of them are reaped before this returns.
     ///
-    /// The node's network namespace and links stay, as a crashed host's cables do; bring the
-    /// node back with [`Testbed::restart_node`]. Killing a node that is down does nothing.
+    /// The node's network stays up, and its kernel with it: peers see their connections
+    /// closed (FIN or RST) at once and new connections refused, as when every process of a
+    /// live host crashes. For a host that vanishes silently (power loss), use
+    /// [`Testbed::crash_node`]. Bring the node back with [`Testbed::restart_node`]. Killing
+    /// a node that is down does nothing.
     pub fn kill_node(&self, i: usize) -> Result<()> {
         self.check(i)?.kill()
     }
 
-    /// Node repair: start a fresh PID namespace on node `i` (after [`Testbed::kill_node`]),
-    /// with nothing running in it. Restarting a node that is up does nothing.
+    /// Host failure: node `i` goes silent (its link is cut first, so not even the FINs and
+    /// RSTs of its dying sockets reach anyone), then every process on it is killed and reaped
+    /// as by [`Testbed::kill_node`]. Peers learn of it only by timeouts, as with a power loss.
+    /// [`Testbed::restart_node`] brings the link back with the node.
+    pub fn crash_node(&self, i: usize) -> Result<()> {
+        self.update_link(i, |l| l.crashed = true)?;
+        self.check(i)?.kill()
+    }
+
+    /// Node repair: start a fresh PID namespace on node `i` (after [`Testbed::kill_node`] or
+    /// [`Testbed::crash_node`], whose link cut it undoes), with nothing running in it yet.
+    /// Restarting a node that is up does nothing.
     pub fn restart_node(&self, i: usize) -> Result<()> {
-        self.check(i)?.start()
+        self.check(i)?.start()?;
+        self.update_link(i, |l| l.crashed = false)
     }
 
     /// Link failure: node `i` can no longer exchange packets with any other node. Its bridge
     /// port is disabled, so the node keeps its carrier and sees only silence.
     pub fn cut_link(&self, i: usize) -> Result<()> {
-        self.set_cut(i, true)
+        self.update_link(i, |l| l.cut = true)
     }
 
-    /// Undo [`Testbed::cut_link`] (a partition, if any, still applies).
+    /// Undo [`Testbed::cut_link`] (a partition or a crash, if any, still applies).
     pub fn heal_link(&self, i: usize) -> Result<()> {
-        self.set_cut(i, false)
+        self.update_link(i, |l| l.cut = false)
     }
 
-    fn set_cut(&self, i: usize, cut: bool) -> Result<()> {
+    /// Change node `i`'s link flags and set its bridge port to match.
+    fn update_link(&self, i: usize, change: impl FnOnce(&mut Link)) -> Result<()> {
         self.check(i)?;
         let mut links = lock(&self.links);
-        self.port_state(i, cut)?;
-        links[i].cut = cut;
+        let mut link = links[i];
+        change(&mut link);
+        self.port_state(i, link.down())?;
+        links[i] = link;
         Ok(())
     }
 
@@ -480,7 +507,7 @@ impl Testbed {
             let (port, br) = (format!("n{i}"), format!("br{b}"));
             self.ip(&["-n", &self.switch, "link", "set", &port, "master", &br])?;
             links[i].bridge = b;
-            if links[i].cut {
+            if links[i].down() {
                 // Joining a bridge resets the port to forwarding.
                 self.port_state(i, true)?;
             }

@@ -516,3 +516,75 @@ fn a_killed_test_process_takes_its_nodes_with_it() {
         "{name} survived the sweep:\n{listed}"
     );
 }
+
+/// A connection from `from` to the probe listening at `at`, its greeting read.
+fn open(from: &Node, at: &str) -> TcpStream {
+    let conn = from
+        .enter(|| TcpStream::connect(at))
+        .expect("enter")
+        .expect("connect");
+    let mut line = String::new();
+    BufReader::new(conn.try_clone().expect("clone"))
+        .read_line(&mut line)
+        .expect("greeting");
+    assert!(line.starts_with("hello"), "{line:?}");
+    conn
+}
+
+/// What a read on an open connection gives within `timeout`.
+fn read_within(mut conn: &TcpStream, timeout: Duration) -> std::io::Result<usize> {
+    conn.set_read_timeout(Some(timeout))
+        .expect("set_read_timeout");
+    std::io::Read::read(&mut conn, &mut [0u8; 16])
+}
+
+fn connect_error(from: &Node, at: &str, timeout: Duration) -> std::io::ErrorKind {
+    let to: SocketAddr = at.parse().expect("addr");
+    match from
+        .enter(|| TcpStream::connect_timeout(&to, timeout))
+        .expect("enter")
+    {
+        Ok(_) => panic!("connected to {at}"),
+        Err(e) => e.kind(),
+    }
+}
+
+#[test]
+fn crash_node_is_silent_where_kill_node_is_not() {
+    use std::io::ErrorKind::{ConnectionRefused, TimedOut, WouldBlock};
+    let Some(bed) = bed(2) else { return };
+    let (a, b) = (bed.node(0), bed.node(1));
+    let at = format!("{}:{PORT}", a.addr());
+
+    // kill_node: the node's kernel lives on and closes the dead processes' connections.
+    let _listener = probe(a, &["listen", &at]);
+    let conn = open(b, &at);
+    bed.kill_node(0).expect("kill");
+    match read_within(&conn, Duration::from_secs(3)) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        r => panic!("after kill_node the peer should see the end at once: {r:?}"),
+    }
+    assert_eq!(
+        connect_error(b, &at, Duration::from_secs(2)),
+        ConnectionRefused
+    );
+
+    // crash_node: nothing at all reaches the peer.
+    bed.restart_node(0).expect("restart");
+    let _listener = probe(a, &["listen", &at]);
+    let conn = open(b, &at);
+    bed.crash_node(0).expect("crash");
+    assert!(!a.is_up());
+    match read_within(&conn, Duration::from_millis(500)) {
+        Err(e) if matches!(e.kind(), WouldBlock | TimedOut) => {}
+        r => panic!("after crash_node the peer should hear nothing: {r:?}"),
+    }
+    assert_eq!(connect_error(b, &at, Duration::from_millis(300)), TimedOut);
+
+    // restart_node brings the link back with the node: refused (nothing listens) is an answer.
+    bed.restart_node(0).expect("restart");
+    eventually("node 0 answers again", Duration::from_secs(3), || {
+        connect_error(b, &at, Duration::from_millis(300)) == ConnectionRefused
+    });
+}

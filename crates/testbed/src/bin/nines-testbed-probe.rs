@@ -1,7 +1,8 @@
 //! A helper process for the testbed's own tests (and for trying a testbed by hand): small
 //! network and process behaviours that must run *inside* a node, as a separate process.
 //!
-//! - `listen ADDR:PORT`: accept connections, answer each with `hello from ADDR:PORT\n`.
+//! - `listen ADDR:PORT`: accept connections, greet each with `hello from ADDR:PORT\n` and
+//!   keep it open until the client closes it.
 //! - `connect ADDR:PORT`: connect (2 s timeout), print the answer; exit 1 if that fails.
 //! - `tree`: start a child `sleep` (a grandchild of whoever spawned us), print `ready`, sleep.
 //! - `sleep`: sleep.
@@ -40,8 +41,10 @@ fn run(mode: &str, addr: &str) -> Result<(), Box<dyn std::error::Error>> {
             std::io::stdout().flush()?;
             for conn in listener.incoming() {
                 let mut conn = conn?;
-                // A client that went away is not the listener's problem.
+                // A client that went away is not the listener's problem. The connection stays
+                // open until the client closes it, so tests can watch what a fault does to it.
                 let _ = writeln!(conn, "hello from {addr}");
+                std::thread::spawn(move || std::io::copy(&mut conn, &mut std::io::sink()));
             }
             Ok(())
         }
