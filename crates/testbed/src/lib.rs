@@ -72,6 +72,8 @@
 //!
 //! Everything here needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN): check [`is_root`] and skip.
 
+#![warn(missing_docs)]
+
 mod cmd;
 mod node;
 mod sys;
