@@ -66,9 +66,11 @@
 //!   its addresses, as when a switch or a cable elsewhere fails, so software on the node sees
 //!   silence, not an interface event. For the same reason [`Testbed::crash_node`] cuts the
 //!   link before it kills: a powered-off host sends no FIN or RST.
-//! - **netem needs the kernel's `sch_netem`.** [`Testbed::set_link`] uses `tc qdisc netem`;
-//!   on a kernel built without it (like the development VM this was written on, which has no
-//!   loadable modules either) it fails with [`Error::Unsupported`], and callers skip.
+//! - **netem where the kernel has it, a user-space relay where not.** [`Testbed::set_link`]
+//!   uses `tc qdisc netem`; a kernel built without `sch_netem` (like the development VM this
+//!   was written on, which has no loadable modules either, nor any other tc action that
+//!   drops) gets a relay instead: the node's port leaves the bridge and two threads of this
+//!   process carry its frames through raw packet sockets, holding and dropping them.
 //!
 //! Everything here needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN): check [`is_root`] and skip.
 
@@ -76,11 +78,13 @@
 
 mod cmd;
 mod node;
+mod relay;
 mod sys;
 
 pub use node::{Node, Process};
 
 use std::net::Ipv4Addr;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -88,6 +92,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use node::Runtime;
+use relay::Relay;
 
 /// What can go wrong building or driving a testbed. Every variant names what was attempted.
 #[derive(Debug, thiserror::Error)]
@@ -140,14 +145,6 @@ pub enum Error {
     /// The node was killed and not restarted, so nothing can run on it.
     #[error("node {0} is down (restart_node it first)")]
     NodeDown(usize),
-    /// This machine cannot do what was asked (e.g. the kernel has no `sch_netem`).
-    #[error("{what} is not supported on this machine: {detail}")]
-    Unsupported {
-        /// The missing feature.
-        what: &'static str,
-        /// The evidence (the failing command's error).
-        detail: String,
-    },
     /// An argument out of range (node count, loss percentage, partition groups).
     #[error("invalid argument: {0}")]
     Invalid(String),
@@ -174,6 +171,7 @@ pub struct Builder {
     nodes: usize,
     timeout: Duration,
     sweep: bool,
+    relay: bool,
 }
 
 impl Builder {
@@ -187,6 +185,13 @@ impl Builder {
     /// wait for a killed node's processes. Default 10 s, generous for a loaded machine.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Whether [`Testbed::set_link`] impairs links in user space even where the kernel has
+    /// netem (default false: netem where it exists). For testing the fallback itself.
+    pub fn user_space_impairment(mut self, always: bool) -> Self {
+        self.relay = always;
         self
     }
 
@@ -219,6 +224,9 @@ impl Builder {
             nodes: Vec::new(),
             links: Mutex::new(Vec::new()),
             bridges: Mutex::new(1),
+            relays: Mutex::new(Vec::new()),
+            always_relay: self.relay,
+            switch_ns: None,
             created: Vec::new(),
         };
         // `bed` is dropped (and cleans up what `created` lists) if a step fails.
@@ -236,12 +244,23 @@ struct Link {
     cut: bool,
     /// Whether [`Testbed::crash_node`] cut it (until [`Testbed::restart_node`]).
     crashed: bool,
+    /// Whether a user-space relay impairs it: then the bridge port is `rI`, not `nI`.
+    relayed: bool,
 }
 
 impl Link {
     /// Whether the port must be disabled.
     fn down(self) -> bool {
         self.cut || self.crashed
+    }
+
+    /// Node `i`'s port on its bridge.
+    fn port(self, i: usize) -> String {
+        if self.relayed {
+            format!("r{i}")
+        } else {
+            format!("n{i}")
+        }
     }
 }
 
@@ -259,6 +278,12 @@ pub struct Testbed {
     links: Mutex<Vec<Link>>,
     /// How many bridges exist in the switch namespace (`br0` .. `br{n-1}`).
     bridges: Mutex<usize>,
+    /// The user-space impairment of each node's link, if any (locked after `links`).
+    relays: Mutex<Vec<Option<Relay>>>,
+    /// [`Builder::user_space_impairment`].
+    always_relay: bool,
+    /// The switch namespace, for the relays' packet sockets.
+    switch_ns: Option<OwnedFd>,
     /// The namespaces created so far, deleted by `Drop` in reverse order.
     created: Vec<String>,
 }
@@ -275,6 +300,7 @@ impl Testbed {
             nodes: 1,
             timeout: Duration::from_secs(10),
             sweep: true,
+            relay: false,
         }
     }
 
@@ -286,6 +312,7 @@ impl Testbed {
         let sw = self.switch.clone();
         self.ip(&["netns", "add", &sw])?;
         self.created.push(sw.clone());
+        self.switch_ns = Some(open_netns(&sw)?);
         self.ip(&["-n", &sw, "link", "set", "lo", "up"])?;
         self.add_bridge(0)?;
         for i in 0..nodes {
@@ -304,11 +331,7 @@ impl Testbed {
             self.ip(&["-n", &ns, "addr", "add", &cidr, "dev", "eth0"])?;
             self.ip(&["-n", &ns, "link", "set", "eth0", "up"])?;
             self.ip(&["-n", &ns, "link", "set", "lo", "up"])?;
-            let path = format!("/run/netns/{ns}");
-            let net_ns = sys::open_ns(Path::new(&path)).map_err(|source| Error::Io {
-                what: format!("open {path}"),
-                source,
-            })?;
+            let net_ns = open_netns(&ns)?;
             let node = Node {
                 index: i,
                 netns: ns,
@@ -321,6 +344,7 @@ impl Testbed {
             self.nodes[i].start()?;
         }
         *lock(&self.links) = vec![Link::default(); nodes];
+        lock(&self.relays).resize_with(nodes, || None);
         Ok(())
     }
 
@@ -434,15 +458,16 @@ impl Testbed {
         let mut links = lock(&self.links);
         let mut link = links[i];
         change(&mut link);
-        self.port_state(i, link.down())?;
+        self.port_state(i, link)?;
         links[i] = link;
         Ok(())
     }
 
-    fn port_state(&self, i: usize, cut: bool) -> Result<()> {
-        let port = format!("n{i}");
+    /// Set node `i`'s bridge port to forwarding or disabled, as `link` says.
+    fn port_state(&self, i: usize, link: Link) -> Result<()> {
+        let port = link.port(i);
         // 0 = disabled, 3 = forwarding (the bridge runs no STP, so nothing else moves it).
-        let state = if cut { "0" } else { "3" };
+        let state = if link.down() { "0" } else { "3" };
         let args = [
             "-n",
             &self.switch,
@@ -506,71 +531,144 @@ impl Testbed {
             if links[i].bridge == b {
                 continue;
             }
-            let (port, br) = (format!("n{i}"), format!("br{b}"));
+            let (port, br) = (links[i].port(i), format!("br{b}"));
             self.ip(&["-n", &self.switch, "link", "set", &port, "master", &br])?;
             links[i].bridge = b;
             if links[i].down() {
                 // Joining a bridge resets the port to forwarding.
-                self.port_state(i, true)?;
+                self.port_state(i, links[i])?;
             }
         }
         Ok(())
     }
 
-    /// Impair node `i`'s link with `tc qdisc netem`: `delay` is added in each direction (so a
-    /// round trip to an unimpaired node grows by twice `delay`) and `loss_percent` of the
-    /// packets are dropped in each direction. Zero for both removes the impairment.
+    /// Impair node `i`'s link: `delay` is added in each direction (so a round trip to an
+    /// unimpaired node grows by twice `delay`) and `loss_percent` of the frames are dropped in
+    /// each direction. Zero for both removes the impairment; calling again changes it.
     ///
-    /// Fails with [`Error::Unsupported`] when the kernel has no `sch_netem`.
+    /// Uses `tc qdisc netem` where the kernel has `sch_netem`. Elsewhere (or always, with
+    /// [`Builder::user_space_impairment`]) a relay in this process carries the node's frames
+    /// between its port and the bridge, holding and dropping them: coarser (about a
+    /// millisecond, plus the machine's scheduling delay) but enough for "at least this much
+    /// latency" and "about this much loss".
     pub fn set_link(&self, i: usize, delay: Duration, loss_percent: f64) -> Result<()> {
         let node = self.check(i)?;
         if !(0.0..=100.0).contains(&loss_percent) {
             return Err(Error::Invalid(format!("loss {loss_percent}% (0 to 100)")));
         }
+        let off = delay.is_zero() && loss_percent == 0.0;
+        let mut links = lock(&self.links);
+        let mut relays = lock(&self.relays);
+        if let Some(relay) = &relays[i] {
+            if off {
+                return self.stop_relay(i, &mut links[i], &mut relays[i]);
+            }
+            relay.set(delay, loss_percent);
+            return Ok(());
+        }
+        if off {
+            return self.netem(i, node, None);
+        }
+        if !self.always_relay {
+            match self.netem(i, node, Some((delay, loss_percent))) {
+                Err(Error::Command { stderr, .. }) if stderr.contains("qdisc kind is unknown") => {}
+                r => return r,
+            }
+        }
+        self.start_relay(i, &mut links[i], &mut relays[i], delay, loss_percent)
+    }
+
+    /// Set (or, with `None`, remove) a netem qdisc on both ends of node `i`'s link.
+    fn netem(&self, i: usize, node: &Node, impair: Option<(Duration, f64)>) -> Result<()> {
         let port = format!("n{i}");
         let ends = [
             (self.switch.as_str(), port.as_str()),
             (node.netns.as_str(), "eth0"),
         ];
-        if delay.is_zero() && loss_percent == 0.0 {
-            for (ns, dev) in ends {
-                match cmd::run(
-                    "tc",
-                    &["-n", ns, "qdisc", "del", "dev", dev, "root"],
-                    self.timeout,
-                ) {
-                    Ok(_) => {}
+        for (ns, dev) in ends {
+            let Some((delay, loss)) = impair else {
+                let args = ["-n", ns, "qdisc", "del", "dev", dev, "root"];
+                match cmd::run("tc", &args, self.timeout) {
                     // Nothing to delete: the link was not impaired.
                     Err(Error::Command { stderr, .. })
                         if stderr.contains("handle of zero") || stderr.contains("No such") => {}
-                    Err(e) => return Err(e),
+                    r => r.map(drop)?,
                 }
-            }
-            return Ok(());
-        }
-        let (us, loss) = (
-            format!("{}us", delay.as_micros()),
-            format!("{loss_percent}%"),
-        );
-        for (ns, dev) in ends {
+                continue;
+            };
+            let (us, loss) = (format!("{}us", delay.as_micros()), format!("{loss}%"));
             let args = [
                 "-n", ns, "qdisc", "replace", "dev", dev, "root", "netem", "delay", &us, "loss",
                 &loss,
             ];
-            match cmd::run("tc", &args, self.timeout) {
-                Ok(_) => {}
-                Err(Error::Command {
-                    command, stderr, ..
-                }) if stderr.contains("qdisc kind is unknown") => {
-                    return Err(Error::Unsupported {
-                        what: "tc netem (the kernel has no sch_netem)",
-                        detail: format!("`{command}`: {stderr}"),
-                    })
-                }
-                Err(e) => return Err(e),
-            }
+            cmd::run("tc", &args, self.timeout)?;
         }
         Ok(())
+    }
+
+    /// Put a relay between node `i`'s port `nI` and the bridge: a veth pair `rI` (bridged,
+    /// in `nI`'s place) / `qI`, and the pumps between `nI` and `qI`.
+    fn start_relay(
+        &self,
+        i: usize,
+        link: &mut Link,
+        slot: &mut Option<Relay>,
+        delay: Duration,
+        loss: f64,
+    ) -> Result<()> {
+        let sw = self.switch.as_str();
+        let (n, r, q) = (format!("n{i}"), format!("r{i}"), format!("q{i}"));
+        let br = format!("br{}", link.bridge);
+        self.ip(&[
+            "-n", sw, "link", "add", &r, "type", "veth", "peer", "name", &q,
+        ])?;
+        let relayed = Link {
+            relayed: true,
+            ..*link
+        };
+        let started = (|| {
+            self.ip(&["-n", sw, "link", "set", &q, "up"])?;
+            self.ip(&["-n", sw, "link", "set", &r, "master", &br, "up"])?;
+            // A cut link stays cut: `rI` must not forward before the relay starts.
+            self.port_state(i, relayed)?;
+            let switch_ns = self
+                .switch_ns
+                .as_ref()
+                .ok_or_else(|| Error::Invalid("the switch namespace is not open".to_string()))?;
+            let relay =
+                Relay::start(switch_ns, &n, &q, delay, loss).map_err(|source| Error::Io {
+                    what: format!("start the link relay of node {i}"),
+                    source,
+                })?;
+            self.ip(&["-n", sw, "link", "set", &n, "nomaster"])?;
+            Ok(relay)
+        })();
+        match started {
+            Ok(relay) => {
+                *slot = Some(relay);
+                *link = relayed;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.ip(&["-n", sw, "link", "del", &r]);
+                Err(e)
+            }
+        }
+    }
+
+    /// Undo [`Testbed::start_relay`]: `nI` back on its bridge, `rI`/`qI` deleted.
+    fn stop_relay(&self, i: usize, link: &mut Link, slot: &mut Option<Relay>) -> Result<()> {
+        *slot = None; // stops the pumps
+        let sw = self.switch.as_str();
+        let (n, r, br) = (
+            format!("n{i}"),
+            format!("r{i}"),
+            format!("br{}", link.bridge),
+        );
+        self.ip(&["-n", sw, "link", "set", &n, "master", &br])?;
+        link.relayed = false;
+        self.port_state(i, *link)?;
+        self.ip(&["-n", sw, "link", "del", &r]).map(drop)
     }
 
     /// Start `cmd` on node `i`; the same as `self.node(i).spawn(cmd)` without the panic.
@@ -584,6 +682,7 @@ impl Drop for Testbed {
     /// bridges and veths with them). Runs when a test panics too; errors are printed, since
     /// a destructor cannot return them, and [`sweep_stale`] catches what is left.
     fn drop(&mut self) {
+        lock(&self.relays).clear();
         for node in &self.nodes {
             if let Err(e) = node.kill() {
                 eprintln!("nines-testbed: drop {}: {e}", self.name);
@@ -595,6 +694,15 @@ impl Drop for Testbed {
             }
         }
     }
+}
+
+/// Open `/run/netns/NAME`.
+fn open_netns(name: &str) -> Result<OwnedFd> {
+    let path = format!("/run/netns/{name}");
+    sys::open_ns(Path::new(&path)).map_err(|source| Error::Io {
+        what: format!("open {path}"),
+        source,
+    })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

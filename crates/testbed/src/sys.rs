@@ -409,3 +409,103 @@ pub(crate) fn kill_pid(pid: u32) {
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 }
+
+/// `linux/if_packet.h`: a `virtio_net_hdr` before every frame, so checksum-offload and GSO
+/// frames keep their metadata through the relay (and are not re-sent with a bad checksum).
+const PACKET_VNET_HDR: libc::c_int = 15;
+/// `linux/if_packet.h`: do not receive the frames this socket (or its host) sends.
+const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+
+/// A raw packet socket bound to one interface, for the user-space link impairment.
+#[derive(Debug)]
+pub(crate) struct PacketSocket(OwnedFd);
+
+impl PacketSocket {
+    /// Open a socket on interface `ifname` of the calling thread's network namespace (call it
+    /// inside [`in_netns`]). Frames carry a `virtio_net_hdr`, and outgoing ones are not seen.
+    pub fn bind(ifname: &str) -> io::Result<PacketSocket> {
+        let name =
+            CString::new(ifname).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: a valid NUL-terminated name.
+        let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if index == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Protocol 0: receive nothing until bound to the interface (else frames of every
+        // interface could arrive in between).
+        // SAFETY: plain syscall; on success the fd is ours.
+        let fd =
+            cvt(unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) })?;
+        // SAFETY: freshly created.
+        let sock = PacketSocket(unsafe { OwnedFd::from_raw_fd(fd) });
+        for opt in [PACKET_VNET_HDR, PACKET_IGNORE_OUTGOING] {
+            sock.set_int(libc::SOL_PACKET, opt, 1)?;
+        }
+        sock.set_int(libc::SOL_SOCKET, libc::SO_RCVBUF, 4 << 20)?;
+        // SAFETY: sockaddr_ll is plain data; zero is a valid start.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+        addr.sll_ifindex = index as libc::c_int;
+        let len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+        // SAFETY: `addr` is a valid sockaddr_ll of `len` bytes.
+        cvt(unsafe { libc::bind(fd, (&raw const addr).cast(), len) })?;
+        Ok(sock)
+    }
+
+    fn set_int(&self, level: libc::c_int, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
+        let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `value` is a valid int of `len` bytes.
+        cvt(unsafe {
+            libc::setsockopt(
+                self.0.as_raw_fd(),
+                level,
+                opt,
+                (&raw const value).cast(),
+                len,
+            )
+        })
+        .map(drop)
+    }
+
+    /// Receive one frame (with its header) into `buf`, waiting at most `timeout`.
+    pub fn recv(&self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<usize>> {
+        let mut pfd = libc::pollfd {
+            fd: self.0.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = timeout.as_millis().clamp(0, i32::MAX as u128) as libc::c_int;
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, ms) } <= 0 {
+            return Ok(None);
+        }
+        // SAFETY: reading into `buf`.
+        let n = unsafe {
+            libc::recv(
+                self.0.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return match e.kind() {
+                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(None),
+                _ => Err(e),
+            };
+        }
+        Ok(Some(n as usize))
+    }
+
+    /// Send one frame (with its header) out of the bound interface.
+    pub fn send(&self, frame: &[u8]) -> io::Result<()> {
+        // SAFETY: sending from `frame`.
+        let n = unsafe { libc::send(self.0.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}

@@ -1,6 +1,5 @@
 //! The testbed on real namespaces (no mocks). Every test needs root; without it each test says
-//! so and returns. With root, nothing is skipped except the netem test on a kernel without
-//! `sch_netem`, which then checks that the failure is reported as `Unsupported`.
+//! so and returns. With root, nothing is skipped.
 //!
 //! No test sends a packet towards an address outside a testbed: "the root namespace cannot
 //! reach the nodes" is checked on the configuration (no address, no interface, no route into a
@@ -287,40 +286,123 @@ fn partition_splits_groups_and_heal_joins_them() {
     );
 }
 
-#[test]
-fn set_link_delays_traffic_or_says_netem_is_unsupported() {
-    let Some(bed) = bed(2) else { return };
+/// How long a TCP handshake from `from` to `to` takes.
+fn handshake(from: &Node, to: &Node) -> Duration {
+    let to = SocketAddr::from((to.addr(), PORT));
+    from.enter(|| {
+        let t = Instant::now();
+        TcpStream::connect_timeout(&to, Duration::from_secs(5)).map(|_| t.elapsed())
+    })
+    .expect("enter")
+    .expect("connect")
+}
+
+/// Delay and loss on node 1's link, seen from node 0; the impairment composes with cuts.
+fn check_set_link(bed: &Testbed) {
     let (a, b) = (bed.node(0), bed.node(1));
-    let _l = listen_in(a);
+    let _l: Vec<TcpListener> = bed.nodes().map(listen_in).collect();
     assert!(matches!(
         bed.set_link(1, Duration::ZERO, 101.0),
         Err(Error::Invalid(_))
     ));
-    match bed.set_link(1, Duration::from_millis(50), 0.0) {
-        Err(Error::Unsupported { what, detail }) => {
-            eprintln!("SKIPPED (netem part): {what}: {detail}");
-            assert!(
-                detail.contains("tc ") && detail.contains("netem"),
-                "{detail}"
-            );
-            // Removing an impairment that could not be set is fine.
-            bed.set_link(1, Duration::ZERO, 0.0).expect("clear");
-            return;
-        }
-        r => r.expect("set_link"),
+    bed.set_link(1, Duration::from_millis(50), 0.0)
+        .expect("set_link");
+    // 50 ms each way: a handshake takes at least 100 ms; only a lower bound is checked.
+    let rtt = handshake(b, a);
+    assert!(rtt >= Duration::from_millis(40), "rtt {rtt:?}");
+    let rtt = handshake(a, b);
+    assert!(rtt >= Duration::from_millis(40), "rtt {rtt:?}");
+    // A cut link stays cut under an impairment, and heals back to the impairment.
+    bed.cut_link(1).expect("cut");
+    assert!(!connects(b, a, Duration::from_millis(400)));
+    bed.heal_link(1).expect("heal");
+    eventually("traffic after heal", Duration::from_secs(3), || {
+        connects(b, a, Duration::from_millis(400))
+    });
+    // Total loss stops everything; changing the impairment takes effect at once.
+    bed.set_link(1, Duration::ZERO, 100.0).expect("total loss");
+    assert!(!connects(b, a, Duration::from_millis(300)));
+    bed.set_link(1, Duration::ZERO, 0.0).expect("clear");
+    eventually("traffic after clearing", Duration::from_secs(3), || {
+        connects(b, a, Duration::from_millis(300))
+    });
+    bed.set_link(1, Duration::ZERO, 0.0)
+        .expect("clearing twice is fine");
+}
+
+#[test]
+fn set_link_delays_and_drops_traffic() {
+    let Some(bed) = bed(2) else { return };
+    check_set_link(&bed);
+}
+
+#[test]
+fn set_link_in_user_space_delays_and_drops_traffic() {
+    if !nines_testbed::is_root() {
+        eprintln!("SKIPPED: the testbed needs root");
+        return;
     }
-    let to = SocketAddr::from((a.addr(), PORT));
-    let rtt = b
-        .enter(|| {
-            let t = Instant::now();
-            TcpStream::connect_timeout(&to, Duration::from_secs(5)).map(|_| t.elapsed())
-        })
+    let bed = Testbed::builder()
+        .nodes(3)
+        .user_space_impairment(true)
+        .build()
+        .expect("testbed");
+    check_set_link(&bed);
+    // A relayed link moves with a partition like any other.
+    let _l: Vec<TcpListener> = bed.nodes().map(listen_in).collect();
+    bed.set_link(1, Duration::from_millis(1), 0.0)
+        .expect("relay");
+    bed.partition(&[&[0], &[1, 2]]).expect("partition");
+    let short = Duration::from_millis(300);
+    assert!(!connects(bed.node(1), bed.node(0), short), "across groups");
+    eventually("within a group", Duration::from_secs(3), || {
+        connects(bed.node(1), bed.node(2), short)
+    });
+    bed.heal_partition().expect("heal");
+    eventually("together again", Duration::from_secs(3), || {
+        connects(bed.node(1), bed.node(0), short)
+    });
+    // Bulk data crosses intact both ways (large, offloaded frames keep their metadata).
+    let (a, b) = (bed.node(0), bed.node(1));
+    let bulk = a
+        .enter(|| TcpListener::bind((a.addr(), PORT + 1)))
+        .expect("enter")
+        .expect("bind");
+    let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+    let to = SocketAddr::from((a.addr(), PORT + 1));
+    let mut out = b
+        .enter(|| TcpStream::connect(to))
         .expect("enter")
         .expect("connect");
-    // 50 ms each way: the handshake takes at least 100 ms; only a lower bound is checked.
-    assert!(rtt >= Duration::from_millis(40), "rtt {rtt:?}");
-    bed.set_link(1, Duration::ZERO, 0.0).expect("clear");
-    assert!(connects(b, a, Duration::from_secs(2)));
+    let (mut served, _) = bulk.accept().expect("accept");
+    served
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let sent = data.clone();
+    let writer = std::thread::spawn(move || {
+        std::io::Write::write_all(&mut out, &sent).expect("write");
+        out.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        let mut back = Vec::new();
+        std::io::Read::read_to_end(&mut out, &mut back).expect("read back");
+        back
+    });
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut served, &mut got).expect("read");
+    assert!(
+        got == data,
+        "{} of {} bytes, or corrupted",
+        got.len(),
+        data.len()
+    );
+    std::io::Write::write_all(&mut served, &got).expect("write back");
+    drop(served);
+    let back = writer.join().expect("writer");
+    assert!(
+        back == data,
+        "{} of {} bytes back, or corrupted",
+        back.len(),
+        data.len()
+    );
 }
 
 #[test]
