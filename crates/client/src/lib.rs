@@ -169,6 +169,9 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// The sections of one checkpoint, as `(section, data)`.
+type Sections = Vec<(String, Vec<u8>)>;
+
 /// State shared by the handles and the two threads of a session.
 struct Inner {
     /// Entity path, for logs.
@@ -183,7 +186,7 @@ struct Inner {
     /// [`Session::checkpoint_read`] of that name without a round trip. Dropped by a write to
     /// the checkpoint and when the SI is no longer active here, so a copy is never older than
     /// what this component itself wrote.
-    delivered: Mutex<HashMap<String, Vec<(String, Vec<u8>)>>>,
+    delivered: Mutex<HashMap<String, Sections>>,
     life: Mutex<Life>,
     life_changed: Condvar,
 }
@@ -613,43 +616,43 @@ fn dispatch<C: Component>(session: Session, mut component: C, inbox: Receiver<To
                 ha,
                 attrs,
                 checkpoint,
-            } => match {
+            } => {
                 inner.deliver(&si, checkpoint);
-                guarded(|| component.csi_set(&si, &csi, ha, &attrs))
-            } {
-                Some(Ok(())) => {
-                    respond(invocation, true);
-                    if ha == HaState::Quiescing {
-                        let _ = inner.send(&ToAgent::QuiescingComplete { invocation });
+                match guarded(|| component.csi_set(&si, &csi, ha, &attrs)) {
+                    Some(Ok(())) => {
+                        respond(invocation, true);
+                        if ha == HaState::Quiescing {
+                            let _ = inner.send(&ToAgent::QuiescingComplete { invocation });
+                        }
+                    }
+                    Some(Err(reason)) => {
+                        tracing::warn!("nines: csi_set({csi}, {ha:?}) refused: {reason}");
+                        respond(invocation, false);
+                    }
+                    None => {
+                        respond(invocation, false);
+                        return inner.close("the component panicked in csi_set()");
                     }
                 }
-                Some(Err(reason)) => {
-                    tracing::warn!("nines: csi_set({csi}, {ha:?}) refused: {reason}");
-                    respond(invocation, false);
-                }
-                None => {
-                    respond(invocation, false);
-                    return inner.close("the component panicked in csi_set()");
-                }
-            },
+            }
             ToComponent::CsiRemove {
                 invocation,
                 si,
                 csi,
-            } => match {
+            } => {
                 inner.deliver(&si, None);
-                guarded(|| component.csi_remove(&si, &csi))
-            } {
-                Some(Ok(())) => respond(invocation, true),
-                Some(Err(reason)) => {
-                    tracing::warn!("nines: csi_remove({csi}) failed: {reason}");
-                    respond(invocation, false);
+                match guarded(|| component.csi_remove(&si, &csi)) {
+                    Some(Ok(())) => respond(invocation, true),
+                    Some(Err(reason)) => {
+                        tracing::warn!("nines: csi_remove({csi}) failed: {reason}");
+                        respond(invocation, false);
+                    }
+                    None => {
+                        respond(invocation, false);
+                        return inner.close("the component panicked in csi_remove()");
+                    }
                 }
-                None => {
-                    respond(invocation, false);
-                    return inner.close("the component panicked in csi_remove()");
-                }
-            },
+            }
             ToComponent::Healthcheck { invocation } => match guarded(|| component.healthcheck()) {
                 Some(Ok(())) => {
                     let _ = inner.send(&ToAgent::HealthcheckConfirm { invocation });
