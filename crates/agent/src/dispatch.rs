@@ -103,8 +103,16 @@ pub(crate) fn handle(agent: &Arc<Agent>, link: &Arc<SessionLink>, msg: ToAgent) 
             sync: _,
         } => {
             // On one host a local store is all the replication there is: sync and async writes
-            // are both acknowledged once stored.
-            let reply = match agent.host.checkpoints.write(&checkpoint, &section, data) {
+            // are both acknowledged once stored. Under `while_open`: once the agent saw the
+            // process end, its writes still in the socket are dropped rather than applied after
+            // the engine heard of the exit.
+            let stored =
+                link.while_open(|| agent.host.checkpoints.write(&checkpoint, &section, data));
+            let Some(stored) = stored else {
+                tracing::debug!(component = %path, %checkpoint, "checkpoint write after the session closed; dropped");
+                return;
+            };
+            let reply = match stored {
                 Ok(()) => ToComponent::CheckpointAck {
                     request,
                     ok: true,

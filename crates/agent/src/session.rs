@@ -116,9 +116,22 @@ impl SessionLink {
     }
 
     /// Close the session (the agent is done with this component); queued frames still go out.
+    /// Waits for a [`while_open`](Self::while_open) in progress.
     pub(crate) fn close(&self) {
         *lock(&self.outbox) = None;
         self.closing.notify_one();
+    }
+
+    /// Run `f` only if the session is still open, keeping it open until `f` returns. The agent
+    /// closes a session when it sees the component's process end, before it reports the exit,
+    /// so whatever `f` does (store a checkpoint write) happens before the engine hears of the
+    /// exit, or not at all: a dead component's last frames can never overwrite what its
+    /// successor writes.
+    pub(crate) fn while_open<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
+        let outbox = lock(&self.outbox);
+        let result = outbox.is_some().then(f);
+        drop(outbox);
+        result
     }
 
     /// Wait for an answer to `invocation`.
@@ -152,4 +165,22 @@ impl SessionLink {
 fn next_session_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link() -> (Arc<SessionLink>, mpsc::Receiver<Vec<u8>>) {
+        let (tx, rx) = mpsc::channel(1);
+        (SessionLink::new(CompId(0), 1, tx), rx)
+    }
+
+    #[test]
+    fn nothing_runs_under_while_open_once_the_session_is_closed() {
+        let (link, _rx) = link();
+        assert_eq!(link.while_open(|| 7), Some(7));
+        link.close();
+        assert_eq!(link.while_open(|| 7), None);
+    }
 }
