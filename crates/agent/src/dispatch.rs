@@ -3,7 +3,11 @@
 //! Answers (`Response`, `QuiescingComplete`, `HealthcheckConfirm`) complete the request they
 //! name, if it is still pending; an answer to an expired request is logged and dropped, since
 //! its timeout was already reported. Error reports become failures of the incarnation (once).
-//! Checkpoint and protection-group requests are served from the host's shared state.
+//! Checkpoint and protection-group requests are served from the host's shared state; a sync
+//! checkpoint write is acknowledged, an async one is answered only if refused.
+//!
+//! Messages of one session are handled one at a time, in the order sent: that is what lets a
+//! component rely on its asynchronous writes being applied before its next read or flush.
 
 use std::sync::Arc;
 
@@ -12,6 +16,7 @@ use nines_model::EntityRef;
 use nines_proto::{ToAgent, ToComponent};
 
 use crate::agent::Agent;
+use crate::checkpoint::Durability;
 use crate::session::{Pending, SendError, SessionLink};
 use crate::wire::recovery_from_wire;
 
@@ -100,34 +105,39 @@ pub(crate) fn handle(agent: &Arc<Agent>, link: &Arc<SessionLink>, msg: ToAgent) 
             checkpoint,
             section,
             data,
-            sync: _,
+            sync,
         } => {
-            // On one host a local store is all the replication there is: sync and async writes
-            // are both acknowledged once stored. Under `while_open`: once the agent saw the
-            // process end, its writes still in the socket are dropped rather than applied after
-            // the engine heard of the exit.
-            let stored =
-                link.while_open(|| agent.host.checkpoints.write(&checkpoint, &section, data));
-            let Some(stored) = stored else {
+            let durability = Durability::of_write(sync);
+            // Under `while_open`: once the agent saw the process end, its writes still in the
+            // socket are dropped rather than applied after the engine heard of the exit.
+            let stored = link.while_open(|| {
+                agent
+                    .host
+                    .checkpoints
+                    .write(&checkpoint, &section, data, durability)
+            });
+            let Some(result) = stored else {
                 tracing::debug!(component = %path, %checkpoint, "checkpoint write after the session closed; dropped");
                 return;
             };
-            let reply = match stored {
-                Ok(()) => ToComponent::CheckpointAck {
+            if let Err(reason) = &result {
+                tracing::warn!(component = %path, %checkpoint, %section, sync, %reason, "checkpoint write refused");
+            }
+            let reply = match (result, durability) {
+                (Ok(()), Durability::Local) => return,
+                (result, Durability::Standby) => checkpoint_ack(request, result),
+                (Err(reason), Durability::Local) => ToComponent::CheckpointWriteRefused {
                     request,
-                    ok: true,
-                    reason: None,
+                    checkpoint,
+                    section,
+                    reason,
                 },
-                Err(reason) => {
-                    tracing::warn!(component = %path, %checkpoint, %reason, "checkpoint write refused");
-                    ToComponent::CheckpointAck {
-                        request,
-                        ok: false,
-                        reason: Some(reason),
-                    }
-                }
             };
             let _ = link.send(&reply);
+        }
+        ToAgent::CheckpointFlush { request } => {
+            let result = agent.host.checkpoints.flush();
+            let _ = link.send(&checkpoint_ack(request, result));
         }
         ToAgent::CheckpointRead {
             request,
@@ -137,14 +147,30 @@ pub(crate) fn handle(agent: &Arc<Agent>, link: &Arc<SessionLink>, msg: ToAgent) 
             if let Err(SendError::TooLarge(e)) =
                 link.send(&ToComponent::CheckpointData { request, sections })
             {
-                let _ = link.send(&ToComponent::CheckpointAck {
+                let _ = link.send(&checkpoint_ack(
                     request,
-                    ok: false,
-                    reason: Some(format!(
+                    Err(format!(
                         "checkpoint {checkpoint} does not fit in a reply: {e}"
                     )),
-                });
+                ));
             }
         }
+    }
+}
+
+/// The answer to a checkpoint request that succeeded or was refused.
+fn checkpoint_ack(request: u64, result: Result<(), String>) -> ToComponent {
+    let (ok, reason) = ok_reason(result);
+    ToComponent::CheckpointAck {
+        request,
+        ok,
+        reason,
+    }
+}
+
+fn ok_reason(result: Result<(), String>) -> (bool, Option<String>) {
+    match result {
+        Ok(()) => (true, None),
+        Err(reason) => (false, Some(reason)),
     }
 }

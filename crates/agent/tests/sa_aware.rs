@@ -478,7 +478,8 @@ async fn checkpoints_and_protection_groups() {
         t.instantiate(c).await;
         let text = wait_for_file(&marker, "data 3", Duration::from_secs(3)).await;
         assert!(text.contains("ack 1 true"), "{text}");
-        assert!(text.contains("ack 2 true"), "{text}");
+        // Write 2 is asynchronous: stored (the read sees it) but never answered.
+        assert!(!text.contains("ack 2"), "{text}");
         assert!(
             text.contains(r#"data 3 [("a", [1]), ("b", [2])]"#),
             "sections sorted: {text}"
@@ -641,9 +642,10 @@ async fn a_component_built_on_the_client_library() {
         });
         let r = t.expect(Duration::from_secs(3), is_assigned).await;
         assert_eq!(outcome(&r.input), Outcome::Ok);
-        let text = wait_for_file(&marker, "client read", Duration::from_secs(2)).await;
+        let text = wait_for_file(&marker, "client flushed", Duration::from_secs(3)).await;
+        // The read after twenty asynchronous writes sees the last of them.
         assert!(
-            text.contains(r#"client read [("count", [52, 49])]"#),
+            text.contains(r#"client read [("count", [52, 49]), ("seq", [20])]"#),
             "{text}"
         );
         wait_for_file(&marker, "client healthcheck", Duration::from_secs(2)).await;
@@ -656,6 +658,42 @@ async fn a_component_built_on_the_client_library() {
         assert_eq!(outcome(&r.input), Outcome::Ok);
         wait_for_file(&marker, "client terminate", Duration::from_secs(1)).await;
         assert!(t.seen.iter().all(|r| !is_failure(&r.input)), "{:?}", t.seen);
+        t.teardown().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// No failure among the reports received so far (drains them into `seen`).
+fn assert_no_failure_yet(t: &mut TestAgent) {
+    while let Ok(r) = t.reports.try_recv() {
+        t.seen.push(r);
+    }
+    assert!(t.seen.iter().all(|r| !is_failure(&r.input)), "{:?}", t.seen);
+}
+
+#[tokio::test]
+async fn a_refused_async_write_is_answered_before_the_flush() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        let (mut t, marker) = sa_agent("ckptrefused", "ckpt-refused", &[]).await;
+        let c = t.comp("app/sg/su/c");
+        t.instantiate(c).await;
+        let text = wait_for_file(&marker, "data 5", Duration::from_secs(5)).await;
+        let refused = text.find("refused 2 app/si b: ").expect("write 2 refused");
+        let flushed = text.find("ack 4 true").expect("flush acknowledged");
+        assert!(
+            refused < flushed,
+            "the refusal comes before the flush's ack: {text}"
+        );
+        // The stored async write (3) is not answered; neither kind of answer for it.
+        assert!(!text.contains("ack 2") && !text.contains("ack 3"), "{text}");
+        assert!(!text.contains("refused 3"), "{text}");
+        let half = nines_proto::MAX_FRAME / 2;
+        assert!(
+            text.contains(&format!(r#"data 5 sizes [("a", {half}), ("c", 1)]"#)),
+            "{text}"
+        );
+        assert_no_failure_yet(&mut t);
         t.teardown().await;
     })
     .await

@@ -38,7 +38,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Version byte at the start of every payload. Bump it on any incompatible message change: old
 /// peers then fail fast with [`FrameError::BadVersion`] instead of misreading postcard bytes.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// Largest payload (version byte + postcard body) a peer may send, in bytes.
 ///
@@ -135,10 +135,18 @@ pub enum ToAgent {
         /// Entity path of the SI (`app/si`).
         si: String,
     },
-    /// Create or overwrite one section of a checkpoint. The agent answers every write with a
-    /// [`ToComponent::CheckpointAck`] of the same `request`: with `sync: true` once the standby's
-    /// agent has stored the write too, with `sync: false` once it is stored locally
-    /// (replication then continues in the background).
+    /// Create or overwrite one section of a checkpoint.
+    ///
+    /// With `sync: true` the agent answers a [`ToComponent::CheckpointAck`] of the same
+    /// `request` once the write is stored where the standby can read it (on one host the shared
+    /// store; across nodes, once the standby's agent has it too), or `ok: false` if refused.
+    ///
+    /// With `sync: false` the agent answers nothing when it stores the write (replication
+    /// continues in the background), so a stream of asynchronous writes costs no frames back;
+    /// it answers [`ToComponent::CheckpointWriteRefused`] only if it refuses it. The agent
+    /// handles a session's messages in the order sent, so a later request of the same session
+    /// (a read, a [`ToAgent::CheckpointFlush`]) is answered only after every earlier write was
+    /// stored or refused, and any refusal arrives before that answer.
     CheckpointWrite {
         /// Caller-chosen id, echoed in the answer.
         request: u64,
@@ -148,7 +156,7 @@ pub enum ToAgent {
         section: String,
         /// New content of the section.
         data: Vec<u8>,
-        /// Whether the ack waits for replication to the standby.
+        /// Whether the writer waits for an ack, sent once the standby can read the write.
         sync: bool,
     },
     /// Read every section of a checkpoint. The agent answers [`ToComponent::CheckpointData`] (no
@@ -159,6 +167,13 @@ pub enum ToAgent {
         request: u64,
         /// Checkpoint name.
         checkpoint: String,
+    },
+    /// Barrier for asynchronous writes: the agent answers [`ToComponent::CheckpointAck`] once
+    /// every earlier `CheckpointWrite` of this session is stored (across nodes: replicated
+    /// too), after the [`ToComponent::CheckpointWriteRefused`] of any it refused.
+    CheckpointFlush {
+        /// Caller-chosen id, echoed in the answer.
+        request: u64,
     },
 }
 
@@ -218,7 +233,8 @@ pub enum ToComponent {
         /// Component entity path and HA state of each member.
         members: Vec<(String, HaState)>,
     },
-    /// Answer to a [`ToAgent::CheckpointWrite`], or a refusal of a [`ToAgent::CheckpointRead`].
+    /// Answer to a synchronous [`ToAgent::CheckpointWrite`] or to a [`ToAgent::CheckpointFlush`],
+    /// or a refusal of a [`ToAgent::CheckpointRead`].
     CheckpointAck {
         /// The request being answered.
         request: u64,
@@ -233,6 +249,19 @@ pub enum ToComponent {
         request: u64,
         /// Section id and content of each section.
         sections: Vec<(String, Vec<u8>)>,
+    },
+    /// The asynchronous [`ToAgent::CheckpointWrite`] `request` was refused: its data is not
+    /// stored. The only answer an asynchronous write ever gets; it names the section so that
+    /// the writer, which did not wait, can say which write was lost.
+    CheckpointWriteRefused {
+        /// The refused write.
+        request: u64,
+        /// Its checkpoint.
+        checkpoint: String,
+        /// Its section.
+        section: String,
+        /// Why, for the caller's error.
+        reason: String,
     },
 }
 

@@ -66,6 +66,7 @@ fn every_to_agent() -> Vec<ToAgent> {
             request: 5,
             checkpoint: "counter/si".into(),
         },
+        ToAgent::CheckpointFlush { request: 6 },
     ]
 }
 
@@ -112,6 +113,12 @@ fn every_to_component() -> Vec<ToComponent> {
         ToComponent::CheckpointData {
             request: 7,
             sections: vec![("value".into(), vec![1, 2, 3]), ("empty".into(), vec![])],
+        },
+        ToComponent::CheckpointWriteRefused {
+            request: 8,
+            checkpoint: "a/si".into(),
+            section: "value".into(),
+            reason: "too big".into(),
         },
     ];
     for ha in [

@@ -66,6 +66,7 @@ fn to_agent() -> impl Strategy<Value = ToAgent> {
             request,
             checkpoint
         }),
+        any::<u64>().prop_map(|request| ToAgent::CheckpointFlush { request }),
     ]
 }
 
@@ -114,6 +115,14 @@ fn to_component() -> impl Strategy<Value = ToComponent> {
         ),
         (any::<u64>(), prop::collection::vec((text(), bytes()), 0..4))
             .prop_map(|(request, sections)| ToComponent::CheckpointData { request, sections }),
+        (any::<u64>(), text(), text(), text()).prop_map(
+            |(request, checkpoint, section, reason)| ToComponent::CheckpointWriteRefused {
+                request,
+                checkpoint,
+                section,
+                reason,
+            }
+        ),
     ]
 }
 

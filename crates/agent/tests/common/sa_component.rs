@@ -108,16 +108,7 @@ fn session(mode: &str) -> Result<i32, Box<dyn std::error::Error>> {
                 Vec::new()
             };
             for (request, section, data) in writes {
-                write_frame(
-                    &mut out,
-                    &ToAgent::CheckpointWrite {
-                        request,
-                        checkpoint: "app/si".into(),
-                        section: section.into(),
-                        data,
-                        sync: request == 1,
-                    },
-                )?;
+                write_section(&mut out, request, section, data, request == 1)?;
             }
             write_frame(
                 &mut out,
@@ -130,6 +121,27 @@ fn session(mode: &str) -> Result<i32, Box<dyn std::error::Error>> {
                 &mut out,
                 &ToAgent::TrackProtectionGroup {
                     si: "app/si".into(),
+                },
+            )?;
+        }
+        "ckpt-refused" => {
+            // Half a frame synchronously, then an async write that would make the checkpoint
+            // too big to read back (refused), then a small async one (stored), then a flush.
+            let half = nines_proto::MAX_FRAME / 2;
+            let writes = [
+                (1, "a", vec![1u8; half], true),
+                (2, "b", vec![2u8; half], false),
+                (3, "c", vec![3u8], false),
+            ];
+            for (request, section, data, sync) in writes {
+                write_section(&mut out, request, section, data, sync)?;
+            }
+            write_frame(&mut out, &ToAgent::CheckpointFlush { request: 4 })?;
+            write_frame(
+                &mut out,
+                &ToAgent::CheckpointRead {
+                    request: 5,
+                    checkpoint: "app/si".into(),
                 },
             )?;
         }
@@ -219,11 +231,45 @@ fn session(mode: &str) -> Result<i32, Box<dyn std::error::Error>> {
                 reason,
             } => note(&format!("ack {request} {ok} {reason:?}")),
             ToComponent::CheckpointData { request, sections } => {
-                note(&format!("data {request} {sections:?}"))
+                let sizes: Vec<(String, usize)> =
+                    sections.iter().map(|(s, d)| (s.clone(), d.len())).collect();
+                if sizes.iter().any(|(_, len)| *len > 64) {
+                    note(&format!("data {request} sizes {sizes:?}"))
+                } else {
+                    note(&format!("data {request} {sections:?}"))
+                }
             }
+            ToComponent::CheckpointWriteRefused {
+                request,
+                checkpoint,
+                section,
+                reason,
+            } => note(&format!(
+                "refused {request} {checkpoint} {section}: {reason}"
+            )),
             ToComponent::Registered { .. } => note("registered twice?"),
         }
     }
+}
+
+/// Write one section of the SI's checkpoint.
+fn write_section(
+    out: &mut UnixStream,
+    request: u64,
+    section: &str,
+    data: Vec<u8>,
+    sync: bool,
+) -> Result<(), nines_proto::FrameError> {
+    write_frame(
+        out,
+        &ToAgent::CheckpointWrite {
+            request,
+            checkpoint: "app/si".into(),
+            section: section.into(),
+            data,
+            sync,
+        },
+    )
 }
 
 /// The same kind of component written with the real client library (`nines-client`): it
@@ -249,8 +295,15 @@ fn run_client() -> ! {
                 let s = self.session.as_ref().ok_or("no session")?;
                 s.checkpoint_write("app/si", "count", b"41", true)
                     .map_err(|e| e.to_string())?;
+                // Asynchronous writes, then a read on the same session: it sees the last one.
+                for seq in 1..=20u8 {
+                    s.checkpoint_write("app/si", "seq", &[seq], false)
+                        .map_err(|e| e.to_string())?;
+                }
                 let sections = s.checkpoint_read("app/si").map_err(|e| e.to_string())?;
                 note(&format!("client read {sections:?}"));
+                s.checkpoint_flush().map_err(|e| e.to_string())?;
+                note("client flushed");
             }
             Ok(())
         }
