@@ -4,7 +4,9 @@
 //! name, if it is still pending; an answer to an expired request is logged and dropped, since
 //! its timeout was already reported. Error reports become failures of the incarnation (once).
 //! Checkpoint and protection-group requests are served from the host's shared state; a sync
-//! checkpoint write is acknowledged, an async one is answered only if refused.
+//! checkpoint write is acknowledged, an async one is answered only if refused. Component-invoked
+//! healthchecks are started, confirmed and stopped on the session ([`crate::healthcheck`]);
+//! a request that makes no sense is refused with a reason, never acted on.
 //!
 //! Messages of one session are handled one at a time, in the order sent: that is what lets a
 //! component rely on its asynchronous writes being applied before its next read or flush.
@@ -17,6 +19,7 @@ use nines_proto::{ToAgent, ToComponent};
 
 use crate::agent::Agent;
 use crate::checkpoint::Durability;
+use crate::healthcheck;
 use crate::session::{Pending, SendError, SessionLink};
 use crate::wire::recovery_from_wire;
 
@@ -139,6 +142,43 @@ pub(crate) fn handle(agent: &Arc<Agent>, link: &Arc<SessionLink>, msg: ToAgent) 
             let result = agent.host.checkpoints.flush();
             let _ = link.send(&checkpoint_ack(request, result));
         }
+        ToAgent::HealthcheckStart {
+            request,
+            key,
+            period,
+            max_duration,
+        } => {
+            let result =
+                healthcheck::start_component_invoked(agent, link, &key, period, max_duration);
+            match &result {
+                Ok(()) => {
+                    tracing::info!(component = %path, %key, ?period, ?max_duration, "component-invoked healthcheck started")
+                }
+                Err(reason) => {
+                    tracing::warn!(component = %path, %key, %reason, "healthcheck start refused")
+                }
+            }
+            let _ = link.send(&healthcheck_ack(request, result));
+        }
+        ToAgent::HealthcheckStop { request, key } => {
+            let result = if link.stop_self_check(&key) {
+                tracing::info!(component = %path, %key, "component-invoked healthcheck stopped");
+                Ok(())
+            } else {
+                tracing::warn!(component = %path, %key, "stop of a healthcheck that is not running");
+                Err(format!("healthcheck {key:?} is not running"))
+            };
+            let _ = link.send(&healthcheck_ack(request, result));
+        }
+        ToAgent::HealthcheckSelfConfirm { key } => {
+            if !link.confirm_self_check(&key) {
+                if link.first_stray_confirm() {
+                    tracing::warn!(component = %path, %key, "confirmation of a healthcheck that is not running; ignored (further ones are logged at debug level)");
+                } else {
+                    tracing::debug!(component = %path, %key, "confirmation of a healthcheck that is not running; ignored");
+                }
+            }
+        }
         ToAgent::CheckpointRead {
             request,
             checkpoint,
@@ -162,6 +202,16 @@ pub(crate) fn handle(agent: &Arc<Agent>, link: &Arc<SessionLink>, msg: ToAgent) 
 fn checkpoint_ack(request: u64, result: Result<(), String>) -> ToComponent {
     let (ok, reason) = ok_reason(result);
     ToComponent::CheckpointAck {
+        request,
+        ok,
+        reason,
+    }
+}
+
+/// The answer to a healthcheck start or stop.
+fn healthcheck_ack(request: u64, result: Result<(), String>) -> ToComponent {
+    let (ok, reason) = ok_reason(result);
+    ToComponent::HealthcheckAck {
         request,
         ok,
         reason,

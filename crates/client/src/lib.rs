@@ -29,12 +29,14 @@
 //! }
 //! ```
 //!
-//! # Checkpoints
+//! # Checkpoints and healthchecks
 //!
 //! [`Session::checkpoint_write`] is synchronous (returns once the agent stored the write where
 //! the standby can read it) or asynchronous (returns once sent; a refusal is reported by the
 //! next checkpoint call or by [`Session::checkpoint_flush`], which waits for every earlier
-//! write).
+//! write). AMF-invoked healthchecks are configured and answered by [`Component::healthcheck`];
+//! component-invoked ones are started with [`Session::healthcheck_start`] and confirmed with
+//! [`Session::healthcheck_confirm`] from the component's own loop.
 //!
 //! # Architecture invariants
 //!
@@ -279,6 +281,7 @@ fn kind(msg: &ToComponent) -> &'static str {
         ToComponent::CheckpointAck { .. } => "CheckpointAck",
         ToComponent::CheckpointData { .. } => "CheckpointData",
         ToComponent::CheckpointWriteRefused { .. } => "CheckpointWriteRefused",
+        ToComponent::HealthcheckAck { .. } => "HealthcheckAck",
     }
 }
 
@@ -501,6 +504,55 @@ impl Session {
         }
     }
 
+    /// Start a component-invoked healthcheck named `key` (AMF's `saAmfHealthcheckStart` with
+    /// `SA_AMF_HEALTHCHECK_COMPONENT_INVOKED`): from now on the component promises to call
+    /// [`healthcheck_confirm`](Self::healthcheck_confirm) with this key at least every
+    /// `period`. If no confirmation reaches the agent for `period + max_duration` (counted
+    /// from this call, then from each confirmation), the agent reports the component failed
+    /// with a missed healthcheck, exactly as for an unanswered AMF-invoked one.
+    ///
+    /// Use it where liveness is best vouched for by the component's own work loop (confirm
+    /// from the loop, so a stuck loop is detected); keys let several loops be watched apart.
+    /// AMF-invoked healthchecks ([`Component::healthcheck`]) need no call: the configuration
+    /// enables them. Returns once the agent started the check; refused
+    /// ([`ClientError::Agent`]) for a zero or over-long duration, an empty key, or a key that
+    /// is already running on this session.
+    pub fn healthcheck_start(
+        &self,
+        key: &str,
+        period: Duration,
+        max_duration: Duration,
+    ) -> Result<(), ClientError> {
+        let reply = self.inner.request(|request| ToAgent::HealthcheckStart {
+            request,
+            key: key.to_owned(),
+            period,
+            max_duration,
+        })?;
+        acked(reply, "healthcheck start")
+    }
+
+    /// Confirm the component-invoked healthcheck `key`: the component is healthy. Returns once
+    /// the confirmation is sent (the agent does not answer it). Call it from the code whose
+    /// progress shows health, at least every `period` given to
+    /// [`healthcheck_start`](Self::healthcheck_start).
+    pub fn healthcheck_confirm(&self, key: &str) -> Result<(), ClientError> {
+        self.inner.send(&ToAgent::HealthcheckSelfConfirm {
+            key: key.to_owned(),
+        })
+    }
+
+    /// Stop the component-invoked healthcheck `key`, for a pause on purpose: no failure is
+    /// reported for confirmations missing from now on. Returns once the agent stopped it;
+    /// refused ([`ClientError::Agent`]) for a key that is not running.
+    pub fn healthcheck_stop(&self, key: &str) -> Result<(), ClientError> {
+        let reply = self.inner.request(|request| ToAgent::HealthcheckStop {
+            request,
+            key: key.to_owned(),
+        })?;
+        acked(reply, "healthcheck stop")
+    }
+
     /// Ask to be told who is active and standby for `si`: the current members arrive at once
     /// through [`Component::protection_group`], then again on every change. Returns once the
     /// request is sent.
@@ -706,6 +758,11 @@ fn read_loop(inner: &Inner, mut reader: BufReader<UnixStream>, callbacks: Sender
             ToComponent::CheckpointData { request, sections } => {
                 inner.answer(request, Reply::Data(sections))
             }
+            ToComponent::HealthcheckAck {
+                request,
+                ok,
+                reason,
+            } => inner.answer(request, Reply::Ack { ok, reason }),
             ToComponent::CheckpointWriteRefused {
                 request: _,
                 checkpoint,

@@ -883,3 +883,61 @@ fn a_refused_async_write_fails_the_next_checkpoint_call_which_sends_nothing() {
     }
     assert_eq!(reader.join().unwrap().unwrap(), vec![]);
 }
+
+#[test]
+fn component_invoked_healthcheck_start_confirm_and_stop() {
+    let agent = FakeAgent::new();
+    let (session, mut conn) = agent.start(Scripted::default());
+    let ms = Duration::from_millis;
+    let s = session.clone();
+    let starter = thread::spawn(move || s.healthcheck_start("loop", ms(100), ms(50)));
+    let request = match conn.recv() {
+        ToAgent::HealthcheckStart {
+            request,
+            key,
+            period,
+            max_duration,
+        } => {
+            assert_eq!(
+                (key.as_str(), period, max_duration),
+                ("loop", ms(100), ms(50))
+            );
+            request
+        }
+        other => panic!("unexpected {other:?}"),
+    };
+    thread::sleep(ms(100));
+    assert!(!starter.is_finished(), "start waits for the agent's answer");
+    conn.send(&ToComponent::HealthcheckAck {
+        request,
+        ok: true,
+        reason: None,
+    });
+    starter.join().unwrap().unwrap();
+    // A confirmation is sent and not waited for (the fake agent never answers it).
+    let s = session.clone();
+    within(move || s.healthcheck_confirm("loop")).unwrap();
+    assert_eq!(
+        conn.recv(),
+        ToAgent::HealthcheckSelfConfirm { key: "loop".into() }
+    );
+    // A refusal is the caller's error, with the agent's reason.
+    let s = session.clone();
+    let stopper = thread::spawn(move || s.healthcheck_stop("other"));
+    let request = match conn.recv() {
+        ToAgent::HealthcheckStop { request, key } => {
+            assert_eq!(key, "other");
+            request
+        }
+        other => panic!("unexpected {other:?}"),
+    };
+    conn.send(&ToComponent::HealthcheckAck {
+        request,
+        ok: false,
+        reason: Some("healthcheck \"other\" is not running".into()),
+    });
+    match stopper.join().unwrap() {
+        Err(ClientError::Agent(reason)) => assert!(reason.contains("not running"), "{reason}"),
+        other => panic!("expected Agent, got {other:?}"),
+    }
+}

@@ -33,6 +33,7 @@
 #![warn(missing_docs)]
 
 use std::io::{ErrorKind, Read, Write};
+use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
@@ -175,6 +176,41 @@ pub enum ToAgent {
         /// Caller-chosen id, echoed in the answer.
         request: u64,
     },
+    /// Start a component-invoked healthcheck (AMF's `saAmfHealthcheckStart` with
+    /// `SA_AMF_HEALTHCHECK_COMPONENT_INVOKED`): from now on the component confirms on its own
+    /// with [`ToAgent::HealthcheckSelfConfirm`] at least every `period`; once no confirmation
+    /// came for `period + max_duration` (counted from the start, then from the last
+    /// confirmation), the agent reports a missed healthcheck. Answered by
+    /// [`ToComponent::HealthcheckAck`]: refused for a zero or over-long duration, an empty key,
+    /// or a key already started on this session.
+    ///
+    /// AMF-invoked healthchecks are not started this way: they are configured in the model and
+    /// the agent runs them from registration on ([`ToComponent::Healthcheck`]).
+    HealthcheckStart {
+        /// Caller-chosen id, echoed in the answer.
+        request: u64,
+        /// Names this healthcheck among the component's (a component may run several, for
+        /// instance one per worker thread).
+        key: String,
+        /// How often the component promises to confirm.
+        period: Duration,
+        /// How late a confirmation may be beyond `period` before it counts as missed.
+        max_duration: Duration,
+    },
+    /// Stop the component-invoked healthcheck `key` (the component is about to pause on
+    /// purpose). Answered by [`ToComponent::HealthcheckAck`]; refused for a key not started.
+    HealthcheckStop {
+        /// Caller-chosen id, echoed in the answer.
+        request: u64,
+        /// The key given to [`ToAgent::HealthcheckStart`].
+        key: String,
+    },
+    /// The component is healthy: confirms the component-invoked healthcheck `key`. Nothing is
+    /// answered (a confirmation of a key not started is logged and ignored).
+    HealthcheckSelfConfirm {
+        /// The key given to [`ToAgent::HealthcheckStart`].
+        key: String,
+    },
 }
 
 /// Messages from the node agent to the client library.
@@ -262,6 +298,15 @@ pub enum ToComponent {
         section: String,
         /// Why, for the caller's error.
         reason: String,
+    },
+    /// Answer to a [`ToAgent::HealthcheckStart`] or [`ToAgent::HealthcheckStop`].
+    HealthcheckAck {
+        /// The request being answered.
+        request: u64,
+        /// Whether the healthcheck was started (or stopped).
+        ok: bool,
+        /// Why not, for the caller's error.
+        reason: Option<String>,
     },
 }
 
