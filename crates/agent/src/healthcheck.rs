@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use nines_engine::FaultKind;
 use nines_model::CompId;
-use nines_proto::ToComponent;
+use nines_proto::{ToComponent, MAX_HEALTHCHECK_PERIOD};
 use tokio::sync::{oneshot, watch};
 use tokio::time::{interval_at, MissedTickBehavior};
 
@@ -28,11 +28,6 @@ pub const MONITOR_PERIOD: Duration = Duration::from_secs(1);
 /// How long one run of the `monitor` command may take before it counts as failed (and is
 /// killed). Equal to the period, so runs never overlap.
 pub const MONITOR_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Longest `period` (and longest `max_duration`) a component-invoked healthcheck may ask for.
-/// A check that slow would detect nothing useful, and the bound keeps every deadline far from
-/// overflowing the clock.
-pub const MAX_HEALTHCHECK_PERIOD: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Start the `monitor` command loop for incarnation `gen`, if the component has one.
 pub(crate) fn start_monitor(agent: &Arc<Agent>, comp: CompId, gen: u64) {

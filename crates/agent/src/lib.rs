@@ -76,8 +76,8 @@ use tokio::sync::mpsc;
 pub use clock::Clock;
 pub use commands::REAP_GRACE;
 pub use env::{csi_var, ENV_AGENT_SOCKET, ENV_COMPONENT, ENV_COMPONENT_PID, ENV_NODE};
-pub use healthcheck::{MAX_HEALTHCHECK_PERIOD, MONITOR_PERIOD, MONITOR_TIMEOUT};
-pub use session::{MAX_COMPONENT_HEALTHCHECKS, OUTBOX};
+pub use healthcheck::{MONITOR_PERIOD, MONITOR_TIMEOUT};
+pub use session::OUTBOX;
 pub use socket::REGISTER_WAIT;
 pub use spawn::log_file;
 

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use nines_engine::HaState;
 use nines_model::{CompId, CsiId};
-use nines_proto::{FrameError, ToComponent};
+use nines_proto::{FrameError, ToComponent, MAX_COMPONENT_HEALTHCHECKS};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 /// Frames queued for a component before the agent decides it does not read its socket and
@@ -32,10 +32,6 @@ pub(crate) enum Pending {
     /// `Healthcheck`, answered by `HealthcheckConfirm`.
     Healthcheck(oneshot::Sender<()>),
 }
-
-/// Component-invoked healthchecks one session may run at once: each is a timer task, so a
-/// component must not be able to start them without bound.
-pub const MAX_COMPONENT_HEALTHCHECKS: usize = 16;
 
 /// What the watcher of a component-invoked healthcheck hears from its session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

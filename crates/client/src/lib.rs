@@ -515,8 +515,10 @@ impl Session {
     /// from the loop, so a stuck loop is detected); keys let several loops be watched apart.
     /// AMF-invoked healthchecks ([`Component::healthcheck`]) need no call: the configuration
     /// enables them. Returns once the agent started the check; refused
-    /// ([`ClientError::Agent`]) for a zero or over-long duration, an empty key, or a key that
-    /// is already running on this session.
+    /// ([`ClientError::Agent`], with the reason) for a zero duration or one over
+    /// [`nines_proto::MAX_HEALTHCHECK_PERIOD`] (a day), an empty key, a key that is already
+    /// running on this session, or more than [`nines_proto::MAX_COMPONENT_HEALTHCHECKS`]
+    /// running at once.
     pub fn healthcheck_start(
         &self,
         key: &str,

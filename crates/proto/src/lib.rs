@@ -57,6 +57,17 @@ pub const ENV_AGENT_SOCKET: &str = "NINES_AGENT_SOCKET";
 /// agent can match the connection to the process it started.
 pub const ENV_COMPONENT: &str = "NINES_COMPONENT";
 
+/// Most component-invoked healthchecks ([`ToAgent::HealthcheckStart`]) one session may run at
+/// once. Each is a timer in the agent, so a component must not be able to start them without
+/// bound; a start beyond it is refused. Shared here so that the library can document it and
+/// the agent enforce it without disagreeing.
+pub const MAX_COMPONENT_HEALTHCHECKS: usize = 16;
+
+/// Longest `period`, and longest `max_duration`, a [`ToAgent::HealthcheckStart`] may ask for
+/// (one day). A check that slow would detect nothing useful, and the bound keeps every deadline
+/// far from overflowing a clock; a start beyond it is refused.
+pub const MAX_HEALTHCHECK_PERIOD: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// HA state of a component for one CSI, as the AMF assigns it.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum HaState {
@@ -181,8 +192,9 @@ pub enum ToAgent {
     /// with [`ToAgent::HealthcheckSelfConfirm`] at least every `period`; once no confirmation
     /// came for `period + max_duration` (counted from the start, then from the last
     /// confirmation), the agent reports a missed healthcheck. Answered by
-    /// [`ToComponent::HealthcheckAck`]: refused for a zero or over-long duration, an empty key,
-    /// or a key already started on this session.
+    /// [`ToComponent::HealthcheckAck`]: refused for a zero duration or one over
+    /// [`MAX_HEALTHCHECK_PERIOD`], an empty key, a key already started on this session, or more
+    /// than [`MAX_COMPONENT_HEALTHCHECKS`] at once.
     ///
     /// AMF-invoked healthchecks are not started this way: they are configured in the model and
     /// the agent runs them from registration on ([`ToComponent::Healthcheck`]).
