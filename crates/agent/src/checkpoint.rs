@@ -1,10 +1,21 @@
 //! Checkpoints: named sets of sections that an active component writes and its successor reads.
 //!
 //! On one host every component of an SI talks to the same agent, so storing the sections in the
-//! agent's memory is enough for a standby (or a restarted active) to continue from them. Writes
-//! are acknowledged once stored; replication to other nodes' agents (issue 4) goes behind this
-//! same interface, which is why sessions only ever see [`CheckpointStore::write`] and
-//! [`CheckpointStore::read`].
+//! agent's memory is enough for a standby (or a restarted active) to continue from them.
+//! Replication to other nodes' agents (issue 4) goes behind this same interface, which is why
+//! sessions only ever see [`CheckpointStore::write`], [`CheckpointStore::flush`] and
+//! [`CheckpointStore::read`], and say with each write which [`Durability`] its writer waits
+//! for:
+//!
+//! * [`Durability::Standby`] (a sync write): acknowledged once a standby on any node can read
+//!   it. On one host the shared store is that place, so storing is enough; with replication
+//!   the acknowledgement waits for the standby's node.
+//! * [`Durability::Local`] (an async write): not acknowledged at all (only a refusal is
+//!   answered); with replication, it is queued for the standby's node in the background.
+//!
+//! Both survive a crash of the component: the store lives in the agent. Only `Standby` will be
+//! a promise against the loss of the node. [`CheckpointStore::flush`] is the barrier that
+//! turns earlier `Local` writes into `Standby` ones (on one host there is nothing to wait for).
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -14,6 +25,26 @@ use std::sync::Mutex;
 const SECTION_OVERHEAD: usize = 10;
 const REPLY_OVERHEAD: usize = 32;
 
+/// What a writer waits for before its write counts as done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// Readable by a standby on any node (sync write).
+    Standby,
+    /// Stored by this host; replication may follow later (async write).
+    Local,
+}
+
+impl Durability {
+    /// The durability a `CheckpointWrite` with this `sync` flag asks for.
+    pub(crate) fn of_write(sync: bool) -> Durability {
+        if sync {
+            Durability::Standby
+        } else {
+            Durability::Local
+        }
+    }
+}
+
 /// Checkpoint name → section → bytes.
 #[derive(Debug, Default)]
 pub(crate) struct CheckpointStore {
@@ -21,14 +52,21 @@ pub(crate) struct CheckpointStore {
 }
 
 impl CheckpointStore {
-    /// Create or overwrite a section. Refused when the whole checkpoint would no longer fit in
-    /// one reply frame, because it could then never be read back.
+    /// Create or overwrite a section, as durably as `durability` asks; `Ok` means the writer
+    /// may be told so. Refused when the whole checkpoint would no longer fit in one reply
+    /// frame, because it could then never be read back.
+    ///
+    /// On one host storing is all either durability needs. Replication (issue 4) plugs in
+    /// here: a `Standby` write then completes once the standby's node has it, a `Local` one
+    /// is queued for it.
     pub(crate) fn write(
         &self,
         checkpoint: &str,
         section: &str,
         data: Vec<u8>,
+        durability: Durability,
     ) -> Result<(), String> {
+        let _ = durability; // one host: the shared store is readable by every standby
         let mut all = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
         let sections = all.entry(checkpoint.to_string()).or_default();
         let size = |name: &str, data: &[u8]| name.len() + data.len() + SECTION_OVERHEAD;
@@ -48,6 +86,13 @@ impl CheckpointStore {
             ));
         }
         sections.insert(section.to_string(), data);
+        Ok(())
+    }
+
+    /// Returns once every `Local` write stored before it is as durable as a `Standby` one.
+    /// On one host they already are; with replication it waits for the queued writes to
+    /// reach the standby's node, and fails with the reason if they cannot.
+    pub(crate) fn flush(&self) -> Result<(), String> {
         Ok(())
     }
 
@@ -89,9 +134,9 @@ mod tests {
     #[test]
     fn write_overwrite_read_sorted() {
         let store = CheckpointStore::default();
-        store.write("c", "b", vec![2]).unwrap();
-        store.write("c", "a", vec![1]).unwrap();
-        store.write("c", "b", vec![3]).unwrap();
+        store.write("c", "b", vec![2], Durability::Standby).unwrap();
+        store.write("c", "a", vec![1], Durability::Local).unwrap();
+        store.write("c", "b", vec![3], Durability::Local).unwrap();
         assert_eq!(
             store.read("c"),
             vec![("a".to_string(), vec![1]), ("b".to_string(), vec![3])]
@@ -103,13 +148,18 @@ mod tests {
     fn an_activation_carries_the_checkpoint_only_when_it_fits() {
         let store = CheckpointStore::default();
         assert_eq!(store.snapshot_for_activation("c", &[]), Some(vec![]));
-        store.write("c", "a", vec![7]).unwrap();
+        store.write("c", "a", vec![7], Durability::Standby).unwrap();
         assert_eq!(
             store.snapshot_for_activation("c", &[("port".into(), "1".into())]),
             Some(vec![("a".to_string(), vec![7])])
         );
         store
-            .write("c", "b", vec![0; nines_proto::MAX_FRAME - 1024])
+            .write(
+                "c",
+                "b",
+                vec![0; nines_proto::MAX_FRAME - 1024],
+                Durability::Local,
+            )
             .unwrap();
         assert_eq!(store.snapshot_for_activation("c", &[]), None);
         // A read, which has the frame to itself, still returns it.
@@ -120,13 +170,22 @@ mod tests {
     fn refuses_what_could_not_be_read_back() {
         let store = CheckpointStore::default();
         let big = vec![0u8; nines_proto::MAX_FRAME / 2];
-        store.write("c", "a", big.clone()).unwrap();
-        assert!(store.write("c", "b", big.clone()).is_err());
+        store
+            .write("c", "a", big.clone(), Durability::Standby)
+            .unwrap();
+        assert!(store
+            .write("c", "b", big.clone(), Durability::Local)
+            .is_err());
         // Overwriting a section replaces its size instead of adding to it.
-        store.write("c", "a", big).unwrap();
+        store.write("c", "a", big, Durability::Local).unwrap();
         assert_eq!(store.read("c").len(), 1);
         assert!(store
-            .write("d", "x", vec![0; nines_proto::MAX_FRAME])
+            .write(
+                "d",
+                "x",
+                vec![0; nines_proto::MAX_FRAME],
+                Durability::Standby
+            )
             .is_err());
         assert!(store.read("d").is_empty());
     }

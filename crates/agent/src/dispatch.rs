@@ -3,7 +3,13 @@
 //! Answers (`Response`, `QuiescingComplete`, `HealthcheckConfirm`) complete the request they
 //! name, if it is still pending; an answer to an expired request is logged and dropped, since
 //! its timeout was already reported. Error reports become failures of the incarnation (once).
-//! Checkpoint and protection-group requests are served from the host's shared state.
+//! Checkpoint and protection-group requests are served from the host's shared state; a sync
+//! checkpoint write is acknowledged, an async one is answered only if refused. Component-invoked
+//! healthchecks are started, confirmed and stopped on the session ([`crate::healthcheck`]);
+//! a request that makes no sense is refused with a reason, never acted on.
+//!
+//! Messages of one session are handled one at a time, in the order sent: that is what lets a
+//! component rely on its asynchronous writes being applied before its next read or flush.
 
 use std::sync::Arc;
 
@@ -12,6 +18,8 @@ use nines_model::EntityRef;
 use nines_proto::{ToAgent, ToComponent};
 
 use crate::agent::Agent;
+use crate::checkpoint::Durability;
+use crate::healthcheck;
 use crate::session::{Pending, SendError, SessionLink};
 use crate::wire::recovery_from_wire;
 
@@ -100,26 +108,76 @@ pub(crate) fn handle(agent: &Arc<Agent>, link: &Arc<SessionLink>, msg: ToAgent) 
             checkpoint,
             section,
             data,
-            sync: _,
+            sync,
         } => {
-            // On one host a local store is all the replication there is: sync and async writes
-            // are both acknowledged once stored.
-            let reply = match agent.host.checkpoints.write(&checkpoint, &section, data) {
-                Ok(()) => ToComponent::CheckpointAck {
+            let durability = Durability::of_write(sync);
+            // Under `while_open`: once the agent saw the process end, its writes still in the
+            // socket are dropped rather than applied after the engine heard of the exit.
+            let stored = link.while_open(|| {
+                agent
+                    .host
+                    .checkpoints
+                    .write(&checkpoint, &section, data, durability)
+            });
+            let Some(result) = stored else {
+                tracing::debug!(component = %path, %checkpoint, "checkpoint write after the session closed; dropped");
+                return;
+            };
+            if let Err(reason) = &result {
+                tracing::warn!(component = %path, %checkpoint, %section, sync, %reason, "checkpoint write refused");
+            }
+            let reply = match (result, durability) {
+                (Ok(()), Durability::Local) => return,
+                (result, Durability::Standby) => checkpoint_ack(request, result),
+                (Err(reason), Durability::Local) => ToComponent::CheckpointWriteRefused {
                     request,
-                    ok: true,
-                    reason: None,
+                    checkpoint,
+                    section,
+                    reason,
                 },
-                Err(reason) => {
-                    tracing::warn!(component = %path, %checkpoint, %reason, "checkpoint write refused");
-                    ToComponent::CheckpointAck {
-                        request,
-                        ok: false,
-                        reason: Some(reason),
-                    }
-                }
             };
             let _ = link.send(&reply);
+        }
+        ToAgent::CheckpointFlush { request } => {
+            let result = agent.host.checkpoints.flush();
+            let _ = link.send(&checkpoint_ack(request, result));
+        }
+        ToAgent::HealthcheckStart {
+            request,
+            key,
+            period,
+            max_duration,
+        } => {
+            let result =
+                healthcheck::start_component_invoked(agent, link, &key, period, max_duration);
+            match &result {
+                Ok(()) => {
+                    tracing::info!(component = %path, %key, ?period, ?max_duration, "component-invoked healthcheck started")
+                }
+                Err(reason) => {
+                    tracing::warn!(component = %path, %key, %reason, "healthcheck start refused")
+                }
+            }
+            let _ = link.send(&healthcheck_ack(request, result));
+        }
+        ToAgent::HealthcheckStop { request, key } => {
+            let result = if link.stop_self_check(&key) {
+                tracing::info!(component = %path, %key, "component-invoked healthcheck stopped");
+                Ok(())
+            } else {
+                tracing::warn!(component = %path, %key, "stop of a healthcheck that is not running");
+                Err(format!("healthcheck {key:?} is not running"))
+            };
+            let _ = link.send(&healthcheck_ack(request, result));
+        }
+        ToAgent::HealthcheckSelfConfirm { key } => {
+            if !link.confirm_self_check(&key) {
+                if link.first_stray_confirm() {
+                    tracing::warn!(component = %path, %key, "confirmation of a healthcheck that is not running; ignored (further ones are logged at debug level)");
+                } else {
+                    tracing::debug!(component = %path, %key, "confirmation of a healthcheck that is not running; ignored");
+                }
+            }
         }
         ToAgent::CheckpointRead {
             request,
@@ -129,14 +187,40 @@ pub(crate) fn handle(agent: &Arc<Agent>, link: &Arc<SessionLink>, msg: ToAgent) 
             if let Err(SendError::TooLarge(e)) =
                 link.send(&ToComponent::CheckpointData { request, sections })
             {
-                let _ = link.send(&ToComponent::CheckpointAck {
+                let _ = link.send(&checkpoint_ack(
                     request,
-                    ok: false,
-                    reason: Some(format!(
+                    Err(format!(
                         "checkpoint {checkpoint} does not fit in a reply: {e}"
                     )),
-                });
+                ));
             }
         }
+    }
+}
+
+/// The answer to a checkpoint request that succeeded or was refused.
+fn checkpoint_ack(request: u64, result: Result<(), String>) -> ToComponent {
+    let (ok, reason) = ok_reason(result);
+    ToComponent::CheckpointAck {
+        request,
+        ok,
+        reason,
+    }
+}
+
+/// The answer to a healthcheck start or stop.
+fn healthcheck_ack(request: u64, result: Result<(), String>) -> ToComponent {
+    let (ok, reason) = ok_reason(result);
+    ToComponent::HealthcheckAck {
+        request,
+        ok,
+        reason,
+    }
+}
+
+fn ok_reason(result: Result<(), String>) -> (bool, Option<String>) {
+    match result {
+        Ok(()) => (true, None),
+        Err(reason) => (false, Some(reason)),
     }
 }

@@ -19,7 +19,9 @@
 //!   and reaps every child, tracked or orphaned.
 //! * `spawn`, `env`, `commands`: command lines, environment, logs, CLC commands with timeouts.
 //! * `socket`, `session`, `dispatch`, `csi`, `healthcheck`: the SA-aware Unix socket, sessions,
-//!   and what travels over them; `healthcheck` also runs the external `monitor` command.
+//!   and what travels over them; `healthcheck` watches AMF-invoked healthchecks (configured;
+//!   the agent asks) and component-invoked ones (the component starts them and confirms on its
+//!   own), and runs the external `monitor` command.
 //! * `checkpoint`, `protection`, `host`: the checkpoint store and protection-group tracking,
 //!   shared by the agents of one cluster in one process (one host).
 //! * `agent`: the shared state (one record per component incarnation).

@@ -9,13 +9,13 @@
 //! queued, so it cannot make the agent hold unbounded memory.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use nines_engine::HaState;
 use nines_model::{CompId, CsiId};
-use nines_proto::{FrameError, ToComponent};
-use tokio::sync::{mpsc, oneshot, Notify};
+use nines_proto::{FrameError, ToComponent, MAX_COMPONENT_HEALTHCHECKS};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 /// Frames queued for a component before the agent decides it does not read its socket and
 /// closes the session.
@@ -31,6 +31,17 @@ pub(crate) enum Pending {
     Terminate(oneshot::Sender<bool>),
     /// `Healthcheck`, answered by `HealthcheckConfirm`.
     Healthcheck(oneshot::Sender<()>),
+}
+
+/// What the watcher of a component-invoked healthcheck hears from its session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Beat {
+    /// Nothing yet since the start.
+    Started,
+    /// The component confirmed (again).
+    Confirmed,
+    /// The component stopped the healthcheck.
+    Stopped,
 }
 
 /// Why a frame could not be queued.
@@ -64,6 +75,12 @@ pub(crate) struct SessionLink {
     closing: Notify,
     pending: Mutex<HashMap<u64, Pending>>,
     quiescing: Mutex<HashMap<u64, CsiId>>,
+    /// Component-invoked healthchecks by key; dropping a sender (the session ends) leaves its
+    /// watcher without confirmations, so it reports the miss unless the component is gone.
+    self_checks: Mutex<HashMap<String, watch::Sender<Beat>>>,
+    /// A confirmation for a key not started was logged as a warning already (later ones go
+    /// to the debug log, so a component confirming in a loop cannot flood the log).
+    warned_stray_confirm: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -81,6 +98,8 @@ impl SessionLink {
             closing: Notify::new(),
             pending: Mutex::new(HashMap::new()),
             quiescing: Mutex::new(HashMap::new()),
+            self_checks: Mutex::new(HashMap::new()),
+            warned_stray_confirm: AtomicBool::new(false),
         })
     }
 
@@ -116,9 +135,65 @@ impl SessionLink {
     }
 
     /// Close the session (the agent is done with this component); queued frames still go out.
+    /// Waits for a [`while_open`](Self::while_open) in progress.
     pub(crate) fn close(&self) {
         *lock(&self.outbox) = None;
         self.closing.notify_one();
+    }
+
+    /// Run `f` only if the session is still open, keeping it open until `f` returns. The agent
+    /// closes a session when it sees the component's process end, before it reports the exit,
+    /// so whatever `f` does (store a checkpoint write) happens before the engine hears of the
+    /// exit, or not at all: a dead component's last frames can never overwrite what its
+    /// successor writes.
+    pub(crate) fn while_open<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
+        let outbox = lock(&self.outbox);
+        let result = outbox.is_some().then(f);
+        drop(outbox);
+        result
+    }
+
+    /// Register the component-invoked healthcheck `key`; its watcher listens on the receiver.
+    pub(crate) fn start_self_check(&self, key: &str) -> Result<watch::Receiver<Beat>, String> {
+        let mut checks = lock(&self.self_checks);
+        if checks.contains_key(key) {
+            return Err(format!("healthcheck {key:?} is already started"));
+        }
+        if checks.len() >= MAX_COMPONENT_HEALTHCHECKS {
+            return Err(format!(
+                "at most {MAX_COMPONENT_HEALTHCHECKS} component-invoked healthchecks may run at once"
+            ));
+        }
+        let (tx, rx) = watch::channel(Beat::Started);
+        checks.insert(key.to_owned(), tx);
+        Ok(rx)
+    }
+
+    /// Pass a confirmation to the watcher of `key`. False if no such healthcheck was started.
+    pub(crate) fn confirm_self_check(&self, key: &str) -> bool {
+        match lock(&self.self_checks).get(key) {
+            Some(tx) => {
+                tx.send_replace(Beat::Confirmed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stop the healthcheck `key`. False if no such healthcheck was started.
+    pub(crate) fn stop_self_check(&self, key: &str) -> bool {
+        match lock(&self.self_checks).remove(key) {
+            Some(tx) => {
+                tx.send_replace(Beat::Stopped);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether this is the first stray confirmation of the session (the one worth a warning).
+    pub(crate) fn first_stray_confirm(&self) -> bool {
+        !self.warned_stray_confirm.swap(true, Ordering::Relaxed)
     }
 
     /// Wait for an answer to `invocation`.
@@ -152,4 +227,47 @@ impl SessionLink {
 fn next_session_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link() -> (Arc<SessionLink>, mpsc::Receiver<Vec<u8>>) {
+        let (tx, rx) = mpsc::channel(1);
+        (SessionLink::new(CompId(0), 1, tx), rx)
+    }
+
+    #[test]
+    fn nothing_runs_under_while_open_once_the_session_is_closed() {
+        let (link, _rx) = link();
+        assert_eq!(link.while_open(|| 7), Some(7));
+        link.close();
+        assert_eq!(link.while_open(|| 7), None);
+    }
+
+    #[test]
+    fn component_invoked_healthchecks_are_kept_by_key_and_bounded() {
+        let (link, _rx) = link();
+        let mut beats = link.start_self_check("a").expect("first start");
+        assert!(link.start_self_check("a").is_err(), "started twice");
+        assert!(
+            !link.confirm_self_check("b"),
+            "confirm of a key never started"
+        );
+        assert!(!link.stop_self_check("b"), "stop of a key never started");
+        assert!(link.confirm_self_check("a"));
+        assert!(beats.has_changed().expect("sender alive"));
+        assert_eq!(*beats.borrow_and_update(), Beat::Confirmed);
+        assert!(link.stop_self_check("a"));
+        assert_eq!(*beats.borrow_and_update(), Beat::Stopped);
+        assert!(!link.stop_self_check("a"), "stopped twice");
+        let _kept: Vec<_> = (0..MAX_COMPONENT_HEALTHCHECKS)
+            .map(|i| {
+                link.start_self_check(&i.to_string())
+                    .expect("within the bound")
+            })
+            .collect();
+        assert!(link.start_self_check("one more").is_err());
+    }
 }

@@ -29,6 +29,15 @@
 //! }
 //! ```
 //!
+//! # Checkpoints and healthchecks
+//!
+//! [`Session::checkpoint_write`] is synchronous (returns once the agent stored the write where
+//! the standby can read it) or asynchronous (returns once sent; a refusal is reported by the
+//! next checkpoint call or by [`Session::checkpoint_flush`], which waits for every earlier
+//! write). AMF-invoked healthchecks are configured and answered by [`Component::healthcheck`];
+//! component-invoked ones are started with [`Session::healthcheck_start`] and confirmed with
+//! [`Session::healthcheck_confirm`] from the component's own loop.
+//!
 //! # Architecture invariants
 //!
 //! * Std only: two threads per session (a reader and a dispatcher), no async runtime, so any
@@ -147,6 +156,25 @@ pub enum ClientError {
     /// The agent answered but refused the request, for the given reason.
     #[error("the nines agent refused the request: {0}")]
     Agent(String),
+    /// An asynchronous [`Session::checkpoint_write`] that had already returned `Ok` was
+    /// refused by the agent: that section does not hold the data. Reported once, by the next
+    /// checkpoint call on the session, which did nothing else (see
+    /// [`Session::checkpoint_flush`]).
+    #[error(
+        "asynchronous write of section {section} of checkpoint {checkpoint} was refused: {reason}{}",
+        if *.also_refused > 0 { format!(" (and {} later asynchronous writes)", .also_refused) } else { String::new() }
+    )]
+    AsyncWriteRefused {
+        /// Checkpoint of the first refused write.
+        checkpoint: String,
+        /// Its section.
+        section: String,
+        /// Why the agent refused it.
+        reason: String,
+        /// How many further asynchronous writes were refused before this was reported (their
+        /// details are in the log).
+        also_refused: usize,
+    },
 }
 
 /// Handle to a registered component's connection to its node agent.
@@ -169,7 +197,7 @@ impl std::fmt::Debug for Session {
     }
 }
 
-/// A checkpoint's sections as (section id, bytes), sorted by id.
+/// The sections of one checkpoint, as `(section, data)`.
 type Sections = Vec<(String, Vec<u8>)>;
 
 /// State shared by the handles and the two threads of a session.
@@ -187,6 +215,9 @@ struct Inner {
     /// the checkpoint and when the SI is no longer active here, so a copy is never older than
     /// what this component itself wrote.
     delivered: Mutex<HashMap<String, Sections>>,
+    /// The first asynchronous checkpoint write the agent refused since the last checkpoint
+    /// call reported one (as [`ClientError::AsyncWriteRefused`]).
+    async_refused: Mutex<Option<ClientError>>,
     life: Mutex<Life>,
     life_changed: Condvar,
 }
@@ -249,6 +280,21 @@ fn kind(msg: &ToComponent) -> &'static str {
         ToComponent::ProtectionGroup { .. } => "ProtectionGroup",
         ToComponent::CheckpointAck { .. } => "CheckpointAck",
         ToComponent::CheckpointData { .. } => "CheckpointData",
+        ToComponent::CheckpointWriteRefused { .. } => "CheckpointWriteRefused",
+        ToComponent::HealthcheckAck { .. } => "HealthcheckAck",
+    }
+}
+
+/// The outcome of a request the agent answers with an ack (`what` names it in errors).
+fn acked(reply: Reply, what: &str) -> Result<(), ClientError> {
+    match reply {
+        Reply::Ack { ok: true, .. } => Ok(()),
+        Reply::Ack { ok: false, reason } => Err(ClientError::Agent(
+            reason.unwrap_or_else(|| format!("{what} refused")),
+        )),
+        Reply::Data(_) => Err(ClientError::Protocol(FrameError::Malformed(format!(
+            "the agent answered a {what} with data"
+        )))),
     }
 }
 
@@ -331,6 +377,7 @@ impl Session {
                 socket: shutdown,
                 requests: Mutex::default(),
                 delivered: Mutex::default(),
+                async_refused: Mutex::default(),
                 life: Mutex::default(),
                 life_changed: Condvar::new(),
             }),
@@ -361,12 +408,30 @@ impl Session {
 
     /// Create or overwrite one section of a checkpoint (by convention one checkpoint per SI).
     ///
-    /// With `sync`, returns only after the agent acknowledged that the standby's node has the
-    /// data too, so whatever the component acknowledges to its own clients afterwards survives
-    /// a failover. Without, returns once the local agent stored it and replicates in the
-    /// background: faster, but the last writes can be lost with the node. A write whose frame
-    /// would exceed [`nines_proto::MAX_FRAME`] (data a little under 1 MiB) fails with
-    /// [`ClientError::Protocol`] and leaves the session usable. Safe to call from any thread, including inside callbacks.
+    /// With `sync`, returns only once the agent acknowledged that the write is stored where the
+    /// standby can read it (across nodes, once the standby's node has it too), so whatever the
+    /// component acknowledges to its own clients afterwards survives a failover. A refusal is
+    /// this call's error.
+    ///
+    /// Without `sync`, returns as soon as the write is sent, without waiting for the agent:
+    /// many writes cost no round trip each. The agent applies a session's writes in the order
+    /// they were sent, so a later [`checkpoint_read`](Self::checkpoint_read) on this session
+    /// sees them, and a sync write after them is acknowledged only after them. The price is
+    /// what the call cannot tell: a write the agent refuses is reported later, once, as
+    /// [`ClientError::AsyncWriteRefused`] by the next checkpoint call on this session (write,
+    /// read or flush; that call then does nothing else), and at the latest by
+    /// [`checkpoint_flush`](Self::checkpoint_flush), which waits for every earlier write.
+    ///
+    /// Durability: on one host both modes store into the host's one store, which outlives the
+    /// component, so a crash of the component loses neither acknowledged sync writes nor
+    /// async writes the agent took in before it saw the process end (one still in the socket
+    /// at that moment is dropped, never applied after a successor's). Only a sync write (or a
+    /// flush) is a promise, and the only one that will be a promise against the loss of the
+    /// node once checkpoints are replicated across nodes.
+    ///
+    /// A write whose frame would exceed [`nines_proto::MAX_FRAME`] (data a little under 1 MiB)
+    /// fails at once with [`ClientError::Protocol`], in either mode, and leaves the session
+    /// usable. Safe to call from any thread, including inside callbacks.
     pub fn checkpoint_write(
         &self,
         checkpoint: &str,
@@ -374,23 +439,38 @@ impl Session {
         data: &[u8],
         sync: bool,
     ) -> Result<(), ClientError> {
+        self.inner.take_async_refusal()?;
         lock(&self.inner.delivered).remove(checkpoint);
-        let reply = self.inner.request(|request| ToAgent::CheckpointWrite {
+        let write = |request| ToAgent::CheckpointWrite {
             request,
             checkpoint: checkpoint.to_owned(),
             section: section.to_owned(),
             data: data.to_vec(),
             sync,
-        })?;
-        match reply {
-            Reply::Ack { ok: true, .. } => Ok(()),
-            Reply::Ack { ok: false, reason } => Err(ClientError::Agent(
-                reason.unwrap_or_else(|| "checkpoint write refused".to_owned()),
-            )),
-            Reply::Data(_) => Err(ClientError::Protocol(FrameError::Malformed(
-                "the agent answered a checkpoint write with data".to_owned(),
-            ))),
+        };
+        if sync {
+            acked(self.inner.request(write)?, "checkpoint write")
+        } else {
+            self.inner.send_unanswered(write)
         }
+    }
+
+    /// Wait until the agent has stored every checkpoint write this session sent before (and,
+    /// once checkpoints are replicated across nodes, until the standby's node has them), then
+    /// report the first asynchronous write it refused since the last report, if any
+    /// ([`ClientError::AsyncWriteRefused`]).
+    ///
+    /// One flush after a batch of asynchronous writes gives the batch the promise of a sync
+    /// write for the cost of one round trip. Safe to call from any thread, including inside
+    /// callbacks.
+    pub fn checkpoint_flush(&self) -> Result<(), ClientError> {
+        let reply = self
+            .inner
+            .request(|request| ToAgent::CheckpointFlush { request });
+        // The agent sends the refusal of an earlier write before the flush's answer, and the
+        // reader thread handles frames in order: any refusal is recorded by now.
+        self.inner.take_async_refusal()?;
+        acked(reply?, "checkpoint flush")
     }
 
     /// Every section of a checkpoint, as `(section, data)`; empty if it was never written.
@@ -399,9 +479,13 @@ impl Session {
     /// stopped: call it from [`Component::csi_set`] before returning `Ok`. The agent sends the
     /// SI's checkpoint (the one named after the SI) along with the activation, so that first
     /// read costs no round trip: a failover does not wait for the agent, which is busy with
-    /// the failed component at that moment. Later reads ask the agent. Safe to call from any
+    /// the failed component at that moment. Later reads ask the agent, and see every earlier
+    /// write of this session, asynchronous ones included. Like every checkpoint call, it
+    /// first reports an asynchronous write refused since the last report
+    /// ([`ClientError::AsyncWriteRefused`]) and then reads nothing. Safe to call from any
     /// thread, including inside callbacks.
     pub fn checkpoint_read(&self, checkpoint: &str) -> Result<Vec<(String, Vec<u8>)>, ClientError> {
+        self.inner.take_async_refusal()?;
         if let Some(sections) = lock(&self.inner.delivered).remove(checkpoint) {
             return Ok(sections);
         }
@@ -418,6 +502,57 @@ impl Session {
                 "the agent acknowledged a checkpoint read without data".to_owned(),
             ))),
         }
+    }
+
+    /// Start a component-invoked healthcheck named `key` (AMF's `saAmfHealthcheckStart` with
+    /// `SA_AMF_HEALTHCHECK_COMPONENT_INVOKED`): from now on the component promises to call
+    /// [`healthcheck_confirm`](Self::healthcheck_confirm) with this key at least every
+    /// `period`. If no confirmation reaches the agent for `period + max_duration` (counted
+    /// from this call, then from each confirmation), the agent reports the component failed
+    /// with a missed healthcheck, exactly as for an unanswered AMF-invoked one.
+    ///
+    /// Use it where liveness is best vouched for by the component's own work loop (confirm
+    /// from the loop, so a stuck loop is detected); keys let several loops be watched apart.
+    /// AMF-invoked healthchecks ([`Component::healthcheck`]) need no call: the configuration
+    /// enables them. Returns once the agent started the check; refused
+    /// ([`ClientError::Agent`], with the reason) for a zero duration or one over
+    /// [`nines_proto::MAX_HEALTHCHECK_PERIOD`] (a day), an empty key, a key that is already
+    /// running on this session, or more than [`nines_proto::MAX_COMPONENT_HEALTHCHECKS`]
+    /// running at once.
+    pub fn healthcheck_start(
+        &self,
+        key: &str,
+        period: Duration,
+        max_duration: Duration,
+    ) -> Result<(), ClientError> {
+        let reply = self.inner.request(|request| ToAgent::HealthcheckStart {
+            request,
+            key: key.to_owned(),
+            period,
+            max_duration,
+        })?;
+        acked(reply, "healthcheck start")
+    }
+
+    /// Confirm the component-invoked healthcheck `key`: the component is healthy. Returns once
+    /// the confirmation is sent (the agent does not answer it). Call it from the code whose
+    /// progress shows health, at least every `period` given to
+    /// [`healthcheck_start`](Self::healthcheck_start).
+    pub fn healthcheck_confirm(&self, key: &str) -> Result<(), ClientError> {
+        self.inner.send(&ToAgent::HealthcheckSelfConfirm {
+            key: key.to_owned(),
+        })
+    }
+
+    /// Stop the component-invoked healthcheck `key`, for a pause on purpose: no failure is
+    /// reported for confirmations missing from now on. Returns once the agent stopped it;
+    /// refused ([`ClientError::Agent`]) for a key that is not running.
+    pub fn healthcheck_stop(&self, key: &str) -> Result<(), ClientError> {
+        let reply = self.inner.request(|request| ToAgent::HealthcheckStop {
+            request,
+            key: key.to_owned(),
+        })?;
+        acked(reply, "healthcheck stop")
     }
 
     /// Ask to be told who is active and standby for `si`: the current members arrive at once
@@ -486,6 +621,49 @@ impl Inner {
     fn send_raw(&self, msg: &ToAgent) -> Result<(), FrameError> {
         let mut w = lock(&self.writer);
         write_frame(&mut *w, msg)
+    }
+
+    /// Send a request the agent answers only if it refuses it (an asynchronous checkpoint
+    /// write): it gets an id like any request, so that a refusal can be matched, but nobody
+    /// waits for it.
+    fn send_unanswered(&self, build: impl FnOnce(u64) -> ToAgent) -> Result<(), ClientError> {
+        let id = {
+            let mut r = lock(&self.requests);
+            if r.closed {
+                return Err(ClientError::Closed);
+            }
+            r.last += 1;
+            r.last
+        };
+        self.send(&build(id))
+    }
+
+    /// Keep the first refusal of an asynchronous write for the next checkpoint call; count
+    /// (and log) the ones after it.
+    fn async_write_refused(&self, checkpoint: String, section: String, reason: String) {
+        tracing::warn!(
+            "nines: asynchronous write of section {section} of checkpoint {checkpoint} refused: {reason}"
+        );
+        let mut first = lock(&self.async_refused);
+        match &mut *first {
+            Some(ClientError::AsyncWriteRefused { also_refused, .. }) => *also_refused += 1,
+            _ => {
+                *first = Some(ClientError::AsyncWriteRefused {
+                    checkpoint,
+                    section,
+                    reason,
+                    also_refused: 0,
+                })
+            }
+        }
+    }
+
+    /// Report (once) an asynchronous write refused since the last report.
+    fn take_async_refusal(&self) -> Result<(), ClientError> {
+        match lock(&self.async_refused).take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Send a request and wait for the reply routed back by the reader thread.
@@ -582,6 +760,17 @@ fn read_loop(inner: &Inner, mut reader: BufReader<UnixStream>, callbacks: Sender
             ToComponent::CheckpointData { request, sections } => {
                 inner.answer(request, Reply::Data(sections))
             }
+            ToComponent::HealthcheckAck {
+                request,
+                ok,
+                reason,
+            } => inner.answer(request, Reply::Ack { ok, reason }),
+            ToComponent::CheckpointWriteRefused {
+                request: _,
+                checkpoint,
+                section,
+                reason,
+            } => inner.async_write_refused(checkpoint, section, reason),
             ToComponent::Registered { .. } => {
                 tracing::warn!("nines: the agent sent Registered again; ignored")
             }

@@ -322,7 +322,9 @@ fn protection_group_tracking() {
     assert!(calls(&log).contains(&Call::Group("app/si".into(), members)));
 }
 
-/// The fake agent's side of a checkpoint store: answers writes and reads from a map.
+/// The fake agent's side of a checkpoint store: answers writes, reads and flushes from a map
+/// as the real agent does (an async write is answered only when refused: checkpoint
+/// "forbidden" is).
 fn serve_checkpoints(mut conn: common::Conn, requests: usize) -> (common::Conn, Vec<ToAgent>) {
     let mut store: Vec<(String, String, Vec<u8>)> = Vec::new();
     let mut seen = Vec::new();
@@ -335,24 +337,41 @@ fn serve_checkpoints(mut conn: common::Conn, requests: usize) -> (common::Conn, 
                 checkpoint,
                 section,
                 data,
-                ..
+                sync,
             } => {
-                if checkpoint == "forbidden" {
+                let reason = "not active for this SI".to_string();
+                if checkpoint == "forbidden" && sync {
                     conn.send(&ToComponent::CheckpointAck {
                         request,
                         ok: false,
-                        reason: Some("not active for this SI".into()),
+                        reason: Some(reason),
+                    });
+                    continue;
+                }
+                if checkpoint == "forbidden" {
+                    conn.send(&ToComponent::CheckpointWriteRefused {
+                        request,
+                        checkpoint,
+                        section,
+                        reason,
                     });
                     continue;
                 }
                 store.retain(|(c, s, _)| !(c == &checkpoint && s == &section));
                 store.push((checkpoint, section, data));
-                conn.send(&ToComponent::CheckpointAck {
-                    request,
-                    ok: true,
-                    reason: None,
-                });
+                if sync {
+                    conn.send(&ToComponent::CheckpointAck {
+                        request,
+                        ok: true,
+                        reason: None,
+                    });
+                }
             }
+            ToAgent::CheckpointFlush { request } => conn.send(&ToComponent::CheckpointAck {
+                request,
+                ok: true,
+                reason: None,
+            }),
             ToAgent::CheckpointRead {
                 request,
                 checkpoint,
@@ -517,20 +536,16 @@ fn too_large_checkpoint_write_fails_alone() {
     let agent = FakeAgent::new();
     let (session, mut conn) = agent.start(Scripted::default());
     let big = vec![0u8; MAX_FRAME];
-    assert!(matches!(
-        session.checkpoint_write("app/si", "big", &big, true),
-        Err(ClientError::Protocol(
-            nines_proto::FrameError::TooLarge { .. }
-        ))
-    ));
+    for sync in [true, false] {
+        assert!(matches!(
+            session.checkpoint_write("app/si", "big", &big, sync),
+            Err(ClientError::Protocol(
+                nines_proto::FrameError::TooLarge { .. }
+            ))
+        ));
+    }
     // The session is intact.
-    session.report_error(Recovery::ComponentRestart).unwrap();
-    assert_eq!(
-        conn.recv(),
-        ToAgent::ErrorReport {
-            recommended: Recovery::ComponentRestart
-        }
-    );
+    assert_next_is_an_error_report(&session, &mut conn);
 }
 
 #[test]
@@ -718,4 +733,211 @@ fn a_delivered_checkpoint_is_dropped_by_a_write_and_by_leaving_active() {
         ToAgent::Response { invocation: 5, .. }
     ));
     expect_read_from_agent(&mut conn, &session);
+}
+
+/// Send an error report and check it is the next message the fake agent receives (the
+/// session works, and nothing was sent before it).
+fn assert_next_is_an_error_report(session: &Session, conn: &mut Conn) {
+    session.report_error(Recovery::ComponentRestart).unwrap();
+    assert_eq!(
+        conn.recv(),
+        ToAgent::ErrorReport {
+            recommended: Recovery::ComponentRestart
+        }
+    );
+}
+
+#[test]
+fn async_checkpoint_write_returns_without_waiting_for_the_agent() {
+    let agent = FakeAgent::new();
+    let (session, mut conn) = agent.start(Scripted::default());
+    // The fake agent answers nothing. A write that waited for an answer would return only
+    // after REQUEST_TIMEOUT (10 s), past `within`'s patience (5 s): this fails if async
+    // writes silently became sync.
+    let s = session.clone();
+    within(move || {
+        for i in 0..50u8 {
+            s.checkpoint_write("app/si", "n", &[i], false)?;
+        }
+        Ok::<(), ClientError>(())
+    })
+    .unwrap();
+    for i in 0..50u8 {
+        match conn.recv() {
+            ToAgent::CheckpointWrite {
+                section,
+                data,
+                sync: false,
+                ..
+            } => assert_eq!((section.as_str(), data), ("n", vec![i]), "in order"),
+            other => panic!("expected an async write, got {other:?}"),
+        }
+    }
+    // Nothing else was sent: the next message is the one sent next.
+    assert_next_is_an_error_report(&session, &mut conn);
+}
+
+#[test]
+fn async_writes_then_a_read_arrive_in_order_and_the_read_sees_the_last() {
+    let agent = FakeAgent::new();
+    let (session, conn) = agent.start(Scripted::default());
+    let server = thread::spawn(move || serve_checkpoints(conn, 22));
+    for i in 1..=20u8 {
+        session
+            .checkpoint_write("app/si", "n", &[i], false)
+            .unwrap();
+    }
+    assert_eq!(
+        session.checkpoint_read("app/si").unwrap(),
+        vec![("n".to_string(), vec![20])]
+    );
+    session.checkpoint_flush().unwrap();
+    let (_conn, seen) = server.join().unwrap();
+    let requests: Vec<u64> = seen
+        .iter()
+        .map(|m| match m {
+            ToAgent::CheckpointWrite { request, .. }
+            | ToAgent::CheckpointRead { request, .. }
+            | ToAgent::CheckpointFlush { request } => *request,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert!(requests.windows(2).all(|w| w[0] < w[1]), "{requests:?}");
+    assert!(matches!(seen[20], ToAgent::CheckpointRead { .. }));
+    assert!(matches!(seen[21], ToAgent::CheckpointFlush { .. }));
+}
+
+fn refused(e: Result<(), ClientError>) -> (String, String, String, usize) {
+    match e {
+        Err(ClientError::AsyncWriteRefused {
+            checkpoint,
+            section,
+            reason,
+            also_refused,
+        }) => (checkpoint, section, reason, also_refused),
+        other => panic!("expected AsyncWriteRefused, got {other:?}"),
+    }
+}
+
+#[test]
+fn flush_reports_the_first_refused_async_write_once() {
+    let agent = FakeAgent::new();
+    let (session, conn) = agent.start(Scripted::default());
+    let server = thread::spawn(move || serve_checkpoints(conn, 5));
+    session
+        .checkpoint_write("forbidden", "first", b"x", false)
+        .unwrap();
+    session
+        .checkpoint_write("app/si", "ok", b"y", false)
+        .unwrap();
+    session
+        .checkpoint_write("forbidden", "second", b"z", false)
+        .unwrap();
+    // Whether or not the refusals have arrived yet, the flush waits for them.
+    let (checkpoint, section, reason, also) = refused(session.checkpoint_flush());
+    assert_eq!(
+        (checkpoint.as_str(), section.as_str(), reason.as_str(), also),
+        ("forbidden", "first", "not active for this SI", 1)
+    );
+    // Reported once: the next flush is clean.
+    session.checkpoint_flush().unwrap();
+    let (_conn, seen) = server.join().unwrap();
+    assert_eq!(seen.len(), 5);
+}
+
+#[test]
+fn a_refused_async_write_fails_the_next_checkpoint_call_which_sends_nothing() {
+    let agent = FakeAgent::new();
+    let (session, mut conn) = agent.start(Scripted::default());
+    session
+        .checkpoint_write("app/si", "s", b"v", false)
+        .unwrap();
+    let request = match conn.recv() {
+        ToAgent::CheckpointWrite { request, .. } => request,
+        other => panic!("unexpected {other:?}"),
+    };
+    conn.send(&ToComponent::CheckpointWriteRefused {
+        request,
+        checkpoint: "app/si".into(),
+        section: "s".into(),
+        reason: "too big".into(),
+    });
+    // The reader thread handles frames in order: once the healthcheck behind the refusal is
+    // confirmed, the refusal is recorded.
+    conn.send(&ToComponent::Healthcheck { invocation: 1 });
+    assert_eq!(conn.recv(), ToAgent::HealthcheckConfirm { invocation: 1 });
+    let (_, section, reason, also) = refused(session.checkpoint_write("app/si", "t", b"w", false));
+    assert_eq!(
+        (section.as_str(), reason.as_str(), also),
+        ("s", "too big", 0)
+    );
+    // That write was not sent, and the error is not reported twice: the read goes out.
+    let s = session.clone();
+    let reader = thread::spawn(move || s.checkpoint_read("app/si"));
+    match conn.recv() {
+        ToAgent::CheckpointRead { request, .. } => conn.send(&ToComponent::CheckpointData {
+            request,
+            sections: vec![],
+        }),
+        other => panic!("expected the read, got {other:?}"),
+    }
+    assert_eq!(reader.join().unwrap().unwrap(), vec![]);
+}
+
+#[test]
+fn component_invoked_healthcheck_start_confirm_and_stop() {
+    let agent = FakeAgent::new();
+    let (session, mut conn) = agent.start(Scripted::default());
+    let ms = Duration::from_millis;
+    let s = session.clone();
+    let starter = thread::spawn(move || s.healthcheck_start("loop", ms(100), ms(50)));
+    let request = match conn.recv() {
+        ToAgent::HealthcheckStart {
+            request,
+            key,
+            period,
+            max_duration,
+        } => {
+            assert_eq!(
+                (key.as_str(), period, max_duration),
+                ("loop", ms(100), ms(50))
+            );
+            request
+        }
+        other => panic!("unexpected {other:?}"),
+    };
+    thread::sleep(ms(100));
+    assert!(!starter.is_finished(), "start waits for the agent's answer");
+    conn.send(&ToComponent::HealthcheckAck {
+        request,
+        ok: true,
+        reason: None,
+    });
+    starter.join().unwrap().unwrap();
+    // A confirmation is sent and not waited for (the fake agent never answers it).
+    let s = session.clone();
+    within(move || s.healthcheck_confirm("loop")).unwrap();
+    assert_eq!(
+        conn.recv(),
+        ToAgent::HealthcheckSelfConfirm { key: "loop".into() }
+    );
+    // A refusal is the caller's error, with the agent's reason.
+    let s = session.clone();
+    let stopper = thread::spawn(move || s.healthcheck_stop("other"));
+    let request = match conn.recv() {
+        ToAgent::HealthcheckStop { request, key } => {
+            assert_eq!(key, "other");
+            request
+        }
+        other => panic!("unexpected {other:?}"),
+    };
+    conn.send(&ToComponent::HealthcheckAck {
+        request,
+        ok: false,
+        reason: Some("healthcheck \"other\" is not running".into()),
+    });
+    match stopper.join().unwrap() {
+        Err(ClientError::Agent(reason)) => assert!(reason.contains("not running"), "{reason}"),
+        other => panic!("expected Agent, got {other:?}"),
+    }
 }

@@ -33,12 +33,13 @@
 #![warn(missing_docs)]
 
 use std::io::{ErrorKind, Read, Write};
+use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Version byte at the start of every payload. Bump it on any incompatible message change: old
 /// peers then fail fast with [`FrameError::BadVersion`] instead of misreading postcard bytes.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// Largest payload (version byte + postcard body) a peer may send, in bytes.
 ///
@@ -55,6 +56,17 @@ pub const ENV_AGENT_SOCKET: &str = "NINES_AGENT_SOCKET";
 /// (`app/sg/su/comp`), which the component sends back in [`ToAgent::Register`] so that the
 /// agent can match the connection to the process it started.
 pub const ENV_COMPONENT: &str = "NINES_COMPONENT";
+
+/// Most component-invoked healthchecks ([`ToAgent::HealthcheckStart`]) one session may run at
+/// once. Each is a timer in the agent, so a component must not be able to start them without
+/// bound; a start beyond it is refused. Shared here so that the library can document it and
+/// the agent enforce it without disagreeing.
+pub const MAX_COMPONENT_HEALTHCHECKS: usize = 16;
+
+/// Longest `period`, and longest `max_duration`, a [`ToAgent::HealthcheckStart`] may ask for
+/// (one day). A check that slow would detect nothing useful, and the bound keeps every deadline
+/// far from overflowing a clock; a start beyond it is refused.
+pub const MAX_HEALTHCHECK_PERIOD: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// HA state of a component for one CSI, as the AMF assigns it.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -135,10 +147,18 @@ pub enum ToAgent {
         /// Entity path of the SI (`app/si`).
         si: String,
     },
-    /// Create or overwrite one section of a checkpoint. The agent answers every write with a
-    /// [`ToComponent::CheckpointAck`] of the same `request`: with `sync: true` once the standby's
-    /// agent has stored the write too, with `sync: false` once it is stored locally
-    /// (replication then continues in the background).
+    /// Create or overwrite one section of a checkpoint.
+    ///
+    /// With `sync: true` the agent answers a [`ToComponent::CheckpointAck`] of the same
+    /// `request` once the write is stored where the standby can read it (on one host the shared
+    /// store; across nodes, once the standby's agent has it too), or `ok: false` if refused.
+    ///
+    /// With `sync: false` the agent answers nothing when it stores the write (replication
+    /// continues in the background), so a stream of asynchronous writes costs no frames back;
+    /// it answers [`ToComponent::CheckpointWriteRefused`] only if it refuses it. The agent
+    /// handles a session's messages in the order sent, so a later request of the same session
+    /// (a read, a [`ToAgent::CheckpointFlush`]) is answered only after every earlier write was
+    /// stored or refused, and any refusal arrives before that answer.
     CheckpointWrite {
         /// Caller-chosen id, echoed in the answer.
         request: u64,
@@ -148,7 +168,7 @@ pub enum ToAgent {
         section: String,
         /// New content of the section.
         data: Vec<u8>,
-        /// Whether the ack waits for replication to the standby.
+        /// Whether the writer waits for an ack, sent once the standby can read the write.
         sync: bool,
     },
     /// Read every section of a checkpoint. The agent answers [`ToComponent::CheckpointData`] (no
@@ -159,6 +179,49 @@ pub enum ToAgent {
         request: u64,
         /// Checkpoint name.
         checkpoint: String,
+    },
+    /// Barrier for asynchronous writes: the agent answers [`ToComponent::CheckpointAck`] once
+    /// every earlier `CheckpointWrite` of this session is stored (across nodes: replicated
+    /// too), after the [`ToComponent::CheckpointWriteRefused`] of any it refused.
+    CheckpointFlush {
+        /// Caller-chosen id, echoed in the answer.
+        request: u64,
+    },
+    /// Start a component-invoked healthcheck (AMF's `saAmfHealthcheckStart` with
+    /// `SA_AMF_HEALTHCHECK_COMPONENT_INVOKED`): from now on the component confirms on its own
+    /// with [`ToAgent::HealthcheckSelfConfirm`] at least every `period`; once no confirmation
+    /// came for `period + max_duration` (counted from the start, then from the last
+    /// confirmation), the agent reports a missed healthcheck. Answered by
+    /// [`ToComponent::HealthcheckAck`]: refused for a zero duration or one over
+    /// [`MAX_HEALTHCHECK_PERIOD`], an empty key, a key already started on this session, or more
+    /// than [`MAX_COMPONENT_HEALTHCHECKS`] at once.
+    ///
+    /// AMF-invoked healthchecks are not started this way: they are configured in the model and
+    /// the agent runs them from registration on ([`ToComponent::Healthcheck`]).
+    HealthcheckStart {
+        /// Caller-chosen id, echoed in the answer.
+        request: u64,
+        /// Names this healthcheck among the component's (a component may run several, for
+        /// instance one per worker thread).
+        key: String,
+        /// How often the component promises to confirm.
+        period: Duration,
+        /// How late a confirmation may be beyond `period` before it counts as missed.
+        max_duration: Duration,
+    },
+    /// Stop the component-invoked healthcheck `key` (the component is about to pause on
+    /// purpose). Answered by [`ToComponent::HealthcheckAck`]; refused for a key not started.
+    HealthcheckStop {
+        /// Caller-chosen id, echoed in the answer.
+        request: u64,
+        /// The key given to [`ToAgent::HealthcheckStart`].
+        key: String,
+    },
+    /// The component is healthy: confirms the component-invoked healthcheck `key`. Nothing is
+    /// answered (a confirmation of a key not started is logged and ignored).
+    HealthcheckSelfConfirm {
+        /// The key given to [`ToAgent::HealthcheckStart`].
+        key: String,
     },
 }
 
@@ -218,7 +281,8 @@ pub enum ToComponent {
         /// Component entity path and HA state of each member.
         members: Vec<(String, HaState)>,
     },
-    /// Answer to a [`ToAgent::CheckpointWrite`], or a refusal of a [`ToAgent::CheckpointRead`].
+    /// Answer to a synchronous [`ToAgent::CheckpointWrite`] or to a [`ToAgent::CheckpointFlush`],
+    /// or a refusal of a [`ToAgent::CheckpointRead`].
     CheckpointAck {
         /// The request being answered.
         request: u64,
@@ -233,6 +297,28 @@ pub enum ToComponent {
         request: u64,
         /// Section id and content of each section.
         sections: Vec<(String, Vec<u8>)>,
+    },
+    /// The asynchronous [`ToAgent::CheckpointWrite`] `request` was refused: its data is not
+    /// stored. The only answer an asynchronous write ever gets; it names the section so that
+    /// the writer, which did not wait, can say which write was lost.
+    CheckpointWriteRefused {
+        /// The refused write.
+        request: u64,
+        /// Its checkpoint.
+        checkpoint: String,
+        /// Its section.
+        section: String,
+        /// Why, for the caller's error.
+        reason: String,
+    },
+    /// Answer to a [`ToAgent::HealthcheckStart`] or [`ToAgent::HealthcheckStop`].
+    HealthcheckAck {
+        /// The request being answered.
+        request: u64,
+        /// Whether the healthcheck was started (or stopped).
+        ok: bool,
+        /// Why not, for the caller's error.
+        reason: Option<String>,
     },
 }
 

@@ -66,6 +66,18 @@ fn every_to_agent() -> Vec<ToAgent> {
             request: 5,
             checkpoint: "counter/si".into(),
         },
+        ToAgent::CheckpointFlush { request: 6 },
+        ToAgent::HealthcheckStart {
+            request: 7,
+            key: "main-loop".into(),
+            period: std::time::Duration::from_millis(100),
+            max_duration: std::time::Duration::new(u64::MAX, 999_999_999),
+        },
+        ToAgent::HealthcheckStop {
+            request: 8,
+            key: "main-loop".into(),
+        },
+        ToAgent::HealthcheckSelfConfirm { key: String::new() },
     ]
 }
 
@@ -112,6 +124,22 @@ fn every_to_component() -> Vec<ToComponent> {
         ToComponent::CheckpointData {
             request: 7,
             sections: vec![("value".into(), vec![1, 2, 3]), ("empty".into(), vec![])],
+        },
+        ToComponent::CheckpointWriteRefused {
+            request: 8,
+            checkpoint: "a/si".into(),
+            section: "value".into(),
+            reason: "too big".into(),
+        },
+        ToComponent::HealthcheckAck {
+            request: 9,
+            ok: true,
+            reason: None,
+        },
+        ToComponent::HealthcheckAck {
+            request: 10,
+            ok: false,
+            reason: Some("already started".into()),
         },
     ];
     for ha in [
@@ -408,4 +436,45 @@ fn errors_explain_themselves() {
     assert!(e.to_string().contains("5000000"));
     let e = FrameError::BadVersion { got: 9 };
     assert!(e.to_string().contains('9'));
+}
+
+/// LEB128, as postcard writes unsigned integers.
+fn varint(mut v: u64, out: &mut Vec<u8>) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+#[test]
+fn a_duration_that_overflows_is_malformed_not_a_panic() {
+    // The layout of a valid HealthcheckStart, to build the invalid one from.
+    let valid = encode(&ToAgent::HealthcheckStart {
+        request: 1,
+        key: String::new(),
+        period: std::time::Duration::new(u64::MAX, 0),
+        max_duration: std::time::Duration::ZERO,
+    });
+    let variant = valid[5];
+    let mut body = vec![PROTOCOL_VERSION, variant, 1, 0];
+    // period: u64::MAX seconds plus one more second's worth of nanoseconds.
+    varint(u64::MAX, &mut body);
+    varint(1_000_000_000, &mut body);
+    // max_duration: zero.
+    body.extend([0, 0]);
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend(&body);
+    let mut d = Decoder::new();
+    d.push(&frame);
+    assert!(matches!(d.next::<ToAgent>(), Err(FrameError::Malformed(_))));
+    // The same bytes with nanoseconds in range decode: the test builds the layout right.
+    let mut ok = vec![PROTOCOL_VERSION, variant, 1, 0];
+    varint(u64::MAX, &mut ok);
+    ok.extend([0, 0, 0]);
+    assert_eq!(&valid[4..], &ok[..]);
 }

@@ -16,6 +16,10 @@ fn bytes() -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(any::<u8>(), 0..256)
 }
 
+fn duration() -> impl Strategy<Value = std::time::Duration> {
+    (any::<u64>(), 0..1_000_000_000u32).prop_map(|(s, n)| std::time::Duration::new(s, n))
+}
+
 fn ha() -> impl Strategy<Value = HaState> {
     prop_oneof![
         Just(HaState::Active),
@@ -66,6 +70,17 @@ fn to_agent() -> impl Strategy<Value = ToAgent> {
             request,
             checkpoint
         }),
+        any::<u64>().prop_map(|request| ToAgent::CheckpointFlush { request }),
+        (any::<u64>(), text(), duration(), duration()).prop_map(
+            |(request, key, period, max_duration)| ToAgent::HealthcheckStart {
+                request,
+                key,
+                period,
+                max_duration,
+            }
+        ),
+        (any::<u64>(), text()).prop_map(|(request, key)| ToAgent::HealthcheckStop { request, key }),
+        text().prop_map(|key| ToAgent::HealthcheckSelfConfirm { key }),
     ]
 }
 
@@ -114,6 +129,21 @@ fn to_component() -> impl Strategy<Value = ToComponent> {
         ),
         (any::<u64>(), prop::collection::vec((text(), bytes()), 0..4))
             .prop_map(|(request, sections)| ToComponent::CheckpointData { request, sections }),
+        (any::<u64>(), text(), text(), text()).prop_map(
+            |(request, checkpoint, section, reason)| ToComponent::CheckpointWriteRefused {
+                request,
+                checkpoint,
+                section,
+                reason,
+            }
+        ),
+        (any::<u64>(), any::<bool>(), prop::option::of(text())).prop_map(
+            |(request, ok, reason)| ToComponent::HealthcheckAck {
+                request,
+                ok,
+                reason
+            }
+        ),
     ]
 }
 

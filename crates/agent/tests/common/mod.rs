@@ -178,6 +178,28 @@ impl TestAgent {
         }
     }
 
+    /// Expect `comp` to be reported failed for a missed healthcheck within `limit` (its first
+    /// failure), and nothing more for `then_quiet`: a failure is reported once per incarnation.
+    pub async fn expect_missed_healthcheck_once(
+        &mut self,
+        comp: CompId,
+        limit: Duration,
+        then_quiet: Duration,
+    ) {
+        let r = self
+            .expect(limit, |i| matches!(i, Input::ComponentFailed { .. }))
+            .await;
+        assert_eq!(
+            r.input,
+            Input::ComponentFailed {
+                comp,
+                kind: nines_engine::FaultKind::HealthcheckMissed,
+                recommended: None
+            }
+        );
+        self.expect_silence(then_quiet).await;
+    }
+
     /// Instantiate and wait for the answer.
     pub async fn instantiate(&mut self, comp: CompId) -> Report {
         self.handle

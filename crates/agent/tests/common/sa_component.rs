@@ -108,16 +108,7 @@ fn session(mode: &str) -> Result<i32, Box<dyn std::error::Error>> {
                 Vec::new()
             };
             for (request, section, data) in writes {
-                write_frame(
-                    &mut out,
-                    &ToAgent::CheckpointWrite {
-                        request,
-                        checkpoint: "app/si".into(),
-                        section: section.into(),
-                        data,
-                        sync: request == 1,
-                    },
-                )?;
+                write_section(&mut out, request, section, data, request == 1)?;
             }
             write_frame(
                 &mut out,
@@ -130,6 +121,103 @@ fn session(mode: &str) -> Result<i32, Box<dyn std::error::Error>> {
                 &mut out,
                 &ToAgent::TrackProtectionGroup {
                     si: "app/si".into(),
+                },
+            )?;
+        }
+        "ckpt-refused" => {
+            // Half a frame synchronously, then an async write that would make the checkpoint
+            // too big to read back (refused), then a small async one (stored), then a flush.
+            let half = nines_proto::MAX_FRAME / 2;
+            let writes = [
+                (1, "a", vec![1u8; half], true),
+                (2, "b", vec![2u8; half], false),
+                (3, "c", vec![3u8], false),
+            ];
+            for (request, section, data, sync) in writes {
+                write_section(&mut out, request, section, data, sync)?;
+            }
+            write_frame(&mut out, &ToAgent::CheckpointFlush { request: 4 })?;
+            write_frame(
+                &mut out,
+                &ToAgent::CheckpointRead {
+                    request: 5,
+                    checkpoint: "app/si".into(),
+                },
+            )?;
+        }
+        "hc-self" | "hc-self-stop" => {
+            let ms = std::time::Duration::from_millis;
+            request_and_note(
+                &mut out,
+                &mut input,
+                &ToAgent::HealthcheckStart {
+                    request: 1,
+                    key: "loop".into(),
+                    period: ms(150),
+                    max_duration: ms(250),
+                },
+            )?;
+            // Confirm far more often than needed, for two and a half times the limit.
+            for _ in 0..50 {
+                write_frame(
+                    &mut out,
+                    &ToAgent::HealthcheckSelfConfirm { key: "loop".into() },
+                )?;
+                std::thread::sleep(ms(20));
+            }
+            if mode == "hc-self-stop" {
+                request_and_note(
+                    &mut out,
+                    &mut input,
+                    &ToAgent::HealthcheckStop {
+                        request: 2,
+                        key: "loop".into(),
+                    },
+                )?;
+            }
+            note("confirms done");
+        }
+        "hc-bad" => {
+            let ms = std::time::Duration::from_millis;
+            let start = |request, key: &str, period, max_duration| ToAgent::HealthcheckStart {
+                request,
+                key: key.into(),
+                period,
+                max_duration,
+            };
+            let stop = |request, key: &str| ToAgent::HealthcheckStop {
+                request,
+                key: key.into(),
+            };
+            let requests = [
+                start(1, "k", ms(0), ms(100)),
+                start(2, "k", ms(100), ms(0)),
+                start(3, "", ms(100), ms(100)),
+                start(4, "k", std::time::Duration::from_secs(u64::MAX), ms(100)),
+                stop(5, "never"),
+                start(6, "k", ms(60_000), ms(60_000)),
+                start(7, "k", ms(60_000), ms(60_000)),
+            ];
+            for request in &requests {
+                request_and_note(&mut out, &mut input, request)?;
+            }
+            // Stray confirmations are ignored, however many.
+            for _ in 0..3 {
+                write_frame(
+                    &mut out,
+                    &ToAgent::HealthcheckSelfConfirm {
+                        key: "never".into(),
+                    },
+                )?;
+            }
+            request_and_note(&mut out, &mut input, &stop(8, "k"))?;
+            request_and_note(&mut out, &mut input, &stop(9, "k"))?;
+            // The session still serves requests.
+            write_frame(
+                &mut out,
+                &ToAgent::CheckpointRead {
+                    request: 10,
+                    checkpoint: "app/si".into(),
                 },
             )?;
         }
@@ -219,11 +307,69 @@ fn session(mode: &str) -> Result<i32, Box<dyn std::error::Error>> {
                 reason,
             } => note(&format!("ack {request} {ok} {reason:?}")),
             ToComponent::CheckpointData { request, sections } => {
-                note(&format!("data {request} {sections:?}"))
+                let sizes: Vec<(String, usize)> =
+                    sections.iter().map(|(s, d)| (s.clone(), d.len())).collect();
+                if sizes.iter().any(|(_, len)| *len > 64) {
+                    note(&format!("data {request} sizes {sizes:?}"))
+                } else {
+                    note(&format!("data {request} {sections:?}"))
+                }
             }
+            ToComponent::CheckpointWriteRefused {
+                request,
+                checkpoint,
+                section,
+                reason,
+            } => note(&format!(
+                "refused {request} {checkpoint} {section}: {reason}"
+            )),
+            ToComponent::HealthcheckAck {
+                request,
+                ok,
+                reason,
+            } => note(&format!("hc-ack {request} {ok} {reason:?}")),
             ToComponent::Registered { .. } => note("registered twice?"),
         }
     }
+}
+
+/// Write one section of the SI's checkpoint.
+fn write_section(
+    out: &mut UnixStream,
+    request: u64,
+    section: &str,
+    data: Vec<u8>,
+    sync: bool,
+) -> Result<(), nines_proto::FrameError> {
+    write_frame(
+        out,
+        &ToAgent::CheckpointWrite {
+            request,
+            checkpoint: "app/si".into(),
+            section: section.into(),
+            data,
+            sync,
+        },
+    )
+}
+
+/// Send a request whose answer is the next frame (nothing else is pending in the modes that
+/// use it), and note the answer.
+fn request_and_note(
+    out: &mut UnixStream,
+    input: &mut BufReader<UnixStream>,
+    request: &ToAgent,
+) -> Result<(), Box<dyn std::error::Error>> {
+    write_frame(out, request)?;
+    match read_frame::<_, ToComponent>(input)? {
+        Some(ToComponent::HealthcheckAck {
+            request,
+            ok,
+            reason,
+        }) => note(&format!("hc-ack {request} {ok} {reason:?}")),
+        other => note(&format!("unexpected answer {other:?}")),
+    }
+    Ok(())
 }
 
 /// The same kind of component written with the real client library (`nines-client`): it
@@ -249,8 +395,15 @@ fn run_client() -> ! {
                 let s = self.session.as_ref().ok_or("no session")?;
                 s.checkpoint_write("app/si", "count", b"41", true)
                     .map_err(|e| e.to_string())?;
+                // Asynchronous writes, then a read on the same session: it sees the last one.
+                for seq in 1..=20u8 {
+                    s.checkpoint_write("app/si", "seq", &[seq], false)
+                        .map_err(|e| e.to_string())?;
+                }
                 let sections = s.checkpoint_read("app/si").map_err(|e| e.to_string())?;
                 note(&format!("client read {sections:?}"));
+                s.checkpoint_flush().map_err(|e| e.to_string())?;
+                note("client flushed");
             }
             Ok(())
         }
@@ -267,7 +420,7 @@ fn run_client() -> ! {
         }
     }
     let code = match nines_client::Session::start(Counter { session: None }) {
-        Ok(session) => match session.wait() {
+        Ok(session) => match start_self_healthcheck(&session).and_then(|()| session.wait()) {
             Ok(()) => 0,
             Err(e) => {
                 note(&format!("client wait: {e}"));
@@ -280,4 +433,20 @@ fn run_client() -> ! {
         }
     };
     std::process::exit(code)
+}
+
+/// A component-invoked healthcheck, confirmed from a thread of the component's own.
+fn start_self_healthcheck(
+    session: &nines_client::Session,
+) -> Result<(), nines_client::ClientError> {
+    let ms = std::time::Duration::from_millis;
+    session.healthcheck_start("main", ms(50), ms(500))?;
+    note("client self-healthcheck started");
+    let s = session.clone();
+    std::thread::spawn(move || {
+        while s.healthcheck_confirm("main").is_ok() {
+            std::thread::sleep(ms(10));
+        }
+    });
+    Ok(())
 }
