@@ -40,8 +40,19 @@ pub enum FaultKind {
 /// Something that happened, reported to [`crate::Engine::handle`] with the instant it happened.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Input {
-    /// Begin managing the cluster: instantiate and assign. Sent once, first.
+    /// Begin managing the cluster: instantiate and assign. Sent once, first (after a
+    /// [`Input::Resume`] and the re-applied admin operations, if any).
     Start,
+    /// Before `Start` only: what a restarted driver found still running and what it holds, so
+    /// it is adopted instead of restarted. Taken where consistent; assignments that are not
+    /// taken are removed from their components (see the `resume` module). Ignored after
+    /// `Start`.
+    Resume {
+        /// Components that are running (their processes were adopted).
+        running: Vec<CompId>,
+        /// Confirmed assignments as last recorded: SI, SU, HA state.
+        assignments: Vec<(SiId, nines_model::SuId, HaState)>,
+    },
     /// A life-cycle command finished.
     CommandDone {
         /// The component.

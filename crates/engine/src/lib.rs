@@ -15,6 +15,7 @@ mod lifecycle;
 mod metrics;
 mod reconcile;
 mod redundancy;
+mod resume;
 mod runtime;
 mod states;
 mod time;
@@ -168,6 +169,10 @@ impl Engine {
         self.now = self.now.max(now);
         match input {
             Input::Start => self.start(),
+            Input::Resume {
+                running,
+                assignments,
+            } => self.resume(&running, &assignments),
             Input::CommandDone {
                 comp,
                 command,

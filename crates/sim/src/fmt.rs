@@ -86,6 +86,28 @@ fn ha(h: HaState) -> &'static str {
 pub fn input(m: &Model, i: &Input) -> String {
     match i {
         Input::Start => "Start".to_string(),
+        Input::Resume {
+            running,
+            assignments,
+        } => {
+            let running: Vec<&str> = running.iter().map(|c| comp(m, *c)).collect();
+            let held: Vec<String> = assignments
+                .iter()
+                .map(|(si, su, h)| {
+                    format!(
+                        "{} {} {}",
+                        m.path(EntityRef::Si(*si)),
+                        m.path(EntityRef::Su(*su)),
+                        ha(*h)
+                    )
+                })
+                .collect();
+            format!(
+                "Resume running [{}] holding [{}]",
+                running.join(", "),
+                held.join(", ")
+            )
+        }
         Input::CommandDone {
             comp: c,
             command: k,
