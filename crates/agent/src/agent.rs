@@ -18,13 +18,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use nines_engine::{FaultKind, HaState, Input, Instant};
 use nines_model::{Comp, CompId, CsiId, Model, NodeId, Recovery};
 use tokio::runtime::Handle;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 use crate::clock::Clock;
 use crate::env;
 use crate::host::{host_for, Host};
 use crate::pidfd::{Live, Proc};
 use crate::protection::ProtectionGroups;
+use crate::records::Records;
 use crate::session::SessionLink;
 use crate::spawn;
 use crate::spawning::SpawningMap;
@@ -35,6 +36,9 @@ use crate::Report;
 pub(crate) enum Phase {
     /// Spawned; an SA-aware component has not registered yet.
     Instantiating,
+    /// Adopted from a previous agent (see [`crate::adopt`]); an SA-aware component has not
+    /// registered again yet.
+    Adopting,
     /// Instantiation was reported failed or timed out; the process may still run until the
     /// engine's cleanup.
     Abandoned,
@@ -59,6 +63,8 @@ pub(crate) struct Incarnation {
     pub failed: bool,
     /// The SA-aware session, once registered.
     pub session: Option<Arc<SessionLink>>,
+    /// What an adopted SA-aware component said it holds when it registered again.
+    pub held: Vec<(CsiId, HaState)>,
 }
 
 /// Everything an agent's tasks share.
@@ -76,6 +82,10 @@ pub(crate) struct Agent {
     pub host: Arc<Host>,
     pub live: Arc<Live>,
     next_id: AtomicU64,
+    /// Woken when a component registers or exits (adoption waits on it).
+    pub changed: Notify,
+    /// Where running component processes are recorded for a later agent to adopt.
+    pub records: Records,
     /// Components whose process is being started, and the actions waiting for them.
     pub spawning: watch::Sender<SpawningMap>,
     /// Set once at shutdown; stops the accept and sweep loops.
@@ -92,6 +102,7 @@ impl Agent {
         clock: Clock,
         rt: Handle,
         reports: mpsc::UnboundedSender<Report>,
+        records: Records,
     ) -> Agent {
         Agent {
             node,
@@ -106,6 +117,8 @@ impl Agent {
             live: Arc::new(Live::default()),
             next_id: AtomicU64::new(1),
             spawning: watch::channel(SpawningMap::new()).0,
+            changed: Notify::new(),
+            records,
             stop: watch::channel(false).0,
         }
     }

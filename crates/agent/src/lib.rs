@@ -52,6 +52,7 @@
 #![warn(missing_docs)]
 
 mod actions;
+mod adopt;
 mod agent;
 mod checkpoint;
 mod clock;
@@ -65,6 +66,7 @@ mod lifecycle;
 mod pidfd;
 mod protection;
 mod reaper;
+mod records;
 mod session;
 mod socket;
 mod spawn;
@@ -81,6 +83,7 @@ use nines_engine::ActionKind;
 use nines_model::{CompId, Model, NodeId};
 use tokio::sync::mpsc;
 
+pub use adopt::Adopted;
 pub use clock::Clock;
 pub use commands::REAP_GRACE;
 pub use env::{csi_var, ENV_AGENT_SOCKET, ENV_COMPONENT, ENV_COMPONENT_PID, ENV_NODE};
@@ -111,6 +114,13 @@ pub struct AgentOptions {
     pub log_dir: Option<PathBuf>,
     /// The clock that stamps every report; share it with the engine's driver.
     pub clock: Clock,
+    /// Directory where the agent records the processes it runs (one small file each), so
+    /// that an agent started after this one died can adopt them; `None` keeps no record.
+    pub record_dir: Option<PathBuf>,
+    /// Adopt the processes recorded in `record_dir` by an earlier agent of this node (see
+    /// [`AgentHandle::adopted`]). When false they are killed: what a fenced node ran is
+    /// stale.
+    pub adopt: bool,
 }
 
 /// A fact for the engine, stamped with the instant it was observed.
@@ -156,6 +166,7 @@ pub async fn start(
         std::fs::create_dir_all(dir)?;
     }
     let sigchld = reaper::sigchld()?;
+    let records = records::Records::new(opts.record_dir)?;
     let listener = socket::bind(&opts.socket)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let agent = Arc::new(Agent::new(
@@ -166,7 +177,9 @@ pub async fn start(
         opts.clock,
         tokio::runtime::Handle::current(),
         tx,
+        records,
     ));
+    adopt::recorded(&agent, opts.adopt);
     tokio::spawn(reaper::sweep_loop(sigchld, agent.stop.subscribe()));
     tokio::spawn(socket::accept_loop(agent.clone(), listener));
     tracing::info!(
@@ -199,6 +212,14 @@ impl AgentHandle {
             .collect();
         out.sort();
         out
+    }
+
+    /// The components this agent adopted when it started (see [`AgentOptions::adopt`]), once
+    /// each SA-aware one has registered again and said which CSIs it holds; those that did
+    /// not within their instantiate timeout are killed and left out. Call it once, before the
+    /// engine is started: the engine's `Input::Resume` is built from it.
+    pub async fn adopted(&self) -> Vec<Adopted> {
+        adopt::settle(&self.agent).await
     }
 
     /// The node this agent runs.

@@ -64,8 +64,9 @@ pub(crate) fn instantiate(agent: &Arc<Agent>, comp: CompId) {
                 drop(comps);
                 return done(agent, comp, Command::Instantiate, Outcome::Failed);
             }
-            Phase::Abandoned | Phase::Exited => {
-                // Never leave an earlier incarnation running unsupervised.
+            Phase::Abandoned | Phase::Exited | Phase::Adopting => {
+                // Never leave an earlier incarnation running unsupervised (an adopted one
+                // that has not registered again is not vouched for either).
                 old.proc.signal_group(Signal::KILL);
             }
         }
@@ -124,9 +125,11 @@ fn spawn_incarnation(agent: &Arc<Agent>, comp: CompId) {
             },
             failed: false,
             session: None,
+            held: Vec::new(),
         },
     );
     drop(comps);
+    agent.records.write(&m.path, proc.pid());
     tracing::info!(component = %m.path, pid = proc.pid(), "started");
     let leader = proc.leader();
     let a = agent.clone();
@@ -169,7 +172,7 @@ async fn registration_deadline(agent: &Arc<Agent>, comp: CompId, gen: u64, limit
 }
 
 /// The leader of incarnation `gen` exited (and is reaped): a failure if nobody asked for it.
-fn on_exit(agent: &Arc<Agent>, comp: CompId, gen: u64, exit: Exit) {
+pub(crate) fn on_exit(agent: &Arc<Agent>, comp: CompId, gen: u64, exit: Exit) {
     let path = &agent.comp(comp).path;
     let mut comps = agent.comps();
     let Some(inc) = comps.get_mut(&comp) else {
@@ -180,6 +183,7 @@ fn on_exit(agent: &Arc<Agent>, comp: CompId, gen: u64, exit: Exit) {
     }
     let phase = inc.phase;
     let first_failure = !inc.failed;
+    agent.records.remove(path, inc.proc.pid());
     if phase != Phase::Stopping {
         inc.phase = Phase::Exited;
     }
@@ -190,6 +194,7 @@ fn on_exit(agent: &Arc<Agent>, comp: CompId, gen: u64, exit: Exit) {
         inc.failed = true;
     }
     drop(comps);
+    agent.changed.notify_waiters();
     agent.groups().remove_comp(&agent.model, comp);
     match phase {
         Phase::Instantiating => {
@@ -213,6 +218,9 @@ fn on_exit(agent: &Arc<Agent>, comp: CompId, gen: u64, exit: Exit) {
                     recommended: None,
                 },
             );
+        }
+        Phase::Adopting => {
+            tracing::warn!(component = %path, "adopted component exited before registering again");
         }
         _ => tracing::info!(component = %path, status = %exit.status, "exited"),
     }
@@ -247,6 +255,7 @@ fn begin_stop(agent: &Agent, comp: CompId, keep_session: bool) -> Option<Incarna
         phase: Phase::Stopping,
         failed: inc.failed,
         session,
+        held: Vec::new(),
     })
 }
 

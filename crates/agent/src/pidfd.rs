@@ -140,6 +140,7 @@ impl Proc {
             fd: None,
             tx: Some(tx),
             live: Some(live.enter()),
+            adopted: false,
         };
         let fd = match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
             Ok(fd) => fd,
@@ -170,6 +171,51 @@ impl Proc {
     /// The leader's pid, which is also the process group id.
     pub(crate) fn pid(&self) -> u32 {
         self.pid.as_raw_nonzero().get().unsigned_abs()
+    }
+
+    /// Watch a process group this agent did not start: the leader of a component that a
+    /// previous agent started and that outlived it (it was reparented, so it is not our child
+    /// and cannot be reaped here; whoever it was reparented to reaps it). `expected_start` is
+    /// the leader's start time as recorded at spawn: checked after the pidfd is open, since
+    /// the pidfd pins the process, so a recycled pid is never adopted.
+    pub(crate) fn adopt(
+        pid: Pid,
+        expected_start: u64,
+        clock: Clock,
+        live: &Arc<Live>,
+    ) -> io::Result<Arc<Proc>> {
+        let fd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;
+        let raw = pid.as_raw_nonzero().get().unsigned_abs();
+        if start_time(raw) != Some(expected_start) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("pid {raw} is another process now"),
+            ));
+        }
+        let group = rustix::process::getpgid(Some(pid))?;
+        if group != pid {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("pid {raw} no longer leads its own process group"),
+            ));
+        }
+        let (tx, rx) = watch::channel(None);
+        let proc = Arc::new(Proc {
+            pid,
+            reaped: Mutex::new(false),
+            exit: rx,
+        });
+        // SAFETY: as in `spawn`: the `AsyncFd` owns the descriptor from here on.
+        let afd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?;
+        let guard = WatchGuard {
+            proc: proc.clone(),
+            fd: Some(afd),
+            tx: Some(tx),
+            live: Some(live.enter()),
+            adopted: true,
+        };
+        tokio::spawn(watch_exit(guard, clock));
+        Ok(proc)
     }
 
     /// The leader's pid, which is also the process group's id.
@@ -220,6 +266,9 @@ struct WatchGuard {
     fd: Option<AsyncFd<OwnedFd>>,
     tx: Option<watch::Sender<Option<Exit>>>,
     live: Option<LiveGuard>,
+    /// Not our child (see [`Proc::adopt`]): its exit is final once the pidfd is readable,
+    /// and there is nothing to reap.
+    adopted: bool,
 }
 
 impl WatchGuard {
@@ -230,12 +279,16 @@ impl WatchGuard {
         let mut reaped = self.proc.reaped.lock().unwrap_or_else(|e| e.into_inner());
         // The leader is a zombie and pins the group id: safe to kill the rest of the group.
         let _ = rustix::process::kill_process_group(self.proc.pid, Signal::KILL);
-        let status = match reaper::reap_tracked(fd.get_ref().as_fd(), self.proc.pid) {
-            Ok(Some(status)) => ExitStatus::from_wait(Some(&status)),
-            Ok(None) => return None,
-            Err(e) => {
-                tracing::warn!(pid = self.proc.pid(), error = %e, "cannot reap process");
-                ExitStatus::Unknown
+        let status = if self.adopted {
+            ExitStatus::Unknown
+        } else {
+            match reaper::reap_tracked(fd.get_ref().as_fd(), self.proc.pid) {
+                Ok(Some(status)) => ExitStatus::from_wait(Some(&status)),
+                Ok(None) => return None,
+                Err(e) => {
+                    tracing::warn!(pid = self.proc.pid(), error = %e, "cannot reap process");
+                    ExitStatus::Unknown
+                }
             }
         };
         *reaped = true;
@@ -264,6 +317,18 @@ impl Drop for WatchGuard {
         let proc = self.proc.clone();
         let tx = self.tx.take();
         let live = self.live.take();
+        if self.adopted {
+            // Killed above; not ours to reap.
+            *proc.reaped.lock().unwrap_or_else(|e| e.into_inner()) = true;
+            if let Some(tx) = tx {
+                let _ = tx.send(Some(Exit {
+                    at: Instant::ZERO,
+                    status: ExitStatus::Unknown,
+                }));
+            }
+            drop(live);
+            return;
+        }
         let reap = move || {
             let status = match &fd {
                 Some(fd) => reaper::reap_tracked_blocking(fd.as_fd(), proc.pid),
@@ -323,4 +388,15 @@ async fn watch_exit(mut guard: WatchGuard, clock: Clock) {
             return;
         }
     }
+}
+
+/// A process's start time (clock ticks since boot, field 22 of `/proc/PID/stat`), or `None`
+/// if it does not exist. With the pid it names one process for good: pids are reused, start
+/// times of one pid are not.
+pub(crate) fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `comm` (field 2) is in parentheses and may contain spaces and parentheses: fields are
+    // counted after the last ')'. Field 3 is the first after it, so field 22 is the 20th.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }

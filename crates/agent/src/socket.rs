@@ -15,9 +15,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nines_engine::{Command, Input, Outcome};
-use nines_model::{CompKind, EntityRef};
-use nines_proto::{Decoder, FrameError, ToAgent, ToComponent};
+use nines_engine::{Command, HaState, Input, Outcome};
+use nines_model::{CompId, CompKind, CsiId, EntityRef};
+use nines_proto::{Decoder, FrameError, HeldCsi, ToAgent, ToComponent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedReadHalf;
 use tokio::net::{UnixListener, UnixStream};
@@ -27,7 +27,7 @@ use crate::agent::{Agent, Phase};
 use crate::dispatch::handle;
 use crate::healthcheck;
 use crate::session::{SessionLink, OUTBOX};
-use crate::{spawner, spawning};
+use crate::{spawner, spawning, wire};
 
 /// How long a new connection may take to send its `Register`.
 pub const REGISTER_WAIT: Duration = Duration::from_secs(10);
@@ -138,7 +138,8 @@ async fn serve(agent: Arc<Agent>, stream: UnixStream) {
             component,
             pid,
             version,
-        }))) => match register_once_spawned(&agent, &component, peer, tx.clone()).await {
+            held,
+        }))) => match register_once_spawned(&agent, &component, peer, held, tx.clone()).await {
             Ok(link) => {
                 tracing::info!(component = %component, pid, "registered");
                 link
@@ -217,18 +218,22 @@ async fn register_once_spawned(
     agent: &Arc<Agent>,
     component: &str,
     peer: Option<i32>,
+    held: Vec<HeldCsi>,
     tx: mpsc::Sender<Vec<u8>>,
 ) -> Result<Arc<SessionLink>, String> {
     if let Some(EntityRef::Comp(comp)) = agent.model.find(component) {
         spawning::settled(agent, comp).await;
     }
-    register(agent, component, peer, tx)
+    let result = register(agent, component, peer, &held, tx);
+    agent.changed.notify_waiters();
+    result
 }
 
 fn register(
     agent: &Arc<Agent>,
     component: &str,
     peer: Option<i32>,
+    held: &[HeldCsi],
     tx: mpsc::Sender<Vec<u8>>,
 ) -> Result<Arc<SessionLink>, String> {
     let Some(EntityRef::Comp(comp)) = agent.model.find(component) else {
@@ -250,7 +255,8 @@ fn register(
     if inc.session.is_some() {
         return Err(format!("{component} is already registered"));
     }
-    if inc.phase != Phase::Instantiating {
+    let adopted = inc.phase == Phase::Adopting;
+    if !adopted && inc.phase != Phase::Instantiating {
         return Err(format!(
             "{component} is not being instantiated (its instantiation {})",
             match inc.phase {
@@ -281,20 +287,56 @@ fn register(
     let link = SessionLink::new(comp, inc.gen, tx);
     inc.session = Some(link.clone());
     inc.phase = Phase::Running;
+    if adopted {
+        inc.held = resolve_held(agent, comp, held);
+    }
     let gen = inc.gen;
     let group_leader = inc.proc.leader();
+    let held_now = inc.held.clone();
     drop(comps);
-    // Registered: the component is started, and runs at the agent's priority from now on.
-    spawner::restore(group_leader);
-    agent.report(
-        agent.clock.now(),
-        Input::CommandDone {
-            comp,
-            command: Command::Instantiate,
-            outcome: Outcome::Ok,
-        },
-    );
+    if adopted {
+        // Back under supervision with the work it says it holds; the engine learns of it
+        // through `AgentHandle::adopted`, not as an instantiation.
+        for (csi, ha) in held_now {
+            agent.set_membership(comp, csi, Some(ha));
+        }
+    } else {
+        // Registered: the component is started, and runs at the agent's priority from now on.
+        spawner::restore(group_leader);
+        agent.report(
+            agent.clock.now(),
+            Input::CommandDone {
+                comp,
+                command: Command::Instantiate,
+                outcome: Outcome::Ok,
+            },
+        );
+    }
     healthcheck::start_healthcheck(agent, comp, gen);
     healthcheck::start_monitor(agent, comp, gen);
     Ok(link)
+}
+
+/// The CSIs an adopted component says it holds, as ids: only CSIs this component serves
+/// count (anything else is a confused or hostile claim, logged and ignored).
+fn resolve_held(agent: &Agent, comp: CompId, held: &[HeldCsi]) -> Vec<(CsiId, HaState)> {
+    let m = &agent.model;
+    let su = m.comps[comp.index()].su;
+    let mut out = Vec::new();
+    for h in held {
+        match m.find(&h.csi) {
+            Some(EntityRef::Csi(csi))
+                if m.sis[m.csis[csi.index()].si.index()].sg == m.sus[su.index()].sg
+                    && m.comp_for(su, csi) == comp =>
+            {
+                out.push((csi, wire::ha_from_wire(h.ha)));
+            }
+            _ => tracing::warn!(
+                component = %m.comps[comp.index()].path,
+                csi = %h.csi,
+                "an adopted component claims a CSI it does not serve; ignored"
+            ),
+        }
+    }
+    out
 }

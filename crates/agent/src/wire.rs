@@ -17,6 +17,16 @@ pub(crate) fn ha_to_wire(ha: HaState) -> proto::HaState {
     }
 }
 
+/// The engine's form of an HA state a component reports.
+pub(crate) fn ha_from_wire(ha: proto::HaState) -> HaState {
+    match ha {
+        proto::HaState::Active => HaState::Active,
+        proto::HaState::Standby => HaState::Standby,
+        proto::HaState::Quiescing => HaState::Quiescing,
+        proto::HaState::Quiesced => HaState::Quiesced,
+    }
+}
+
 /// The engine's form of a recommended recovery; "no recommendation" leaves the choice to the
 /// component's configured recovery.
 pub(crate) fn recovery_from_wire(r: proto::Recovery) -> Option<Recovery> {

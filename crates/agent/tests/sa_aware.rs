@@ -297,6 +297,8 @@ async fn socket_is_owner_only_and_stale_files_are_replaced() {
             socket: t.handle.socket().to_path_buf(),
             log_dir: None,
             clock: nines_agent::Clock::new(),
+            record_dir: None,
+            adopt: false,
         })
         .await;
         assert_eq!(
@@ -351,6 +353,7 @@ async fn registration_is_checked() {
                     component: "app/sg/su/c".into(),
                     pid: std::process::id(),
                     version: nines_proto::PROTOCOL_VERSION,
+                    held: Vec::new(),
                 },
             )
             .expect("write");

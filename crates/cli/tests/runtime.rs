@@ -47,7 +47,7 @@ impl Drop for TempDir {
 
 /// `nines run` as a child, stopped if the test fails before it stopped it: SIGTERM first (the
 /// runtime then terminates its components), else SIGKILL and a kill of every component the
-/// state directory's `pids.json` lists, so a failed test leaves nothing running either.
+/// agents' records in the state directory list, so a failed test leaves nothing running either.
 struct RunChild {
     child: Child,
     pids: Vec<u32>,
@@ -63,20 +63,38 @@ impl Drop for RunChild {
                 let _ = self.child.wait();
             }
         }
-        let listed = std::fs::read_to_string(self.state.join("pids.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok());
-        let listed = listed
-            .as_ref()
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(|e| e["pid"].as_u64())
-            .map(|p| p as u32);
+        let listed = recorded_pids(&self.state);
         for pid in self.pids.iter().copied().chain(listed) {
             signal(pid, rustix::process::Signal::KILL);
         }
     }
+}
+
+/// The component pids the agents of a state directory have recorded
+/// (`agents/NODE.procs/*.pid`, second line `PID START`).
+fn recorded_pids(state: &Path) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(nodes) = std::fs::read_dir(state.join("agents")) else {
+        return out;
+    };
+    for node in nodes.flatten().filter(|n| n.path().is_dir()) {
+        for f in std::fs::read_dir(node.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let text = std::fs::read_to_string(f.path()).unwrap_or_default();
+            if let Some(pid) = text
+                .lines()
+                .nth(1)
+                .and_then(|l| l.split_whitespace().next())
+                .and_then(|p| p.parse().ok())
+            {
+                out.push(pid);
+            }
+        }
+    }
+    out
 }
 
 fn signal(pid: u32, sig: rustix::process::Signal) {
@@ -303,69 +321,228 @@ fn run_status_adm_switchover_events_and_sigterm() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("run 1 stopped"));
 }
 
+fn spawn_run(cfg: &str, state: &str, log: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_nines"))
+        .args(["run", cfg, "--state-dir", state])
+        .stdout(Stdio::from(
+            std::fs::File::create(log).expect("console file"),
+        ))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nines run starts")
+}
+
+/// SIGKILLs `nines run`, like a crash: its components are reparented and keep running.
+fn crash(run: &mut RunChild) {
+    signal(run.child.id(), rustix::process::Signal::KILL);
+    let _ = run.child.wait();
+    assert!(
+        run.pids.iter().all(|&p| alive(p)),
+        "the components outlive a SIGKILLed nines run (this is what the restart must handle)"
+    );
+}
+
+/// Stops `nines run` with SIGTERM and checks that it took every component with it.
+fn stop(mut run: RunChild) {
+    signal(run.child.id(), rustix::process::Signal::TERM);
+    let status = wait_exit(&mut run.child, Duration::from_secs(20)).expect("exits");
+    assert_eq!(status.code(), Some(0));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for &p in &run.pids {
+        while alive(p) {
+            assert!(
+                Instant::now() < deadline,
+                "component {p} outlived nines run"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 #[test]
-fn a_run_killed_with_sigkill_leaves_no_duplicates_after_a_restart() {
+fn a_restarted_run_adopts_the_components_a_crashed_run_left_running() {
     let dir = TempDir::new("crash");
     let cfg = dir.path("two-n.yaml");
     std::fs::write(&cfg, CONFIG).expect("write config");
     let state = dir.path("state");
-    let spawn = || {
-        Command::new(env!("CARGO_BIN_EXE_nines"))
-            .args(["run", &cfg, "--state-dir", &state])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nines run starts")
-    };
     let settled = |s: &Value| holder(s, "active").is_some() && holder(s, "standby").is_some();
 
     let mut first = RunChild {
-        child: spawn(),
+        child: spawn_run(&cfg, &state, &dir.0.join("run1.out")),
         pids: Vec::new(),
         state: PathBuf::from(&state),
     };
     let s = wait_status(&state, "the first run settled", settled);
     first.pids = component_pids(&s);
     assert_eq!(first.pids.len(), 2, "{s}");
-    // The pids reach pids.json once the runtime is idle; wait for both before the "crash".
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !first.pids.iter().all(|p| {
-        std::fs::read_to_string(Path::new(&state).join("pids.json"))
-            .is_ok_and(|t| t.contains(&format!("\"pid\": {p}")))
-    }) {
-        assert!(
-            Instant::now() < deadline,
-            "pids.json never listed {:?}",
-            first.pids
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    signal(first.child.id(), rustix::process::Signal::KILL);
-    let _ = first.child.wait();
-    assert!(
-        first.pids.iter().all(|&p| alive(p)),
-        "the components outlive a SIGKILLed nines run (this is what the restart must handle)"
+    let mut recorded = recorded_pids(Path::new(&state));
+    recorded.sort_unstable();
+    let mut expected = first.pids.clone();
+    expected.sort_unstable();
+    assert_eq!(
+        recorded, expected,
+        "every component is recorded as soon as it runs"
     );
+    crash(&mut first);
 
     let mut second = RunChild {
-        child: spawn(),
+        child: spawn_run(&cfg, &state, &dir.0.join("run2.out")),
         pids: Vec::new(),
         state: PathBuf::from(&state),
     };
     let s = wait_status(&state, "the second run settled", settled);
-    second.pids = component_pids(&s);
     assert_eq!(s["run"], 2);
-    for &p in &first.pids {
-        assert!(
-            !alive(p),
-            "component {p} of the crashed run still runs next to the new ones"
-        );
-        assert!(!second.pids.contains(&p));
+    second.pids = component_pids(&s);
+    let mut now = second.pids.clone();
+    now.sort_unstable();
+    assert_eq!(
+        now, expected,
+        "the same processes, adopted, not new ones: {s}"
+    );
+    let events = nines(&["events", "--json", "--state-dir", &state]);
+    let adopted = String::from_utf8_lossy(&events.stdout)
+        .lines()
+        .filter(|l| l.contains("\"event\":\"adopted\""))
+        .count();
+    assert_eq!(adopted, 2, "{}", String::from_utf8_lossy(&events.stdout));
+    let instantiated_in_run_2 = String::from_utf8_lossy(&events.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["run"] == 2 && v["event"] == "instantiating")
+        .count();
+    assert_eq!(instantiated_in_run_2, 0, "nothing was started again");
+    stop(second);
+}
+
+/// The counter config for `port`, run by this very binary.
+fn counter_config(port: u16) -> String {
+    format!(
+        "\
+cluster: adopt
+nodes: [node-1, node-2]
+apps:
+  counter:
+    sgs:
+      sg:
+        redundancy: 2n
+        units:
+          su-1: {{ node: node-1, rank: 1 }}
+          su-2: {{ node: node-2, rank: 2 }}
+        components:
+          counterd:
+            kind: sa-aware
+            instantiate: [{exe:?}, example, counter]
+            timeouts: {{ instantiate: 10s, terminate: 2s, cleanup: 2s, callback: 2s }}
+            healthcheck: {{ period: 200ms, max_duration: 200ms }}
+            recovery: failover
+    sis:
+      si: {{ sg: sg, csis: {{ main: {{ component: counterd, attrs: {{ port: \"{port}\" }} }} }} }}
+",
+        exe = env!("CARGO_BIN_EXE_nines"),
+    )
+}
+
+/// One `inc` on the counter at `port`: the new value, or why not.
+fn inc(port: u16) -> Result<u64, String> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"inc\n").map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    BufReader::new(s)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    nines_example_counter::protocol::parse_reply(&line)
+}
+
+/// Increments until one succeeds (the service may be failing over), within 20 s.
+fn inc_eventually(port: u16) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match inc(port) {
+            Ok(v) => return v,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "the counter never answered: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
     }
-    signal(second.child.id(), rustix::process::Signal::TERM);
-    let status = wait_exit(&mut second.child, Duration::from_secs(15)).expect("exits");
-    assert_eq!(status.code(), Some(0));
-    for &p in &second.pids {
-        assert!(!alive(p), "component {p} outlived nines run");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+#[test]
+fn an_adopted_counter_keeps_its_work_and_state_through_a_crash_and_a_later_failover() {
+    let dir = TempDir::new("adopt-ctr");
+    let port = free_port();
+    let cfg = dir.path("counter.yaml");
+    std::fs::write(&cfg, counter_config(port)).expect("write config");
+    let state = dir.path("state");
+    let settled = |s: &Value| holder(s, "active").is_some() && holder(s, "standby").is_some();
+
+    let mut first = RunChild {
+        child: spawn_run(&cfg, &state, &dir.0.join("run1.out")),
+        pids: Vec::new(),
+        state: PathBuf::from(&state),
+    };
+    let s = wait_status(&state, "the first run settled", settled);
+    first.pids = component_pids(&s);
+    let active = holder(&s, "active").expect("active");
+    let mut last = 0;
+    for _ in 0..5 {
+        let v = inc_eventually(port);
+        assert!(v > last, "{v} after {last}");
+        last = v;
     }
+    crash(&mut first);
+
+    let mut second = RunChild {
+        child: spawn_run(&cfg, &state, &dir.0.join("run2.out")),
+        pids: Vec::new(),
+        state: PathBuf::from(&state),
+    };
+    let s = wait_status(&state, "the second run settled", |s| {
+        settled(s) && s["run"] == 2
+    });
+    second.pids = component_pids(&s);
+    let mut a = second.pids.clone();
+    let mut b = first.pids.clone();
+    a.sort_unstable();
+    b.sort_unstable();
+    assert_eq!(a, b, "both counters adopted, none restarted: {s}");
+    assert_eq!(
+        holder(&s, "active"),
+        Some(active.clone()),
+        "the active stays active: {s}"
+    );
+    // The restarted agent lost its checkpoints; the active gave its own back when it
+    // registered again, so a failover now, before anything new is written, continues from
+    // the last acknowledged value.
+    let active_pid = s["sgs"][0]["sus"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|su| su["path"] == active.as_str())
+        .and_then(|su| su["components"][0]["pid"].as_u64())
+        .expect("the active component's pid") as u32;
+    signal(active_pid, rustix::process::Signal::KILL);
+    let s = wait_status(&state, "the failover after the restart", |s| {
+        holder(s, "active").is_some_and(|h| h != active)
+    });
+    let v = inc_eventually(port);
+    assert!(
+        v > last,
+        "after the failover the counter went back from {last} to {v}: the standby did not get \
+         the checkpoint"
+    );
+    second.pids = component_pids(&s);
+    let repaired = wait_status(&state, "the repair", settled);
+    second.pids = component_pids(&repaired);
+    stop(second);
 }

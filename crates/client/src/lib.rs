@@ -52,19 +52,20 @@
 //!   an assignment the agent can no longer supervise could make two actives.
 #![warn(missing_docs)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufReader, ErrorKind};
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::Duration;
 
 use nines_proto::{
-    read_frame, write_frame, FrameError, ToAgent, ToComponent, ENV_AGENT_SOCKET, ENV_COMPONENT,
-    PROTOCOL_VERSION,
+    read_frame, write_frame, FrameError, HeldCsi, ToAgent, ToComponent, ENV_AGENT_SOCKET,
+    ENV_COMPONENT, PROTOCOL_VERSION,
 };
 pub use nines_proto::{HaState, Recovery};
 
@@ -73,6 +74,16 @@ pub use nines_proto::{HaState, Recovery};
 /// for replication to another node; the agent is local and otherwise answers in microseconds.
 /// Also the send timeout: a write that cannot go out within it ends the session.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a session whose agent went away keeps trying to register again, at
+/// [`RECONNECT_RETRY`] intervals, before it closes. The component keeps its work meanwhile:
+/// the agent (or the `nines run` around it) may be restarting, and a restarted agent adopts
+/// components that come back instead of starting duplicates of them. Requests made while the
+/// agent is away fail with [`ClientError::Disconnected`].
+pub const RECONNECT_WINDOW: Duration = Duration::from_secs(10);
+
+/// Pause between two attempts to reach a restarted agent.
+pub const RECONNECT_RETRY: Duration = Duration::from_millis(20);
 
 /// What an SA-aware component does when the availability manager talks to it.
 ///
@@ -150,6 +161,11 @@ pub enum ClientError {
     /// write to it failed. Every later call fails the same way.
     #[error("the connection to the nines agent is closed")]
     Closed,
+    /// The agent is unreachable for now and the session is trying to register again (see
+    /// [`RECONNECT_WINDOW`]); the request was not carried out. Once the session gives up,
+    /// calls fail with [`ClientError::Closed`].
+    #[error("the nines agent is unreachable; reconnecting")]
+    Disconnected,
     /// The agent did not answer within [`REQUEST_TIMEOUT`].
     #[error("the nines agent did not answer within {REQUEST_TIMEOUT:?}")]
     Timeout,
@@ -204,11 +220,25 @@ type Sections = Vec<(String, Vec<u8>)>;
 struct Inner {
     /// Entity path, for logs.
     component: String,
-    /// Write half; the lock keeps frames from different threads whole.
+    /// The agent's socket, to reconnect to.
+    socket_path: PathBuf,
+    /// How long to try to register again after the agent went away.
+    reconnect_window: Duration,
+    /// Write half; the lock keeps frames from different threads whole. Replaced when the
+    /// session registers again with a restarted agent.
     writer: Mutex<UnixStream>,
     /// Another handle on the socket, only to shut it down: it must not be behind the writer's
     /// lock, which a blocked write may hold.
-    socket: UnixStream,
+    socket: Mutex<UnixStream>,
+    /// Whether the connection is up (false while reconnecting).
+    connected: std::sync::atomic::AtomicBool,
+    /// The CSIs this component accepted and holds: CSI path → (SI path, HA state). Sent when
+    /// registering again, so a restarted agent resumes from the component's own account.
+    held: Mutex<BTreeMap<String, (String, HaState)>>,
+    /// The latest data of every checkpoint section this component wrote while active:
+    /// checkpoint → section → data. A restarted agent has lost its checkpoints; the active
+    /// component that wrote them gives them back when it registers again.
+    written: Mutex<BTreeMap<String, BTreeMap<String, Vec<u8>>>>,
     requests: Mutex<Requests>,
     /// Checkpoints that arrived with an activation (name → sections), each answering the next
     /// [`Session::checkpoint_read`] of that name without a round trip. Dropped by a write to
@@ -305,6 +335,73 @@ fn env_var(name: &'static str) -> Result<String, ClientError> {
     }
 }
 
+/// One registered connection to an agent.
+struct Connection {
+    /// Read half, buffered: the agent may send its first request right behind `Registered`,
+    /// and those bytes must reach the reader thread, not be lost with a temporary buffer.
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    shutdown: UnixStream,
+}
+
+impl Connection {
+    /// Connects to `socket` and registers as `component`, saying it holds `held`.
+    /// Each wait for the agent lasts at most `patience`.
+    fn open(
+        socket: &Path,
+        component: &str,
+        held: Vec<HeldCsi>,
+        patience: Duration,
+    ) -> Result<Connection, ClientError> {
+        let setup = |source| ClientError::Connect {
+            path: socket.to_path_buf(),
+            source,
+        };
+        let stream = UnixStream::connect(socket).map_err(setup)?;
+        let patience = patience.max(Duration::from_millis(1));
+        stream.set_read_timeout(Some(patience)).map_err(setup)?;
+        stream.set_write_timeout(Some(patience)).map_err(setup)?;
+        let writer = stream.try_clone().map_err(setup)?;
+        let shutdown = stream.try_clone().map_err(setup)?;
+        let mut reader = BufReader::new(stream);
+        write_frame(
+            &mut &writer,
+            &ToAgent::Register {
+                component: component.to_owned(),
+                pid: std::process::id(),
+                version: PROTOCOL_VERSION,
+                held,
+            },
+        )
+        .map_err(registration_error)?;
+        match read_frame::<_, ToComponent>(&mut reader).map_err(registration_error)? {
+            Some(ToComponent::Registered { ok: true, .. }) => {}
+            Some(ToComponent::Registered { ok: false, reason }) => {
+                return Err(ClientError::Refused(
+                    reason.unwrap_or_else(|| "no reason given".to_owned()),
+                ))
+            }
+            Some(other) => {
+                return Err(ClientError::Protocol(FrameError::Malformed(format!(
+                    "expected Registered, got {}",
+                    kind(&other)
+                ))))
+            }
+            None => return Err(ClientError::Closed),
+        }
+        // From now on the reader waits for the agent indefinitely: silence is normal.
+        reader.get_ref().set_read_timeout(None).map_err(setup)?;
+        writer
+            .set_write_timeout(Some(REQUEST_TIMEOUT))
+            .map_err(setup)?;
+        Ok(Connection {
+            reader,
+            writer,
+            shutdown,
+        })
+    }
+}
+
 impl Session {
     /// Connects using `NINES_AGENT_SOCKET` and `NINES_COMPONENT` (set by the agent when it
     /// spawns the component), registers, then dispatches callbacks to `component` on a
@@ -326,55 +423,38 @@ impl Session {
         component_path: &str,
         component: C,
     ) -> Result<Session, ClientError> {
+        Self::start_with_reconnect(socket, component_path, component, RECONNECT_WINDOW)
+    }
+
+    /// Like [`start_with`](Self::start_with), keeping the session for `window` (instead of
+    /// [`RECONNECT_WINDOW`]) after its agent went away, in case a restarted agent comes back.
+    /// `Duration::ZERO` closes the session as soon as the agent is gone.
+    pub fn start_with_reconnect<C: Component>(
+        socket: &Path,
+        component_path: &str,
+        component: C,
+        window: Duration,
+    ) -> Result<Session, ClientError> {
+        let conn = Connection::open(socket, component_path, Vec::new(), REQUEST_TIMEOUT)?;
         let setup = |source| ClientError::Connect {
             path: socket.to_path_buf(),
             source,
         };
-        let stream = UnixStream::connect(socket).map_err(setup)?;
-        stream
-            .set_read_timeout(Some(REQUEST_TIMEOUT))
-            .map_err(setup)?;
-        stream
-            .set_write_timeout(Some(REQUEST_TIMEOUT))
-            .map_err(setup)?;
-        let writer = stream.try_clone().map_err(setup)?;
-        let shutdown = stream.try_clone().map_err(setup)?;
-        // Buffered: the agent may send its first request right behind `Registered`, and those
-        // bytes must reach the reader thread, not be lost with a temporary buffer.
-        let mut reader = BufReader::new(stream);
-
-        write_frame(
-            &mut &writer,
-            &ToAgent::Register {
-                component: component_path.to_owned(),
-                pid: std::process::id(),
-                version: PROTOCOL_VERSION,
-            },
-        )
-        .map_err(registration_error)?;
-        match read_frame::<_, ToComponent>(&mut reader).map_err(registration_error)? {
-            Some(ToComponent::Registered { ok: true, .. }) => {}
-            Some(ToComponent::Registered { ok: false, reason }) => {
-                return Err(ClientError::Refused(
-                    reason.unwrap_or_else(|| "no reason given".to_owned()),
-                ))
-            }
-            Some(other) => {
-                return Err(ClientError::Protocol(FrameError::Malformed(format!(
-                    "expected Registered, got {}",
-                    kind(&other)
-                ))))
-            }
-            None => return Err(ClientError::Closed),
-        }
-        // From now on the reader waits for the agent indefinitely: silence is normal.
-        reader.get_ref().set_read_timeout(None).map_err(setup)?;
-
+        let Connection {
+            reader,
+            writer,
+            shutdown,
+        } = conn;
         let session = Session {
             inner: Arc::new(Inner {
                 component: component_path.to_owned(),
+                socket_path: socket.to_path_buf(),
+                reconnect_window: window,
                 writer: Mutex::new(writer),
-                socket: shutdown,
+                socket: Mutex::new(shutdown),
+                connected: std::sync::atomic::AtomicBool::new(true),
+                held: Mutex::default(),
+                written: Mutex::default(),
                 requests: Mutex::default(),
                 delivered: Mutex::default(),
                 async_refused: Mutex::default(),
@@ -449,10 +529,12 @@ impl Session {
             sync,
         };
         if sync {
-            acked(self.inner.request(write)?, "checkpoint write")
+            acked(self.inner.request(write)?, "checkpoint write")?;
         } else {
-            self.inner.send_unanswered(write)
+            self.inner.send_unanswered(write)?;
         }
+        self.inner.wrote(checkpoint, section, data);
+        Ok(())
     }
 
     /// Wait until the agent has stored every checkpoint write this session sent before (and,
@@ -607,11 +689,18 @@ impl Inner {
         if self.is_closed() {
             return Err(ClientError::Closed);
         }
+        if !self.connected.load(Ordering::SeqCst) {
+            return Err(ClientError::Disconnected);
+        }
         match self.send_raw(msg) {
             Ok(()) => Ok(()),
             Err(FrameError::Io(e)) => {
-                self.close(&format!("write to the agent failed: {e}"));
-                Err(ClientError::Closed)
+                // The frame may be half out: this connection is done. The reader thread sees
+                // it end too and registers again (or closes the session).
+                tracing::debug!("nines: write to the agent failed: {e}");
+                self.connected.store(false, Ordering::SeqCst);
+                let _ = lock(&self.socket).shutdown(std::net::Shutdown::Both);
+                Err(ClientError::Disconnected)
             }
             Err(e) => Err(ClientError::Protocol(e)),
         }
@@ -689,8 +778,9 @@ impl Inner {
                 lock(&self.requests).waiting.remove(&id);
                 Err(ClientError::Timeout)
             }
-            // `close` dropped our sender.
-            Err(RecvTimeoutError::Disconnected) => Err(ClientError::Closed),
+            // `close` dropped our sender, or the connection was lost with the request on it.
+            Err(RecvTimeoutError::Disconnected) if self.is_closed() => Err(ClientError::Closed),
+            Err(RecvTimeoutError::Disconnected) => Err(ClientError::Disconnected),
         }
     }
 
@@ -722,11 +812,137 @@ impl Inner {
             r.closed = true;
             r.waiting.clear();
         }
-        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        let _ = lock(&self.socket).shutdown(std::net::Shutdown::Both);
         if terminated {
             tracing::debug!("nines session of {} closed: {why}", self.component);
         } else {
             tracing::warn!("nines session of {} closed: {why}", self.component);
+        }
+    }
+}
+
+impl Inner {
+    /// Whether this component holds any CSI active.
+    fn is_active(&self) -> bool {
+        lock(&self.held)
+            .values()
+            .any(|(_, ha)| *ha == HaState::Active)
+    }
+
+    /// Records a CSI callback the component accepted. A component that no longer holds
+    /// anything active forgets what it wrote: another component writes the checkpoints now.
+    fn accepted(&self, si: &str, csi: &str, ha: Option<HaState>) {
+        {
+            let mut held = lock(&self.held);
+            match ha {
+                Some(ha) => {
+                    held.insert(csi.to_owned(), (si.to_owned(), ha));
+                }
+                None => {
+                    held.remove(csi);
+                }
+            }
+        }
+        if !self.is_active() {
+            lock(&self.written).clear();
+        }
+    }
+
+    /// Keeps the latest data of a section this (active) component wrote.
+    fn wrote(&self, checkpoint: &str, section: &str, data: &[u8]) {
+        if self.is_active() {
+            lock(&self.written)
+                .entry(checkpoint.to_owned())
+                .or_default()
+                .insert(section.to_owned(), data.to_vec());
+        }
+    }
+
+    /// Gives a restarted agent the checkpoints this active component wrote (asynchronously,
+    /// in one burst; refusals surface like any asynchronous write's).
+    fn replay_checkpoints(&self) {
+        if !self.is_active() {
+            return;
+        }
+        let written = lock(&self.written).clone();
+        for (checkpoint, sections) in written {
+            for (section, data) in sections {
+                let checkpoint = checkpoint.clone();
+                let sent = self.send_unanswered(|request| ToAgent::CheckpointWrite {
+                    request,
+                    checkpoint,
+                    section,
+                    data,
+                    sync: false,
+                });
+                if let Err(e) = sent {
+                    tracing::warn!("nines: cannot give the restarted agent a checkpoint: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// After the connection to the agent ended (`why`): registers again with whatever agent
+/// listens on the socket now, for up to the session's reconnect window, saying which CSIs this component
+/// holds. `None` when the session is over instead: terminated, closed, refused, or no agent
+/// came back in time.
+fn reconnect(inner: &Inner, why: &str) -> Option<BufReader<UnixStream>> {
+    inner.connected.store(false, Ordering::SeqCst);
+    // Requests in flight went down with the connection: their waiters get `Disconnected`.
+    lock(&inner.requests).waiting.clear();
+    if lock(&inner.life).terminated || inner.is_closed() {
+        return None;
+    }
+    if inner.reconnect_window.is_zero() {
+        return None;
+    }
+    tracing::warn!(
+        "nines: lost the agent of {} ({why}); registering again for up to {:?}",
+        inner.component,
+        inner.reconnect_window
+    );
+    let deadline = std::time::Instant::now() + inner.reconnect_window;
+    loop {
+        if inner.is_closed() {
+            return None;
+        }
+        let held: Vec<HeldCsi> = lock(&inner.held)
+            .iter()
+            .map(|(csi, (si, ha))| HeldCsi {
+                si: si.clone(),
+                csi: csi.clone(),
+                ha: *ha,
+            })
+            .collect();
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match Connection::open(&inner.socket_path, &inner.component, held, left) {
+            Ok(c) => {
+                *lock(&inner.writer) = c.writer;
+                *lock(&inner.socket) = c.shutdown;
+                if inner.is_closed() {
+                    // Closed while we reconnected: do not leave the new connection open.
+                    let _ = lock(&inner.socket).shutdown(std::net::Shutdown::Both);
+                    return None;
+                }
+                inner.connected.store(true, Ordering::SeqCst);
+                tracing::info!("nines: {} registered again", inner.component);
+                inner.replay_checkpoints();
+                return Some(c.reader);
+            }
+            Err(ClientError::Refused(reason)) => {
+                tracing::warn!(
+                    "nines: the agent refused {} again: {reason}",
+                    inner.component
+                );
+                return None;
+            }
+            Err(_) if std::time::Instant::now() < deadline => thread::sleep(RECONNECT_RETRY),
+            Err(e) => {
+                tracing::warn!("nines: no agent came back for {}: {e}", inner.component);
+                return None;
+            }
         }
     }
 }
@@ -748,7 +964,25 @@ fn read_loop(inner: &Inner, mut reader: BufReader<UnixStream>, callbacks: Sender
     loop {
         let msg = match read_frame::<_, ToComponent>(&mut reader) {
             Ok(Some(msg)) => msg,
-            Ok(None) => return inner.close("the agent closed the connection"),
+            Ok(None) => match reconnect(inner, "it closed the connection") {
+                Some(r) => {
+                    reader = r;
+                    continue;
+                }
+                None => return inner.close("the agent closed the connection"),
+            },
+            // A stream that ends inside a frame is broken, not an agent that went away: an
+            // agent's socket ends at a frame boundary, even when the agent is killed.
+            Err(FrameError::Io(e)) if e.kind() == ErrorKind::UnexpectedEof => {
+                return inner.close(&format!("bad frame from the agent: {e}"))
+            }
+            Err(FrameError::Io(e)) => match reconnect(inner, &e.to_string()) {
+                Some(r) => {
+                    reader = r;
+                    continue;
+                }
+                None => return inner.close(&format!("the connection to the agent failed: {e}")),
+            },
             Err(e) => return inner.close(&format!("bad frame from the agent: {e}")),
         };
         match msg {
@@ -809,6 +1043,7 @@ fn dispatch<C: Component>(session: Session, mut component: C, inbox: Receiver<To
                 inner.deliver(&si, checkpoint);
                 match guarded(|| component.csi_set(&si, &csi, ha, &attrs)) {
                     Some(Ok(())) => {
+                        inner.accepted(&si, &csi, Some(ha));
                         respond(invocation, true);
                         if ha == HaState::Quiescing {
                             let _ = inner.send(&ToAgent::QuiescingComplete { invocation });
@@ -831,7 +1066,10 @@ fn dispatch<C: Component>(session: Session, mut component: C, inbox: Receiver<To
             } => {
                 inner.deliver(&si, None);
                 match guarded(|| component.csi_remove(&si, &csi)) {
-                    Some(Ok(())) => respond(invocation, true),
+                    Some(Ok(())) => {
+                        inner.accepted(&si, &csi, None);
+                        respond(invocation, true)
+                    }
                     Some(Err(reason)) => {
                         tracing::warn!("nines: csi_remove({csi}) failed: {reason}");
                         respond(invocation, false);

@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{within, Call, Conn, FakeAgent, Scripted, PATIENCE};
+use common::{within, Call, Conn, FakeAgent, Scripted, COMPONENT, PATIENCE};
 use nines_client::{ClientError, HaState, Recovery, Session};
-use nines_proto::{ToAgent, ToComponent, MAX_FRAME};
+use nines_proto::{HeldCsi, ToAgent, ToComponent, MAX_FRAME};
 
 fn csi_set(invocation: u64, ha: HaState, attrs: &[(&str, &str)]) -> ToComponent {
     ToComponent::CsiSet {
@@ -549,22 +549,33 @@ fn too_large_checkpoint_write_fails_alone() {
 }
 
 #[test]
-fn waiters_are_woken_with_closed_when_the_agent_hangs_up() {
+fn a_hang_up_fails_requests_at_once_and_without_an_agent_the_session_closes() {
     let agent = FakeAgent::new();
-    let (session, mut conn) = agent.start(Scripted::default());
+    let window = Duration::from_millis(300);
+    let (session, mut conn) = agent.start_reconnecting(Scripted::default(), window);
     let s = session.clone();
     let reader = thread::spawn(move || s.checkpoint_read("app/si"));
     let s = session.clone();
     let waiter = thread::spawn(move || s.wait());
     assert!(matches!(conn.recv(), ToAgent::CheckpointRead { .. }));
     let hung_up = Instant::now();
+    // The agent goes away for good: its socket with it.
     drop(conn);
-    assert!(matches!(reader.join().unwrap(), Err(ClientError::Closed)));
+    drop(agent);
+    assert!(matches!(
+        reader.join().unwrap(),
+        Err(ClientError::Disconnected)
+    ));
+    assert!(
+        hung_up.elapsed() < window,
+        "the request in flight failed at once, not after the window"
+    );
     assert!(matches!(waiter.join().unwrap(), Err(ClientError::Closed)));
     assert!(
-        hung_up.elapsed() < PATIENCE,
-        "woken at once, not by a timeout"
+        hung_up.elapsed() >= window,
+        "the session waited for an agent to come back"
     );
+    assert!(hung_up.elapsed() < PATIENCE);
     // Every later call fails the same way.
     assert!(matches!(
         session.checkpoint_write("app/si", "s", b"v", true),
@@ -575,6 +586,147 @@ fn waiters_are_woken_with_closed_when_the_agent_hangs_up() {
         Err(ClientError::Closed)
     ));
     assert!(matches!(session.wait(), Err(ClientError::Closed)));
+}
+
+#[test]
+fn with_no_reconnect_window_a_hang_up_closes_the_session_at_once() {
+    let agent = FakeAgent::new();
+    let (session, conn) = agent.start_reconnecting(Scripted::default(), Duration::ZERO);
+    let hung_up = Instant::now();
+    drop(conn);
+    assert!(matches!(
+        within(move || session.wait()),
+        Err(ClientError::Closed)
+    ));
+    assert!(hung_up.elapsed() < PATIENCE);
+}
+
+#[test]
+fn a_session_registers_again_with_a_restarted_agent_and_gives_back_its_checkpoints() {
+    let agent = FakeAgent::new();
+    let (session, mut conn) = agent.start(Scripted::default());
+    conn.send(&ToComponent::CsiSet {
+        invocation: 1,
+        si: "app/si".into(),
+        csi: "app/si/csi".into(),
+        ha: HaState::Active,
+        attrs: vec![],
+        checkpoint: None,
+    });
+    assert!(matches!(
+        conn.recv(),
+        ToAgent::Response {
+            invocation: 1,
+            ok: true
+        }
+    ));
+    let s = session.clone();
+    let write = thread::spawn(move || s.checkpoint_write("app/si", "count", b"41", true));
+    match conn.recv() {
+        ToAgent::CheckpointWrite { request, .. } => conn.send(&ToComponent::CheckpointAck {
+            request,
+            ok: true,
+            reason: None,
+        }),
+        other => panic!("expected the write, got {other:?}"),
+    }
+    write.join().unwrap().expect("acknowledged");
+    let s = session.clone();
+    let write = thread::spawn(move || s.checkpoint_write("app/si", "count", b"42", true));
+    match conn.recv() {
+        ToAgent::CheckpointWrite { request, .. } => conn.send(&ToComponent::CheckpointAck {
+            request,
+            ok: true,
+            reason: None,
+        }),
+        other => panic!("expected the write, got {other:?}"),
+    }
+    write.join().unwrap().expect("acknowledged");
+
+    // The agent dies; a new one listens on the same socket.
+    drop(conn);
+    let mut conn = agent.accept();
+    match conn.recv() {
+        ToAgent::Register {
+            component, held, ..
+        } => {
+            assert_eq!(component, COMPONENT);
+            assert_eq!(
+                held,
+                vec![HeldCsi {
+                    si: "app/si".into(),
+                    csi: "app/si/csi".into(),
+                    ha: HaState::Active,
+                }]
+            );
+        }
+        other => panic!("expected Register, got {other:?}"),
+    }
+    conn.send(&ToComponent::Registered {
+        ok: true,
+        reason: None,
+    });
+    // The active gives back the latest value of what it wrote, once, without waiting.
+    match conn.recv() {
+        ToAgent::CheckpointWrite {
+            checkpoint,
+            section,
+            data,
+            sync,
+            ..
+        } => {
+            assert_eq!((checkpoint.as_str(), section.as_str()), ("app/si", "count"));
+            assert_eq!(data, b"42");
+            assert!(!sync);
+        }
+        other => panic!("expected the checkpoint back, got {other:?}"),
+    }
+    // And the session works as before.
+    let s = session.clone();
+    let read = thread::spawn(move || s.checkpoint_read("app/si"));
+    match conn.recv() {
+        ToAgent::CheckpointRead { request, .. } => conn.send(&ToComponent::CheckpointData {
+            request,
+            sections: vec![("count".into(), b"42".to_vec())],
+        }),
+        other => panic!("expected a read, got {other:?}"),
+    }
+    assert_eq!(
+        read.join().unwrap().expect("read"),
+        vec![("count".to_string(), b"42".to_vec())]
+    );
+}
+
+#[test]
+fn a_standby_gives_back_nothing_when_it_registers_again() {
+    let agent = FakeAgent::new();
+    let (session, mut conn) = agent.start(Scripted::default());
+    conn.send(&ToComponent::CsiSet {
+        invocation: 1,
+        si: "app/si".into(),
+        csi: "app/si/csi".into(),
+        ha: HaState::Standby,
+        attrs: vec![],
+        checkpoint: None,
+    });
+    assert!(matches!(conn.recv(), ToAgent::Response { ok: true, .. }));
+    drop(conn);
+    let mut conn = agent.accept();
+    match conn.recv() {
+        ToAgent::Register { held, .. } => assert_eq!(held[0].ha, HaState::Standby),
+        other => panic!("expected Register, got {other:?}"),
+    }
+    conn.send(&ToComponent::Registered {
+        ok: true,
+        reason: None,
+    });
+    let s = session.clone();
+    let read = thread::spawn(move || s.checkpoint_read("app/si"));
+    assert!(
+        matches!(conn.recv(), ToAgent::CheckpointRead { .. }),
+        "no checkpoint replay came before the read"
+    );
+    drop(read);
 }
 
 #[test]

@@ -34,11 +34,14 @@ impl AgentCtx {
             .join(format!("{}.sock", self.model.nodes[node.index()].name))
     }
 
-    /// Starts the agent of `node` (generation `gen`) and forwards its reports.
+    /// Starts the agent of `node` (generation `gen`) and forwards its reports. The first
+    /// agent of a node (generation 0) adopts the components an earlier run left running; an
+    /// agent started after a fence kills whatever is recorded instead.
     pub async fn start(&self, node: NodeId, gen: u64) -> io::Result<AgentHandle> {
         // The agent replaces a stale socket file a crashed run left behind.
         let socket = self.socket(node);
-        let log_dir = self.logs_dir.join(&self.model.nodes[node.index()].name);
+        let name = &self.model.nodes[node.index()].name;
+        let log_dir = self.logs_dir.join(name);
         std::fs::create_dir_all(&log_dir)?;
         let (handle, mut rx) = nines_agent::start(AgentOptions {
             node,
@@ -46,6 +49,8 @@ impl AgentCtx {
             socket,
             log_dir: Some(log_dir),
             clock: self.clock,
+            record_dir: Some(self.agents_dir.join(format!("{name}.procs"))),
+            adopt: gen == 0,
         })
         .await?;
         let tx = self.tx.clone();
@@ -110,6 +115,25 @@ impl Agents {
             }
             None => false,
         }
+    }
+
+    /// What every agent adopted when it started, once the SA-aware components registered
+    /// again (the agents wait in parallel).
+    pub async fn adopted(&self) -> Vec<nines_agent::Adopted> {
+        let waits: Vec<_> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.handle.clone())
+            .map(|h| tokio::spawn(async move { h.adopted().await }))
+            .collect();
+        let mut all = Vec::new();
+        for w in waits {
+            if let Ok(mut a) = w.await {
+                all.append(&mut a);
+            }
+        }
+        all.sort_by_key(|a| a.comp);
+        all
     }
 
     /// Every running component process of every agent.

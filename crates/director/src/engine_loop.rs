@@ -23,13 +23,8 @@ use crate::event_json::{self, Detection, Fields};
 use crate::event_log::EventLog;
 use crate::msg::Msg;
 use crate::names;
-use crate::pid_file::PidFile;
 use crate::status::Status;
 use crate::timers::Timers;
-
-/// How often the running component pids are saved for the next run (see [`crate::pid_file`]);
-/// they are also saved after an instantiation, as soon as the engine loop is idle.
-const PID_SAVE_PERIOD: Duration = Duration::from_millis(500);
 
 /// An admin request waiting for its reply.
 struct Pending {
@@ -47,13 +42,10 @@ pub(crate) struct EngineLoop {
     pub timers: Timers,
     pub log: Arc<EventLog>,
     pub admin_store: AdminStore,
-    pub pid_file: PidFile,
     pub rx: mpsc::UnboundedReceiver<Msg>,
     pub run: u64,
     pub next_request: u64,
     pending: HashMap<u64, Pending>,
-    /// A component was instantiated since the pids were last saved.
-    pids_dirty: bool,
     pub fence_tasks: Vec<JoinHandle<()>>,
 }
 
@@ -66,7 +58,6 @@ impl EngineLoop {
         agents: Agents,
         log: Arc<EventLog>,
         admin_store: AdminStore,
-        pid_file: PidFile,
         rx: mpsc::UnboundedReceiver<Msg>,
         run: u64,
     ) -> EngineLoop {
@@ -78,18 +69,17 @@ impl EngineLoop {
             timers: Timers::default(),
             log,
             admin_store,
-            pid_file,
             rx,
             run,
             next_request: 1,
             pending: HashMap::new(),
-            pids_dirty: false,
             fence_tasks: Vec::new(),
         }
     }
 
-    /// Re-applies the saved admin states, then starts the engine (`Input::Start`).
-    pub fn boot(&mut self) {
+    /// Re-applies the saved admin states, resumes from what was adopted (`resume`, an
+    /// `Input::Resume`), then starts the engine (`Input::Start`).
+    pub fn boot(&mut self, resume: Option<Input>) {
         let saved: Vec<(String, String)> = self
             .admin_store
             .entries()
@@ -131,15 +121,16 @@ impl EngineLoop {
             }
             self.log_director("admin-restored", fields);
         }
+        if let Some(resume) = resume {
+            let now = self.clock.now();
+            self.feed(now, resume);
+        }
         let now = self.clock.now();
         self.feed(now, Input::Start);
-        self.save_pids();
     }
 
     /// Runs until a `Shutdown` message (or until every sender is gone).
     pub async fn run(mut self) {
-        let mut pid_tick = tokio::time::interval(PID_SAVE_PERIOD);
-        pid_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let deadline = self.timers.next().map(|at| {
                 let now = self.clock.now();
@@ -152,20 +143,13 @@ impl EngineLoop {
                         let _ = done.send(());
                         return;
                     }
-                    Some(msg) => {
-                        self.on_msg(msg);
-                        // A new process is saved as soon as nothing more urgent is queued.
-                        if self.pids_dirty && self.rx.is_empty() {
-                            self.save_pids();
-                        }
-                    }
+                    Some(msg) => self.on_msg(msg),
                     None => {
                         self.stop().await;
                         return;
                     }
                 },
                 () = sleep_until(deadline) => self.fire_timers(),
-                _ = pid_tick.tick() => self.save_pids(),
             }
         }
     }
@@ -176,15 +160,7 @@ impl EngineLoop {
                 if self.agents.slots[node.index()].gen != gen {
                     return; // from an agent replaced by a fence: everything it ran is dead
                 }
-                let instantiated = matches!(
-                    report.input,
-                    Input::CommandDone {
-                        command: nines_engine::Command::Instantiate,
-                        ..
-                    }
-                );
                 self.feed(report.at, report.input);
-                self.pids_dirty |= instantiated;
             }
             Msg::Admin { op, target, reply } => {
                 // The reply is sent from `feed` when the engine's AdminReply comes out.
@@ -326,20 +302,6 @@ impl EngineLoop {
         self.log.append(self.clock.now(), event, &fields);
     }
 
-    /// Saves the running component pids if they changed.
-    fn save_pids(&mut self) {
-        self.pids_dirty = false;
-        let pids: Vec<(String, u32)> = self
-            .agents
-            .pids()
-            .into_iter()
-            .map(|(c, pid)| (self.model.comps[c.index()].path.clone(), pid))
-            .collect();
-        if let Err(e) = self.pid_file.save(pids) {
-            tracing::warn!("cannot save pids.json: {e}");
-        }
-    }
-
     /// Stops taking input and terminates every component through the agents.
     async fn stop(&mut self) {
         self.log_director("run-stopping", Vec::new());
@@ -359,9 +321,6 @@ impl EngineLoop {
         }
         self.rx.close();
         self.agents.shutdown_all(extra).await;
-        if let Err(e) = self.pid_file.remove() {
-            tracing::warn!("cannot remove pids.json: {e}");
-        }
         self.log_director("run-stopped", Vec::new());
     }
 }

@@ -90,10 +90,11 @@ pub fn event_line(v: &Value) -> Option<String> {
             s("entity"),
             s("reason")
         ),
-        "stale-killed" => format!(
-            "killed {} (pid {}), left running by an earlier run",
+        "adopted" => format!(
+            "adopted {} (pid {}), left running by an earlier run, holding {} CSI(s)",
             s("comp"),
-            s("pid")
+            s("pid"),
+            s("held")
         ),
         "fence" => format!(
             "fencing {}: stopping its agent and every component on it",

@@ -12,12 +12,14 @@
 //!
 //! State directory layout: `lock` (flock: one runtime per directory), `control.sock`,
 //! `agents/NODE.sock`, `logs/NODE/` (component output), `events.jsonl` (the event log, kept
-//! across runs), `admin.json` (operators' admin states, re-applied on start), `pids.json`
-//! (running components, so the next run can kill what a crashed run left behind).
+//! across runs), `admin.json` (operators' admin states, re-applied on start),
+//! `agents/NODE.procs/` (each agent's record of the component processes it runs, so that the
+//! next run adopts what a crashed run left running).
 
 #![warn(missing_docs)]
 
 mod admin_store;
+mod adoption;
 mod agents;
 mod atomic;
 pub mod client;
@@ -31,7 +33,6 @@ pub mod format;
 mod lock;
 mod msg;
 pub mod names;
-mod pid_file;
 pub mod protocol;
 pub mod status;
 mod suggest;
@@ -62,7 +63,6 @@ use crate::engine_loop::EngineLoop;
 use crate::event_log::EventLog;
 use crate::lock::{LockError, StateLock};
 use crate::msg::Msg;
-use crate::pid_file::PidFile;
 
 /// The control socket of the runtime using `state_dir` (where clients connect).
 pub fn control_socket_path(state_dir: &Path) -> PathBuf {
@@ -140,7 +140,7 @@ pub struct Runtime {
 
 impl Runtime {
     /// Starts everything: takes the state directory (refusing if another runtime holds it),
-    /// kills components a crashed earlier run left running, starts one agent per node,
+    /// starts one agent per node (adopting the components a crashed earlier run left running),
     /// re-applies saved admin states, starts the engine and opens the control socket.
     ///
     /// Must run inside a tokio runtime with I/O and time enabled. The process becomes a child
@@ -198,14 +198,6 @@ impl Runtime {
             &engine_loop::run_started_fields(&opts.model, run, &dir),
         );
 
-        let pid_file = PidFile::new(&dir.join("pids.json"));
-        for e in pid_file.kill_stale() {
-            log.append(
-                clock.now(),
-                "stale-killed",
-                &vec![("comp", json!(e.comp)), ("pid", json!(e.pid))],
-            );
-        }
         let admin_path = dir.join("admin.json");
         let admin_store = AdminStore::load(&admin_path).map_err(dir_err(&admin_path))?;
 
@@ -224,6 +216,22 @@ impl Runtime {
                 source,
             })?;
 
+        // Components a crashed earlier run left running come back under supervision (each
+        // SA-aware one once it registered again); the engine resumes from them.
+        let adopted = agents.adopted().await;
+        for a in &adopted {
+            log.append(
+                clock.now(),
+                "adopted",
+                &vec![
+                    ("comp", json!(opts.model.comps[a.comp.index()].path)),
+                    ("pid", json!(a.pid)),
+                    ("held", json!(a.held.len())),
+                ],
+            );
+        }
+        let resume = (!adopted.is_empty()).then(|| adoption::resume_input(&opts.model, &adopted));
+
         let listener = match bind_control(&control_socket) {
             Ok(l) => l,
             Err(e) => {
@@ -239,11 +247,10 @@ impl Runtime {
             agents,
             log.clone(),
             admin_store,
-            pid_file,
             rx,
             run,
         );
-        engine_loop.boot();
+        engine_loop.boot(resume);
         let (stopped_tx, stopped) = watch::channel(false);
         let engine_task = tokio::spawn(async move {
             engine_loop.run().await;

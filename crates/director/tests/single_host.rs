@@ -399,7 +399,7 @@ async fn failover_admin_ops_and_clean_shutdown() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restart_restores_locks_and_kills_what_a_crashed_run_left() {
+async fn a_restart_restores_locks_and_adopts_what_a_crashed_run_left() {
     let _serial = SERIAL.lock().await;
     let dir = TempDir::new("restart");
 
@@ -412,36 +412,57 @@ async fn a_restart_restores_locks_and_kills_what_a_crashed_run_left() {
         .await;
     c.shutdown().await;
 
-    // A process a crashed run left behind, recorded in pids.json. (Spawned while no agent runs
-    // in this process; once one does, the agents reap it, so it is never waited for here.)
-    let stale = std::process::Command::new("/bin/sleep")
-        .arg("1000")
-        .spawn()
-        .expect("spawn a stale process");
-    let stale_pid = stale.id();
-    drop(stale);
-    let stat = std::fs::read_to_string(format!("/proc/{stale_pid}/stat")).expect("stat");
-    let start: u64 = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(19))
-        .and_then(|s| s.parse().ok())
-        .expect("start time");
+    // Processes a crashed run left behind, as node-1's agent recorded them: one of su-1's
+    // component, one of a component this config no longer has. (Spawned while no agent runs
+    // in this process; once one does, the agents reap them, so they are never waited for.)
+    let leftover = || {
+        use std::os::unix::process::CommandExt;
+        let child = std::process::Command::new("/bin/sleep")
+            .arg("1000")
+            .process_group(0)
+            .spawn()
+            .expect("spawn a leftover process");
+        let pid = child.id();
+        drop(child);
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        let start: u64 = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(19))
+            .and_then(|s| s.parse().ok())
+            .expect("start time");
+        (pid, start)
+    };
+    let procs = dir.0.join("agents").join("node-1.procs");
+    std::fs::create_dir_all(&procs).expect("procs dir");
+    let (kept_pid, kept_start) = leftover();
     std::fs::write(
-        dir.0.join("pids.json"),
-        format!(r#"[{{"comp":"app/sg/su-1/sleeper","pid":{stale_pid},"start":{start}}}]"#),
+        procs.join("app%2Fsg%2Fsu-1%2Fsleeper.pid"),
+        format!("app/sg/su-1/sleeper\n{kept_pid} {kept_start}\n"),
     )
-    .expect("write pids.json");
+    .expect("record");
+    let (gone_pid, gone_start) = leftover();
+    std::fs::write(
+        procs.join("app%2Fsg%2Fsu-1%2Fremoved.pid"),
+        format!("app/sg/su-1/removed\n{gone_pid} {gone_start}\n"),
+    )
+    .expect("record");
 
-    // Run 2: the stale process is killed, and SU 2 is still locked-instantiation.
+    // Run 2: su-1's process is adopted (not started again), the unknown one is killed, and
+    // SU 2 is still locked-instantiation.
     let c = Cluster::start(&dir.0).await;
     assert!(
-        !alive(stale_pid),
-        "the stale process was killed before anything started"
+        !alive(gone_pid),
+        "a process of no configured component was killed before anything started"
     );
     let s = c
         .wait_for("active on su-1", |s| s.holder(SI, "active") == Some(SU1))
         .await;
     assert_eq!(s.run, 2);
+    assert_eq!(
+        pid_of(&s, SU1),
+        Some(kept_pid),
+        "su-1's process was adopted"
+    );
     let su2 = s.su(SU2).expect("su-2");
     assert_eq!(su2.admin, "locked-instantiation");
     assert_eq!(su2.presence, "uninstantiated");
@@ -449,14 +470,18 @@ async fn a_restart_restores_locks_and_kills_what_a_crashed_run_left() {
     let ev = events(&dir.0);
     assert!(ev
         .iter()
-        .any(|e| e["event"] == "stale-killed" && e["run"] == 2));
+        .any(|e| e["event"] == "adopted" && e["run"] == 2 && e["pid"] == kept_pid));
     assert!(ev
         .iter()
         .any(|e| e["event"] == "admin-restored" && e["entity"] == SU2 && e["run"] == 2));
-    // Nothing of SU 2 was ever started in run 2.
+    // Nothing of SU 2 was ever started in run 2, and su-1 was not started again.
     assert!(!ev.iter().any(|e| e["run"] == 2
         && e["event"] == "presence"
         && e["entity"] == "app/sg/su-2/sleeper"));
+    assert!(!ev.iter().any(|e| e["run"] == 2
+        && e["event"] == "presence"
+        && e["presence"] == "instantiating"
+        && e["entity"] == "app/sg/su-1/sleeper"));
 
     // Unlocking brings it back (and is saved for the next run).
     c.adm("unlock-in", SU2).await.expect("unlock-in");

@@ -39,7 +39,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Version byte at the start of every payload. Bump it on any incompatible message change: old
 /// peers then fail fast with [`FrameError::BadVersion`] instead of misreading postcard bytes.
-pub const PROTOCOL_VERSION: u8 = 3;
+pub const PROTOCOL_VERSION: u8 = 4;
 
 /// Largest payload (version byte + postcard body) a peer may send, in bytes.
 ///
@@ -102,6 +102,17 @@ pub enum Recovery {
     ClusterReset,
 }
 
+/// A CSI a component holds, as it says when it registers again (see [`ToAgent::Register`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldCsi {
+    /// Entity path of the SI (`app/si`).
+    pub si: String,
+    /// Entity path of the CSI (`app/si/csi`).
+    pub csi: String,
+    /// The HA state the component last accepted for it.
+    pub ha: HaState,
+}
+
 /// Messages from the client library (inside a component's process) to the node agent.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub enum ToAgent {
@@ -114,6 +125,11 @@ pub enum ToAgent {
         pid: u32,
         /// [`PROTOCOL_VERSION`] of the library, for the agent's log when it refuses.
         version: u8,
+        /// The CSIs the component holds: empty when it starts, its assignments when it
+        /// registers again with an agent that restarted. A restarted agent adopts the
+        /// component with this work instead of restarting it, so it is the component's own
+        /// account, not the old agent's record, that decides who is active.
+        held: Vec<HeldCsi>,
     },
     /// Outcome of a [`ToComponent::CsiSet`], [`ToComponent::CsiRemove`] or
     /// [`ToComponent::Terminate`] with the same invocation. `ok: false` is a failure the engine

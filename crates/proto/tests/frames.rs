@@ -10,6 +10,11 @@ fn every_to_agent() -> Vec<ToAgent> {
             component: "counter/sg/su-1/counterd".into(),
             pid: 4242,
             version: PROTOCOL_VERSION,
+            held: vec![nines_proto::HeldCsi {
+                si: "counter/si".into(),
+                csi: "counter/si/main".into(),
+                ha: HaState::Active,
+            }],
         },
         ToAgent::Response {
             invocation: 1,

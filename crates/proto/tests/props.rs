@@ -44,13 +44,21 @@ fn recovery() -> impl Strategy<Value = Recovery> {
 
 fn to_agent() -> impl Strategy<Value = ToAgent> {
     prop_oneof![
-        (text(), any::<u32>(), any::<u8>()).prop_map(|(component, pid, version)| {
-            ToAgent::Register {
+        (
+            text(),
+            any::<u32>(),
+            any::<u8>(),
+            proptest::collection::vec((text(), text(), ha()), 0..4)
+        )
+            .prop_map(|(component, pid, version, held)| ToAgent::Register {
                 component,
                 pid,
                 version,
-            }
-        }),
+                held: held
+                    .into_iter()
+                    .map(|(si, csi, ha)| nines_proto::HeldCsi { si, csi, ha })
+                    .collect(),
+            }),
         (any::<u64>(), any::<bool>())
             .prop_map(|(invocation, ok)| ToAgent::Response { invocation, ok }),
         any::<u64>().prop_map(|invocation| ToAgent::QuiescingComplete { invocation }),

@@ -128,6 +128,8 @@ impl TestAgent {
             socket: dir.path().join("agent.sock"),
             log_dir: Some(dir.path().join("logs")),
             clock,
+            record_dir: Some(dir.path().join("procs")),
+            adopt: true,
         })
         .await
         .expect("agent starts");

@@ -79,6 +79,7 @@ fn session(mode: &str) -> Result<i32, Box<dyn std::error::Error>> {
             component: name,
             pid: std::process::id(),
             version: PROTOCOL_VERSION,
+            held: Vec::new(),
         },
     )?;
     match read_frame::<_, ToComponent>(&mut input)? {

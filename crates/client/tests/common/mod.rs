@@ -81,14 +81,27 @@ impl FakeAgent {
 
     /// Start a session for `component` against this agent and accept its registration.
     pub fn start<C: Component>(&self, component: C) -> (Session, Conn) {
+        self.start_reconnecting(component, nines_client::RECONNECT_WINDOW)
+    }
+
+    /// [`FakeAgent::start`] with a session that tries to register again for `window` after
+    /// its agent went away.
+    pub fn start_reconnecting<C: Component>(
+        &self,
+        component: C,
+        window: Duration,
+    ) -> (Session, Conn) {
         let path = self.path.clone();
-        let client = thread::spawn(move || Session::start_with(&path, COMPONENT, component));
+        let client = thread::spawn(move || {
+            Session::start_with_reconnect(&path, COMPONENT, component, window)
+        });
         let mut conn = self.accept();
         match conn.recv() {
             ToAgent::Register {
                 component,
                 pid,
                 version,
+                ..
             } => {
                 assert_eq!(component, COMPONENT);
                 assert_eq!(pid, std::process::id());
