@@ -283,15 +283,7 @@ impl EngineLoop {
     ) -> (Instant, &'static str, Fields) {
         if let Event::Admin { entity, admin } = event {
             let path = self.model.path(*entity);
-            if let Err(e) = self.admin_store.set(&path, *admin) {
-                self.log_director(
-                    "persist-error",
-                    vec![
-                        ("file", json!("admin.json")),
-                        ("error", json!(e.to_string())),
-                    ],
-                );
-            }
+            self.admin_store.set(&path, *admin);
         }
         let (name, fields) = event_json::event_fields(&self.model, event, detection);
         (at, name, fields)
@@ -321,6 +313,7 @@ impl EngineLoop {
         }
         self.rx.close();
         self.agents.shutdown_all(extra).await;
+        self.admin_store.close().await;
         self.log_director("run-stopped", Vec::new());
     }
 }

@@ -85,6 +85,12 @@ pub fn event_line(v: &Value) -> Option<String> {
         "run-stopping" => "stopping: terminating every component".to_string(),
         "run-stopped" => format!("run {} stopped", s("run")),
         "admin-restored" => format!("restored admin state {} {}", s("entity"), s("admin")),
+        "admin-imported" => format!(
+            "imported {} saved admin state(s) from {} into state.redb",
+            s("states"),
+            s("file")
+        ),
+        "persist-error" => format!("cannot save to {}: {}", s("store"), s("error")),
         "restore-skipped" => format!(
             "saved admin state of {} not restored: {}",
             s("entity"),

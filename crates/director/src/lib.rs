@@ -12,7 +12,8 @@
 //!
 //! State directory layout: `lock` (flock: one runtime per directory), `control.sock`,
 //! `agents/NODE.sock`, `logs/NODE/` (component output), `events.jsonl` (the event log, kept
-//! across runs), `admin.json` (operators' admin states, re-applied on start),
+//! across runs), `state.redb` (the operators' admin states, re-applied on start; a
+//! `nines-store` redb file),
 //! `agents/NODE.procs/` (each agent's record of the component processes it runs, so that the
 //! next run adopts what a crashed run left running).
 
@@ -21,7 +22,6 @@
 mod admin_store;
 mod adoption;
 mod agents;
-mod atomic;
 pub mod client;
 mod control;
 mod engine_loop;
@@ -198,8 +198,33 @@ impl Runtime {
             &engine_loop::run_started_fields(&opts.model, run, &dir),
         );
 
+        let store_path = dir.join(nines_store::STATE_FILE);
+        let redb = nines_store::RedbStore::open(&dir)
+            .await
+            .map_err(|e| dir_err(&store_path)(io::Error::other(e.to_string())))?;
+        let token = redb.owner_token();
+        let on_error: admin_store::OnError = {
+            let log = log.clone();
+            Box::new(move |e| {
+                log.append(
+                    clock.now(),
+                    "persist-error",
+                    &vec![("store", json!("state.redb")), ("error", json!(e))],
+                );
+            })
+        };
         let admin_path = dir.join("admin.json");
-        let admin_store = AdminStore::load(&admin_path).map_err(dir_err(&admin_path))?;
+        let (admin_store, imported) =
+            AdminStore::open(nines_store::Store::Redb(redb), token, &admin_path, on_error)
+                .await
+                .map_err(|e| dir_err(&store_path)(io::Error::other(e)))?;
+        if let Some(n) = imported {
+            log.append(
+                clock.now(),
+                "admin-imported",
+                &vec![("file", json!("admin.json")), ("states", json!(n))],
+            );
+        }
 
         let (tx, rx) = mpsc::unbounded_channel();
         let ctx = AgentCtx {

@@ -488,8 +488,12 @@ async fn a_restart_restores_locks_and_adopts_what_a_crashed_run_left() {
     c.adm("unlock", SU2).await.expect("unlock");
     c.wait_for("settled again", settled).await;
     c.shutdown().await;
-    let saved = std::fs::read_to_string(dir.0.join("admin.json")).expect("admin.json");
-    assert!(saved.contains("\"app/sg/su-2\": \"unlocked\""), "{saved}");
+    let store = nines_store::RedbStore::open(&dir.0)
+        .await
+        .expect("state.redb");
+    let saved = store.get("admin/app/sg/su-2").await.expect("read");
+    assert_eq!(saved.as_deref(), Some(&b"unlocked"[..]));
+    drop(store);
     assert_eq!(
         children(),
         Vec::<u32>::new(),
