@@ -111,8 +111,8 @@ fn print_stats(s: &nines_sim::RunStats) {
     println!("  engine inputs     {}", s.inputs);
     println!("  engine actions    {}", s.actions);
     println!(
-        "  injected          {} ({} component faults, {} node downs, {} admin ops of which {} refused)",
-        s.injected, s.component_faults, s.node_downs, s.admin_ops, s.admin_refused
+        "  injected          {} ({} component faults, {} node downs, {} admin ops of which {} refused, {} driver restarts)",
+        s.injected, s.component_faults, s.node_downs, s.admin_ops, s.admin_refused, s.driver_restarts
     );
     println!(
         "  faults            {} detected, {} ignored, {} services recovered, {} fences",

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use nines_engine::{AdminOp, AdminState};
+use nines_engine::AdminState;
 use nines_store::{Change, Store, StoreError, Token};
 use serde::Deserialize;
 use tokio::sync::mpsc;
@@ -179,59 +179,10 @@ async fn import_legacy(store: &Store, token: &Token, path: &Path) -> Result<Opti
     Ok(Some(n))
 }
 
-/// The admin operations that take an entity from `current` to `target`, one legal step at a
-/// time (unlocked ⇄ locked ⇄ locked-instantiation). A stored `shutting-down` means the run
-/// ended mid-shutdown; shutdown ends in `locked`, so that is what is restored.
-pub fn restore_ops(current: AdminState, target: AdminState) -> Vec<AdminOp> {
-    fn level(a: AdminState) -> u8 {
-        match a {
-            AdminState::Unlocked => 0,
-            AdminState::Locked | AdminState::ShuttingDown => 1,
-            AdminState::LockedInstantiation => 2,
-        }
-    }
-    let (mut from, to) = (level(current), level(target));
-    let mut ops = Vec::new();
-    while from != to {
-        if from < to {
-            ops.push(if from == 0 {
-                AdminOp::Lock
-            } else {
-                AdminOp::LockInstantiation
-            });
-            from += 1;
-        } else {
-            ops.push(if from == 2 {
-                AdminOp::UnlockInstantiation
-            } else {
-                AdminOp::Unlock
-            });
-            from -= 1;
-        }
-    }
-    ops
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use nines_store::RedbStore;
-
-    #[test]
-    fn restore_walks_the_admin_ladder() {
-        use AdminState::*;
-        assert_eq!(restore_ops(Unlocked, Unlocked), vec![]);
-        assert_eq!(restore_ops(Unlocked, Locked), vec![AdminOp::Lock]);
-        assert_eq!(restore_ops(Unlocked, ShuttingDown), vec![AdminOp::Lock]);
-        assert_eq!(
-            restore_ops(Unlocked, LockedInstantiation),
-            vec![AdminOp::Lock, AdminOp::LockInstantiation]
-        );
-        assert_eq!(
-            restore_ops(LockedInstantiation, Unlocked),
-            vec![AdminOp::UnlockInstantiation, AdminOp::Unlock]
-        );
-    }
 
     fn temp_dir(tag: &str) -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("nines-admin-{tag}-{}", std::process::id()));

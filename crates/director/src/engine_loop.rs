@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::admin_store::{self, AdminStore};
+use crate::admin_store::AdminStore;
 use crate::agents::{comp_of, Agents};
 use crate::event_json::{self, Detection, Fields};
 use crate::event_log::EventLog;
@@ -104,7 +104,7 @@ impl EngineLoop {
                 skip(self, "this entity has no admin state");
                 continue;
             };
-            let ops = admin_store::restore_ops(current, target);
+            let ops = nines_engine::restore_ops(current, target);
             if ops.is_empty() {
                 continue;
             }

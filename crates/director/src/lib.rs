@@ -255,7 +255,7 @@ impl Runtime {
                 ],
             );
         }
-        let resume = (!adopted.is_empty()).then(|| adoption::resume_input(&opts.model, &adopted));
+        let resume = (!adopted.is_empty()).then(|| adoption::resume_input(&adopted));
 
         let listener = match bind_control(&control_socket) {
             Ok(l) => l,

@@ -328,3 +328,58 @@ fn admin_name(s: AdminState) -> &'static str {
         AdminState::ShuttingDown => "shutting down",
     }
 }
+
+/// The admin operations that take an entity from `current` to `target`, one legal step at a
+/// time (unlocked ⇄ locked ⇄ locked-instantiation): how a restarted driver re-applies the
+/// admin states it persisted. A stored `shutting-down` means the run ended mid-shutdown;
+/// shutdown ends in `locked`, so that is what is restored.
+pub fn restore_ops(current: AdminState, target: AdminState) -> Vec<AdminOp> {
+    fn level(a: AdminState) -> u8 {
+        match a {
+            AdminState::Unlocked => 0,
+            AdminState::Locked | AdminState::ShuttingDown => 1,
+            AdminState::LockedInstantiation => 2,
+        }
+    }
+    let (mut from, to) = (level(current), level(target));
+    let mut ops = Vec::new();
+    while from != to {
+        if from < to {
+            ops.push(if from == 0 {
+                AdminOp::Lock
+            } else {
+                AdminOp::LockInstantiation
+            });
+            from += 1;
+        } else {
+            ops.push(if from == 2 {
+                AdminOp::UnlockInstantiation
+            } else {
+                AdminOp::Unlock
+            });
+            from -= 1;
+        }
+    }
+    ops
+}
+
+#[cfg(test)]
+mod restore_tests {
+    use super::*;
+
+    #[test]
+    fn restore_walks_the_admin_ladder() {
+        use AdminState::*;
+        assert_eq!(restore_ops(Unlocked, Unlocked), vec![]);
+        assert_eq!(restore_ops(Unlocked, Locked), vec![AdminOp::Lock]);
+        assert_eq!(restore_ops(Unlocked, ShuttingDown), vec![AdminOp::Lock]);
+        assert_eq!(
+            restore_ops(Unlocked, LockedInstantiation),
+            vec![AdminOp::Lock, AdminOp::LockInstantiation]
+        );
+        assert_eq!(
+            restore_ops(LockedInstantiation, Unlocked),
+            vec![AdminOp::UnlockInstantiation, AdminOp::Unlock]
+        );
+    }
+}

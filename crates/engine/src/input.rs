@@ -44,14 +44,13 @@ pub enum Input {
     /// [`Input::Resume`] and the re-applied admin operations, if any).
     Start,
     /// Before `Start` only: what a restarted driver found still running and what it holds, so
-    /// it is adopted instead of restarted. Taken where consistent; assignments that are not
-    /// taken are removed from their components (see the `resume` module). Ignored after
-    /// `Start`.
+    /// it is adopted instead of restarted. Taken where consistent; every claim that is not
+    /// taken is removed from its component (see the `resume` module). Ignored after `Start`.
     Resume {
         /// Components that are running (their processes were adopted).
         running: Vec<CompId>,
-        /// Confirmed assignments as last recorded: SI, SU, HA state.
-        assignments: Vec<(SiId, nines_model::SuId, HaState)>,
+        /// What running SA-aware components say they hold: component, CSI, HA state.
+        held: Vec<(CompId, CsiId, HaState)>,
     },
     /// A life-cycle command finished.
     CommandDone {

@@ -21,7 +21,9 @@ mod states;
 mod time;
 
 pub use action::*;
+pub use admin::restore_ops;
 pub use input::*;
+pub use resume::resume_input;
 pub use states::*;
 pub use time::*;
 
@@ -79,6 +81,12 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// A new engine for the same model, every entity uninstantiated: what a driver that
+    /// restarts builds before it resumes ([`Input::Resume`]).
+    pub fn restarted(&self) -> Engine {
+        Engine::new(self.model.clone())
+    }
+
     /// An engine for `model`, with every entity uninstantiated. Send [`Input::Start`] first.
     pub fn new(model: Arc<Model>) -> Engine {
         let m = &*model;
@@ -169,10 +177,7 @@ impl Engine {
         self.now = self.now.max(now);
         match input {
             Input::Start => self.start(),
-            Input::Resume {
-                running,
-                assignments,
-            } => self.resume(&running, &assignments),
+            Input::Resume { running, held } => self.resume(&running, &held),
             Input::CommandDone {
                 comp,
                 command,

@@ -5,7 +5,7 @@
 mod support;
 
 use nines_engine::{ActionKind, Command, HaState, Input};
-use nines_model::{CompId, SiId, SuId};
+use nines_model::{CompId, CsiId, SiId};
 use support::World;
 
 const CONFIG: &str = r#"
@@ -30,35 +30,41 @@ apps:
       si-b: { sg: sg, rank: 2, csis: { x: { component: c } } }
 "#;
 
-type Snapshot = (Vec<CompId>, Vec<(SiId, SuId, HaState)>);
+type Snapshot = (Vec<CompId>, Vec<(CompId, CsiId, HaState)>);
 
-/// What a driver would have recorded of `w`: every instantiated component and every confirmed
-/// assignment.
+/// What the components of `w` would say when they register again: every instantiated one,
+/// with the CSIs of every confirmed assignment of its SU.
 fn snapshot(w: &World) -> Snapshot {
-    let running = (0..w.model.comps.len() as u32)
+    let m = &w.model;
+    let running = (0..m.comps.len() as u32)
         .map(CompId)
         .filter(|c| w.engine.comp_presence(*c) == nines_engine::Presence::Instantiated)
         .collect();
-    let mut assignments = Vec::new();
-    for si in 0..w.model.sis.len() as u32 {
+    let mut held = Vec::new();
+    for si in 0..m.sis.len() as u32 {
         for a in w.engine.assignments(SiId(si)) {
             if a.confirmed {
-                assignments.push((SiId(si), a.su, a.ha_state));
+                for &csi in &m.sis[si as usize].csis {
+                    held.push((m.comp_for(a.su, csi), csi, a.ha_state));
+                }
             }
         }
     }
-    (running, assignments)
+    (running, held)
 }
 
 fn resumed(snap: Snapshot) -> World {
     let mut w = World::new(CONFIG);
-    let (running, assignments) = snap;
-    w.feed(Input::Resume {
-        running,
-        assignments,
-    });
+    let (running, held) = snap;
+    w.feed(Input::Resume { running, held });
     w.feed(Input::Start);
     w
+}
+
+/// The CSI `x` of SI `si` (`app/si-a`, `app/si-b`).
+fn csi_x(w: &World, si: &str) -> CsiId {
+    let si = w.si(si);
+    w.model.sis[si.index()].csis[0]
 }
 
 fn callbacks(w: &World) -> usize {
@@ -107,11 +113,11 @@ fn after_a_failover_the_active_stays_where_it_is() {
 #[test]
 fn two_actives_are_never_resumed_and_the_second_is_removed() {
     let mut w = World::new(CONFIG);
-    let (si, su1, su2) = (w.si("app/si-a"), w.su("app/sg/su-1"), w.su("app/sg/su-2"));
+    let x = csi_x(&w, "app/si-a");
     let (c1, c2) = (w.comp("app/sg/su-1/c"), w.comp("app/sg/su-2/c"));
     let actions = w.feed(Input::Resume {
         running: vec![c1, c2],
-        assignments: vec![(si, su1, HaState::Active), (si, su2, HaState::Active)],
+        held: vec![(c1, x, HaState::Active), (c2, x, HaState::Active)],
     });
     assert!(
         actions
@@ -128,14 +134,11 @@ fn two_actives_are_never_resumed_and_the_second_is_removed() {
 #[test]
 fn work_on_a_component_that_did_not_survive_is_placed_again() {
     let before = World::start(CONFIG);
-    let (running, assignments) = snapshot(&before);
+    let (running, held) = snapshot(&before);
     let mut w = World::new(CONFIG);
     let gone = w.comp("app/sg/su-2/c");
     let running: Vec<CompId> = running.into_iter().filter(|c| *c != gone).collect();
-    w.feed(Input::Resume {
-        running,
-        assignments,
-    });
+    w.feed(Input::Resume { running, held });
     w.feed(Input::Start);
     // The survivor keeps its work without a callback; the other is started and made standby.
     assert_eq!(w.commands("app/sg/su-1/c", Command::Instantiate), 0);
@@ -148,12 +151,12 @@ fn work_on_a_component_that_did_not_survive_is_placed_again() {
 #[test]
 fn a_half_finished_quiesce_is_not_resumed() {
     let mut w = World::new(CONFIG);
-    let (si, su1) = (w.si("app/si-a"), w.su("app/sg/su-1"));
+    let x = csi_x(&w, "app/si-a");
     let c1 = w.comp("app/sg/su-1/c");
     let c2 = w.comp("app/sg/su-2/c");
     let actions = w.feed(Input::Resume {
         running: vec![c1, c2],
-        assignments: vec![(si, su1, HaState::Quiesced)],
+        held: vec![(c1, x, HaState::Quiesced)],
     });
     assert!(actions
         .iter()
@@ -165,11 +168,95 @@ fn a_half_finished_quiesce_is_not_resumed() {
 #[test]
 fn resume_after_start_is_ignored() {
     let mut w = World::start(CONFIG);
-    let (si, su2) = (w.si("app/si-a"), w.su("app/sg/su-2"));
+    let x = csi_x(&w, "app/si-a");
+    let c2 = w.comp("app/sg/su-2/c");
     let actions = w.feed(Input::Resume {
-        running: vec![],
-        assignments: vec![(si, su2, HaState::Active)],
+        running: vec![c2],
+        held: vec![(c2, x, HaState::Active)],
     });
     assert!(actions.is_empty(), "{actions:#?}");
     assert_eq!(w.active("app/si-a"), ["app/sg/su-1"]);
+}
+
+const TWO_COMPONENTS: &str = r#"
+cluster: t
+nodes: [n1, n2]
+apps:
+  app:
+    sgs:
+      sg:
+        redundancy: 2n
+        fail_back: false
+        units:
+          su-1: { node: n1, rank: 1 }
+          su-2: { node: n2, rank: 2 }
+        components:
+          a: { kind: sa-aware, instantiate: [/bin/true] }
+          b: { kind: sa-aware, instantiate: [/bin/true] }
+    sis:
+      si: { sg: sg, csis: { x: { component: a }, y: { component: b } } }
+"#;
+
+/// Found by the simulator: a component of an SU that is only partly running still holds its
+/// CSI active; it must be told to let go before the other SU is made active.
+#[test]
+fn a_survivor_of_a_partly_running_su_lets_go_of_its_work() {
+    let mut w = World::new(TWO_COMPONENTS);
+    let si = w.si("app/si");
+    let (x, y) = (
+        w.model.sis[si.index()].csis[0],
+        w.model.sis[si.index()].csis[1],
+    );
+    let (a1, a2, b2) = (
+        w.comp("app/sg/su-1/a"),
+        w.comp("app/sg/su-2/a"),
+        w.comp("app/sg/su-2/b"),
+    );
+    // su-1's b died with the driver; its a still serves x.
+    let actions = w.feed(Input::Resume {
+        running: vec![a1, a2, b2],
+        held: vec![
+            (a1, x, HaState::Active),
+            (a2, x, HaState::Standby),
+            (b2, y, HaState::Standby),
+        ],
+    });
+    assert!(
+        actions.iter().any(
+            |a| matches!(a.kind, ActionKind::RemoveCsi { comp, csi } if comp == a1 && csi == x)
+        ),
+        "{actions:#?}"
+    );
+    w.feed(Input::Start);
+    w.assert_never_two_actives();
+}
+
+/// Components of one SU that disagree about an SI claim nothing, and both let go.
+#[test]
+fn disagreeing_components_of_an_su_claim_nothing() {
+    let mut w = World::new(TWO_COMPONENTS);
+    let si = w.si("app/si");
+    let (x, y) = (
+        w.model.sis[si.index()].csis[0],
+        w.model.sis[si.index()].csis[1],
+    );
+    let (a1, b1) = (w.comp("app/sg/su-1/a"), w.comp("app/sg/su-1/b"));
+    let actions = w.feed(Input::Resume {
+        running: vec![a1, b1],
+        held: vec![(a1, x, HaState::Active), (b1, y, HaState::Standby)],
+    });
+    let removed = actions
+        .iter()
+        .filter(|a| matches!(a.kind, ActionKind::RemoveCsi { .. }))
+        .count();
+    assert_eq!(removed, 2, "{actions:#?}");
+    // Whatever placement then does with the SU, the removals go first.
+    let first_assign = actions
+        .iter()
+        .position(|a| matches!(a.kind, ActionKind::AssignCsi { .. }));
+    let last_remove = actions
+        .iter()
+        .rposition(|a| matches!(a.kind, ActionKind::RemoveCsi { .. }));
+    assert!(first_assign.is_none_or(|f| last_remove.is_some_and(|r| r < f)));
+    w.assert_never_two_actives();
 }

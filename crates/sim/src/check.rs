@@ -16,6 +16,10 @@ use nines_model::{AppId, CompId, EntityRef, Model, NodeId, Redundancy, SgId, SiI
 /// Invariant 1: an SI of a 2N, N+M, N-Way or no-redundancy SG has at most one active
 /// assignment (confirmed or not), and no SU holds two assignments of one SI.
 pub const ONE_ACTIVE: &str = "one-active";
+/// Invariant 1b, on the world rather than the engine: the components themselves never hold an
+/// SI of a 2N, N+M, N-Way or no-redundancy SG active in two SUs at once (what clients would
+/// see as split brain), whatever the engine believes, also across driver restarts.
+pub const WORLD_ONE_ACTIVE: &str = "world-one-active";
 /// Invariant 2: no active or standby assignment on an SU that is out of service, disabled or
 /// on a node that is down.
 pub const PLACEMENT: &str = "assignment-on-unready-su";
@@ -84,6 +88,14 @@ pub trait StateView {
 pub trait SimEngine: StateView {
     /// See [`Engine::handle`].
     fn handle(&mut self, now: Instant, input: Input) -> Vec<Action>;
+    /// A fresh engine for the same model, for a simulated driver restart; `None` (the
+    /// default) leaves restarts out of the run.
+    fn restarted(&self) -> Option<Self>
+    where
+        Self: Sized,
+    {
+        None
+    }
 }
 
 impl StateView for Engine {
@@ -116,6 +128,9 @@ impl StateView for Engine {
 impl SimEngine for Engine {
     fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
         Engine::handle(self, now, input)
+    }
+    fn restarted(&self) -> Option<Engine> {
+        Some(Engine::restarted(self))
     }
 }
 
@@ -814,6 +829,42 @@ pub fn check_faults_recovered<V: StateView + ?Sized>(
                     }),
                     f.step,
                     affected.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Invariant 1b on what the components hold (`held[comp]`: CSI, HA state they accepted): per
+/// SI of an exclusive model, the SUs with a component holding one of its CSIs active.
+pub fn check_world_actives(
+    m: &Model,
+    held: &[Vec<(nines_model::CsiId, nines_engine::HaState)>],
+) -> Result<(), Found> {
+    for (i, si) in m.sis.iter().enumerate() {
+        if m.sgs[si.sg.index()].redundancy == Redundancy::NWayActive {
+            continue;
+        }
+        let mut sus: Vec<SuId> = Vec::new();
+        for &su in &m.sgs[si.sg.index()].sus {
+            let active = m.sus[su.index()].comps.iter().any(|c| {
+                held[c.index()].iter().any(|(csi, ha)| {
+                    *ha == nines_engine::HaState::Active && m.csis[csi.index()].si.index() == i
+                })
+            });
+            if active {
+                sus.push(su);
+            }
+        }
+        if sus.len() > 1 {
+            let names: Vec<String> = sus.iter().map(|s| m.path(EntityRef::Su(*s))).collect();
+            return Err(Found::new(
+                WORLD_ONE_ACTIVE,
+                format!(
+                    "{} is held active by the components of {} at once",
+                    m.path(EntityRef::Si(SiId(i as u32))),
+                    names.join(" and ")
                 ),
             ));
         }

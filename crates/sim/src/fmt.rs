@@ -86,18 +86,15 @@ fn ha(h: HaState) -> &'static str {
 pub fn input(m: &Model, i: &Input) -> String {
     match i {
         Input::Start => "Start".to_string(),
-        Input::Resume {
-            running,
-            assignments,
-        } => {
+        Input::Resume { running, held } => {
             let running: Vec<&str> = running.iter().map(|c| comp(m, *c)).collect();
-            let held: Vec<String> = assignments
+            let held: Vec<String> = held
                 .iter()
-                .map(|(si, su, h)| {
+                .map(|(c, csi, h)| {
                     format!(
                         "{} {} {}",
-                        m.path(EntityRef::Si(*si)),
-                        m.path(EntityRef::Su(*su)),
+                        comp(m, *c),
+                        m.path(EntityRef::Csi(*csi)),
                         ha(*h)
                     )
                 })

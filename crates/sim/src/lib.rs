@@ -44,6 +44,7 @@ use crate::world::{Mode, World};
 /// Names of the invariants a [`Violation`] may report; each constant's doc says what it means.
 ///
 /// Checked after every `handle` call: [`ONE_ACTIVE`](invariants::ONE_ACTIVE),
+/// [`WORLD_ONE_ACTIVE`](invariants::WORLD_ONE_ACTIVE) (on what the components hold),
 /// [`PLACEMENT`](invariants::PLACEMENT), [`ESCALATION`](invariants::ESCALATION),
 /// [`FAULT_ANSWERED`](invariants::FAULT_ANSWERED), [`FAULT_RECOVERED`](invariants::FAULT_RECOVERED)
 /// (bookkeeping), [`ADMIN_REPLY`](invariants::ADMIN_REPLY), [`ENGINE_PANIC`](invariants::ENGINE_PANIC),
@@ -58,6 +59,7 @@ pub mod invariants {
     pub use crate::check::{
         ADMIN_REPLY, BAD_OUTPUT, ENGINE_PANIC, ESCALATION, FAULT_ANSWERED, FAULT_RECOVERED,
         LIVELOCK, ONE_ACTIVE, PLACEMENT, SETTLED_ASSIGNED, SETTLED_LEFTOVER, SETTLED_STUCK,
+        WORLD_ONE_ACTIVE,
     };
 }
 
@@ -120,6 +122,8 @@ pub struct RunStats {
     pub component_faults: u64,
     /// Nodes killed by the world.
     pub node_downs: u64,
+    /// Simulated driver restarts (the engine resumed from what ran).
+    pub driver_restarts: u64,
     /// Admin requests sent.
     pub admin_ops: u64,
     /// Admin requests the engine refused.

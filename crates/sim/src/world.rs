@@ -14,7 +14,9 @@ use nines_engine::{
     ActionKind, AdminOp, AdminState, Command, Event, FaultKind, HaState, Input, Instant, OperState,
     Outcome, Presence, Timer,
 };
-use nines_model::{AppId, CompId, CsiId, EntityRef, Model, NodeId, Recovery, SgId, SiId, SuId};
+use nines_model::{
+    AppId, CompId, CompKind, CsiId, EntityRef, Model, NodeId, Recovery, SgId, SiId, SuId,
+};
 
 use crate::check::{self, AdminBook, FaultBook, Found, SimEngine};
 use crate::fmt;
@@ -172,6 +174,11 @@ pub struct World<'m, E: SimEngine> {
     fifo: Vec<Instant>,
     /// End phase: every answer is quick and successful.
     healing: bool,
+    /// Whether each component's process really runs (what a restarted driver would adopt).
+    running: Vec<bool>,
+    /// The CSIs each SA-aware component has accepted and holds, in which HA state: what it
+    /// would say when it registers again with a restarted driver.
+    held: Vec<Vec<(CsiId, HaState)>>,
     /// `handle` calls so far.
     step: u64,
     next_request: u64,
@@ -201,6 +208,8 @@ impl<'m, E: SimEngine> World<'m, E> {
             rebooting: vec![false; m.nodes.len()],
             fifo: vec![Instant::ZERO; m.comps.len()],
             healing: false,
+            running: vec![false; m.comps.len()],
+            held: vec![Vec::new(); m.comps.len()],
             step: 0,
             next_request: 1,
             admin: AdminBook::default(),
@@ -462,6 +471,9 @@ impl<'m, E: SimEngine> World<'m, E> {
             Input::ComponentFailed { comp, .. } => Some(comp),
             _ => None,
         };
+        // Between Resume and Start the engine has not started: nothing is assigned yet, by
+        // design, so the world is not judged settled then (Start follows at once).
+        let resuming = matches!(input, Input::Resume { .. });
         let now = self.now;
         let engine = &mut self.engine;
         let actions = match catch_unwind(AssertUnwindSafe(|| engine.handle(now, input))) {
@@ -505,10 +517,11 @@ impl<'m, E: SimEngine> World<'m, E> {
         }
         self.dirty_list.clear();
         result?;
+        check::check_world_actives(m, &self.held)?;
         for n in 0..m.nodes.len() {
             check::check_node_escalation(m, &self.engine, NodeId(n as u32))?;
         }
-        if self.quiet() {
+        if self.quiet() && !resuming {
             self.stats.settle_checks += 1;
             check::check_all(m, &self.engine)?;
             check::check_settled(m, &self.engine)?;
@@ -567,6 +580,9 @@ impl<'m, E: SimEngine> World<'m, E> {
                 if self.reachable(comp) {
                     let (d, outcome) =
                         self.answer_timing(m.comps[comp.index()].timeouts.instantiate, 50, 30);
+                    if outcome == Outcome::Ok {
+                        self.running[comp.index()] = true;
+                    }
                     self.answer(
                         comp,
                         d,
@@ -596,6 +612,12 @@ impl<'m, E: SimEngine> World<'m, E> {
                 };
                 if self.reachable(comp) {
                     let (d, outcome) = self.answer_timing(limit, fail, timeout);
+                    // Both isolate the component the moment they are issued, which the engine
+                    // relies on to give its work to another SU in the same step: a cleanup
+                    // SIGKILLs the whole process group whatever its command does, and an
+                    // SA-aware component stops serving when it receives the terminate callback
+                    // (AMF's contract; the agent kills it after the terminate timeout anyway).
+                    self.stopped(comp);
                     self.answer(
                         comp,
                         d,
@@ -617,6 +639,16 @@ impl<'m, E: SimEngine> World<'m, E> {
                 if self.reachable(comp) {
                     let (d, outcome) =
                         self.answer_timing(m.comps[comp.index()].timeouts.callback, 20, 10);
+                    // Only a running SA-aware component is told (a process component's
+                    // callbacks are answered by its agent and never reach the process).
+                    if outcome == Outcome::Ok
+                        && self.running[comp.index()]
+                        && m.comps[comp.index()].kind == CompKind::SaAware
+                    {
+                        let held = &mut self.held[comp.index()];
+                        held.retain(|(c, _)| *c != csi);
+                        held.push((csi, ha_state));
+                    }
                     self.answer(
                         comp,
                         d,
@@ -639,6 +671,8 @@ impl<'m, E: SimEngine> World<'m, E> {
                 if self.reachable(comp) {
                     let (d, outcome) =
                         self.answer_timing(m.comps[comp.index()].timeouts.callback, 0, 10);
+                    // Either way the CSI is gone from the component.
+                    self.held[comp.index()].retain(|(c, _)| *c != csi);
                     self.answer(comp, d, Input::CsiRemoved { comp, csi, outcome });
                 }
             }
@@ -713,8 +747,15 @@ impl<'m, E: SimEngine> World<'m, E> {
         for &su in &self.m.nodes[node.index()].sus {
             for &c in &self.m.sus[su.index()].comps {
                 self.fifo[c.index()] = Instant::ZERO;
+                self.stopped(c);
             }
         }
+    }
+
+    /// A component's process is gone, and with it the work it held.
+    fn stopped(&mut self, comp: CompId) {
+        self.running[comp.index()] = false;
+        self.held[comp.index()].clear();
     }
 
     fn cancel_reboot(&mut self, node: NodeId) {
@@ -760,7 +801,7 @@ impl<'m, E: SimEngine> World<'m, E> {
     }
 
     fn inject(&mut self) -> Result<(), Found> {
-        match self.rng.weighted(&[50, 7, 25, 18]) {
+        match self.rng.weighted(&[50, 7, 25, 18, 2]) {
             0 => {
                 let comp = self.inject_comp_fault(None)?;
                 // Aftershocks: failures rarely come alone, and recoveries that overlap are
@@ -774,8 +815,61 @@ impl<'m, E: SimEngine> World<'m, E> {
             }
             1 => self.inject_node_down(),
             2 => self.inject_admin(),
-            _ => self.inject_heal(),
+            3 => self.inject_heal(),
+            _ => self.inject_restart(),
         }
+    }
+
+    /// The driver (director and agents of every node) dies and a new one starts, as a
+    /// restarted `nines run` does: everything in flight is lost (answers, timers, admin
+    /// requests, open faults), the components keep running with the work they accepted, and
+    /// the new engine re-applies the persisted admin states, resumes from what the running
+    /// components hold (`nines_engine::resume_input`, the director's rule), then starts. Only
+    /// while every node is up: a node's death during the restart is another story (issue 4).
+    fn inject_restart(&mut self) -> Result<(), Found> {
+        let settled_nodes = self.alive.iter().all(|a| *a) && !self.rebooting.iter().any(|r| *r);
+        let fresh = match self.engine.restarted() {
+            Some(e) if settled_nodes && !self.healing => e,
+            _ => return self.inject_comp_fault(None).map(drop),
+        };
+        let m = self.m;
+        let saved: Vec<(EntityRef, AdminState)> = check::admin_entities(m)
+            .into_iter()
+            .filter_map(|e| self.engine.admin_state(e).map(|a| (e, a)))
+            .collect();
+        self.queue.clear();
+        self.non_timers = 0;
+        self.fifo.iter_mut().for_each(|f| *f = Instant::ZERO);
+        self.admin.outstanding.clear();
+        self.faults.open.clear();
+        self.stats.injected += 1;
+        self.stats.driver_restarts += 1;
+        if self.mode != Mode::Fast {
+            let l = TraceLine {
+                step: self.step,
+                at: self.now,
+                item: TraceItem::Note("the driver restarts: it adopts what runs".to_string()),
+            };
+            self.injected.push(l.clone());
+            self.tail.push_back(l);
+        }
+        self.engine = fresh;
+        for (entity, target) in saved {
+            let Some(current) = self.engine.admin_state(entity) else {
+                continue;
+            };
+            for op in nines_engine::restore_ops(current, target) {
+                self.send_admin(op, entity)?;
+            }
+        }
+        let adopted: Vec<(CompId, Vec<(CsiId, HaState)>)> = (0..m.comps.len())
+            .filter(|&c| self.running[c])
+            .map(|c| (CompId(c as u32), self.held[c].clone()))
+            .collect();
+        let resume = nines_engine::resume_input(&adopted);
+        self.note_injection(&resume);
+        self.feed(resume)?;
+        self.feed(Input::Start)
     }
 
     /// A second fault 0–20 ms after the failure of `comp`: the same report again, another
@@ -839,6 +933,9 @@ impl<'m, E: SimEngine> World<'m, E> {
             None
         };
         self.stats.component_faults += 1;
+        if kind == FaultKind::Exited {
+            self.stopped(comp);
+        }
         let input = Input::ComponentFailed {
             comp,
             kind,
