@@ -70,6 +70,25 @@ async fn pair(cfg: LinkConfig) -> (Listener<Down, Up>, AgentLink, DirectorLink) 
     (listener, agent, dir)
 }
 
+/// A TCP server that accepts connections and never says a word (abort the task to stop it).
+async fn mute_server() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let mute = TcpListener::bind(local()).await.expect("bind");
+    let addr = mute.local_addr().expect("addr");
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = mute.accept().await {
+            held.push(s);
+        }
+    });
+    (addr, hold)
+}
+
+/// A local address nobody listens on: connecting is refused at once.
+fn dead_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
 async fn within<F: std::future::Future>(limit: Duration, f: F) -> F::Output {
     tokio::time::timeout(limit, f)
         .await
@@ -175,15 +194,7 @@ async fn wrong_key_is_refused_on_both_sides() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_that_stalls_the_handshake_is_cut_off() {
-    // A TCP server that accepts and then says nothing.
-    let mute = TcpListener::bind(local()).await.expect("bind");
-    let addr = mute.local_addr().expect("addr");
-    let hold = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = mute.accept().await {
-            held.push(s);
-        }
-    });
+    let (addr, hold) = mute_server().await;
     let mut cfg = fast();
     cfg.handshake_timeout = Duration::from_millis(300);
     let start = Instant::now();
@@ -386,19 +397,8 @@ async fn slow_reader_neither_loses_messages_nor_the_peer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_any_skips_dead_and_mute_addresses() {
     // A port nobody listens on (connection refused at once).
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr")
-    };
-    // A port that accepts and never answers the handshake.
-    let mute = TcpListener::bind(local()).await.expect("bind");
-    let mute_addr = mute.local_addr().expect("addr");
-    let hold = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = mute.accept().await {
-            held.push(s);
-        }
-    });
+    let dead = dead_addr();
+    let (mute_addr, hold) = mute_server().await;
     let mut listener = director(fast()).await;
     let mut cfg = fast();
     cfg.handshake_timeout = Duration::from_millis(200);
@@ -446,10 +446,7 @@ async fn connect_any_stops_when_every_director_refuses_the_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_any_gives_up_in_time_and_finds_a_late_director() {
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr")
-    };
+    let dead = dead_addr();
     let mut o = opts(fast());
     o.give_up_after = Some(Duration::from_millis(300));
     let start = Instant::now();
@@ -461,9 +458,7 @@ async fn connect_any_gives_up_in_time_and_finds_a_late_director() {
     assert!(start.elapsed() < Duration::from_secs(2));
 
     // A director that comes up while the agent is retrying is found.
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = probe.local_addr().expect("addr");
-    drop(probe);
+    let addr = dead_addr();
     o.give_up_after = Some(Duration::from_secs(5));
     let agent =
         tokio::spawn(
