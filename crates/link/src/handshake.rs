@@ -359,3 +359,116 @@ async fn read(stream: &mut TcpStream, peer: SocketAddr) -> Result<Handshake, Err
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    fn key(s: &str) -> ClusterKey {
+        ClusterKey::from_bytes(format!("handshake test key {s}").into_bytes()).expect("key")
+    }
+
+    /// Run the server half on one accepted connection of a fresh port.
+    async fn one_server(
+        k: ClusterKey,
+    ) -> (SocketAddr, tokio::task::JoinHandle<Result<Session, Error>>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let task = tokio::spawn(async move {
+            let (mut s, peer) = l.accept().await.expect("accept");
+            server(&mut s, peer, &k, "director-1").await
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn both_sides_name_a_wrong_key() {
+        let (addr, srv) = one_server(key("a")).await;
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let client_err = client(&mut s, addr, &key("b"), "node-1")
+            .await
+            .err()
+            .expect("refused");
+        let server_err = srv.await.expect("task").err().expect("refused");
+        assert!(matches!(server_err, Error::WrongKey { ref name, .. } if name == "node-1"));
+        let text = server_err.to_string();
+        assert!(text.contains("wrong cluster key"), "{text}");
+        assert!(text.contains("127.0.0.1:"), "names the peer: {text}");
+        let text = client_err.to_string();
+        assert!(text.contains("wrong cluster key"), "{text}");
+        assert!(text.contains(&addr.to_string()), "names the peer: {text}");
+    }
+
+    #[tokio::test]
+    async fn sessions_agree_and_differ_per_direction() {
+        let (addr, srv) = one_server(key("a")).await;
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        let c = client(&mut s, addr, &key("a"), "node-1")
+            .await
+            .expect("client");
+        let sv = srv.await.expect("task").expect("server");
+        assert_eq!(c.peer_name, "director-1");
+        assert_eq!(sv.peer_name, "node-1");
+        assert_eq!(c.send_key, sv.recv_key);
+        assert_eq!(c.recv_key, sv.send_key);
+        assert_ne!(c.send_key, c.recv_key);
+    }
+
+    /// A relay on the path that renames the client in its Hello, then passes every byte on:
+    /// the name is bound in the proof, so the server refuses.
+    #[tokio::test]
+    async fn a_name_changed_on_the_way_is_refused() {
+        let (server_addr, srv) = one_server(key("a")).await;
+        let relay = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let relay_addr = relay.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (mut from_client, peer) = relay.accept().await.expect("accept");
+            let mut to_server = TcpStream::connect(server_addr).await.expect("connect");
+            let Ok(Handshake::Hello {
+                link_version,
+                nonce,
+                ..
+            }) = read(&mut from_client, peer).await
+            else {
+                return;
+            };
+            let renamed = Handshake::Hello {
+                link_version,
+                name: "node-evil".into(),
+                nonce,
+            };
+            if write(&mut to_server, server_addr, &renamed).await.is_ok() {
+                let _ = tokio::io::copy_bidirectional(&mut from_client, &mut to_server).await;
+            }
+        });
+        let mut s = TcpStream::connect(relay_addr).await.expect("connect");
+        let err = client(&mut s, relay_addr, &key("a"), "node-1")
+            .await
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(
+                err,
+                Error::Refused {
+                    reason: Refusal::WrongKey,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let err = srv.await.expect("task").err().expect("refused");
+        assert!(
+            matches!(err, Error::WrongKey { ref name, .. } if name == "node-evil"),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("node-1").is_ok());
+        assert!(check_name("").is_err());
+        assert!(check_name("a\nb").is_err());
+        assert!(check_name(&"x".repeat(MAX_NAME + 1)).is_err());
+    }
+}
