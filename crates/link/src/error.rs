@@ -11,10 +11,10 @@ use crate::link::LostReason;
 /// says which director refused an agent, or which host knocked with the wrong key.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// Connecting, reading or writing failed.
+    /// Connecting, reading or writing failed (or, from [`crate::Listener::bind`], binding).
     #[error("{peer}: {source}")]
     Io {
-        /// The peer's address.
+        /// The peer's address (for `bind`, the local address asked for).
         peer: SocketAddr,
         /// The failure.
         source: std::io::Error,
