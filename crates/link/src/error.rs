@@ -86,6 +86,7 @@ impl Error {
 }
 
 /// Why a server refused a handshake; sent to the client so both logs say the same thing.
+/// Part of the wire format: variants are only ever appended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 pub enum Refusal {
     /// The client's proof does not verify with the server's cluster key.

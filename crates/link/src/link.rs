@@ -333,7 +333,8 @@ impl<Out, In> Link<Out, In> {
         self.receiver.peer_addr()
     }
 
-    /// A handle on the lost signal, for a task that only watches the link.
+    /// A handle on the lost signal, for a task that only watches the link. It does not keep
+    /// the link open: dropping every `Link` half still closes it.
     pub fn lost_signal(&self) -> LostSignal {
         self.receiver.lost_signal()
     }
