@@ -20,7 +20,13 @@
 //! panic the caller (bad JSON is an error); no process is spawned, reaped or daemonized here.
 
 mod error;
+mod lifecycle;
 mod qemu;
+mod qmp;
 
 pub use error::Error;
+pub use lifecycle::{
+    cleanup, probe, terminate, wait_healthy, Health, Probe, TerminateTimeouts, Terminated,
+};
 pub use qemu::{command, command_with, Accel, HostFacts, Network, PortForward, VmSpec};
+pub use qmp::{CloseReason, Qmp, QmpEvent, QmpEventKind, Status};
