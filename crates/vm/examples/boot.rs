@@ -1,5 +1,6 @@
 //! Boots the service VM and prints timings: spawn → QMP greeting → first HTTP answer, then
-//! SIGKILL → pidfd / QMP EOF, and repair (kill → respawn → HTTP). One VM at a time.
+//! SIGKILL → pidfd / QMP EOF, and repair (kill → respawn → HTTP), plus the CPU time QEMU spent
+//! booting (less sensitive to other load than the wall time). One VM at a time.
 //!
 //! ```sh
 //! cargo run -p nines-vm --example boot            # one run
@@ -28,6 +29,7 @@ fn main() {
     };
     let (mut boot, mut pidfd, mut eof, mut repair) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut boot_cpu = Vec::new();
     let load_before = common::loadavg();
     let cpu_before = cpu_times();
     let wall = Instant::now();
@@ -39,6 +41,9 @@ fn main() {
             let mut vm = TestVm::spawn(common::spec(image, &name, &dir, port), dir);
             let (qmp, mut events) = common::until_serving(&vm, port).await;
             boot.push(vm.spawned.elapsed());
+            if let Some(cpu) = cpu_of(vm.pid()) {
+                boot_cpu.push(cpu);
+            }
 
             let killed = Instant::now();
             if let Err(e) = nines_vm::cleanup(Some(vm.pid()), &vm.spec) {
@@ -72,6 +77,7 @@ fn main() {
         wall.elapsed().as_secs_f64()
     );
     println!("spawn -> HTTP:        {}", summary(&boot));
+    println!("QEMU CPU time to HTTP: {}", summary(&boot_cpu));
     println!("SIGKILL -> pidfd:     {}", summary(&pidfd));
     println!("SIGKILL -> QMP EOF:   {}", summary(&eof));
     println!("repair (kill -> HTTP): {}", summary(&repair));
@@ -97,6 +103,18 @@ fn summary(samples: &[Duration]) -> String {
         }
         _ => "no samples".into(),
     }
+}
+
+/// CPU time (user + system) a process used so far, from /proc/PID/stat: how much work a boot
+/// is, whatever else competes for the CPUs.
+fn cpu_of(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // /proc reports in USER_HZ, which is 100 on Linux whatever the kernel's HZ.
+    Some(Duration::from_millis(ticks * 10))
 }
 
 /// (busy, total) jiffies of all CPUs, from /proc/stat.
