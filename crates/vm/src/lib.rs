@@ -28,5 +28,7 @@ pub use error::Error;
 pub use lifecycle::{
     cleanup, probe, terminate, wait_healthy, Health, Probe, TerminateTimeouts, Terminated,
 };
-pub use qemu::{command, command_with, Accel, HostFacts, Network, PortForward, VmSpec};
+pub use qemu::{
+    command, command_with, Accel, HostFacts, Network, PortForward, VmSpec, DEFAULT_QEMU,
+};
 pub use qmp::{CloseReason, Qmp, QmpEvent, QmpEventKind, Status};
