@@ -18,6 +18,7 @@
 #   svcvip=ADDR/LEN     a floating IP that `GET /cgi-bin/takeover` claims (svcvipowner=1: at boot)
 #   svcdie=SECS         power the guest off SECS seconds after it is ready (a guest shutdown)
 #   svcpanic=SECS       panic the guest kernel SECS seconds after it is ready (pvpanic test)
+#   svcnoacpi=1         ignore the ACPI power button (a guest that will not shut down)
 #   svcdebug=1          print init's steps on the serial console
 # The service: `GET /` -> "ok NAME BOOTID", `GET /cgi-bin/health` -> "healthy NAME".
 # ACPI power button (QMP `system_powerdown`) -> the guest powers off.
@@ -177,7 +178,7 @@ done
 dbg "modules loaded"
 
 : "${svcname:=vm}" "${svcip:=10.0.2.15/24}" "${svcgw:=10.0.2.2}" "${svcport:=80}"
-export svcname svcip svcgw svcport svcvip svcvipowner svcdie svcpanic svcdebug
+export svcname svcip svcgw svcport svcvip svcvipowner svcdie svcpanic svcnoacpi svcdebug
 BOOTID=$(cat /proc/sys/kernel/random/boot_id)
 export BOOTID
 hostname "$svcname"
@@ -207,8 +208,9 @@ dbg "network $NET"
 echo "ok $svcname $BOOTID" >/www/index.html
 httpd -p "$svcport" -h /www
 
-# ACPI power button (QMP system_powerdown) -> power off.
-acpid -c /etc/acpi -l /dev/null 2>/dev/null
+# ACPI power button (QMP system_powerdown) -> power off; svcnoacpi=1 plays a guest that
+# ignores it (to test the terminate ladder).
+[ "${svcnoacpi:-0}" = 1 ] || acpid -c /etc/acpi -l /dev/null 2>/dev/null
 
 # Hooks (e.g. the nines agent inside the guest).
 for h in /etc/svc.d/*; do

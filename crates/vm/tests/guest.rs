@@ -66,9 +66,9 @@ async fn reap_with_code(vm: &mut TestVm, code: i32) {
 }
 
 #[test]
-fn boots_serves_http_answers_qmp_stops_and_quits() {
+fn boots_serves_http_answers_qmp_stops_and_terminates_by_quit() {
     guest_test(|| async {
-        let (mut vm, mut qmp, mut events, port) = boot("vm-basic", &[]).await;
+        let (mut vm, mut qmp, mut events, port) = boot("vm-basic", &["svcnoacpi=1"]).await;
         let status = qmp.query_status(QMP).await.expect("query-status");
         assert_eq!(status.status, "running");
         assert!(status.running);
@@ -111,18 +111,26 @@ fn boots_serves_http_answers_qmp_stops_and_quits() {
             "{err}"
         );
 
-        qmp.quit(QMP).await.expect("quit");
+        // This guest ignores the power button (svcnoacpi=1): terminate's ladder goes on to quit.
+        let pid = vm.pid();
+        let timeouts = TerminateTimeouts {
+            powerdown: Duration::from_millis(500),
+            ..TerminateTimeouts::default()
+        };
+        let outcome = {
+            let mut exited = Box::pin(vm.exited());
+            nines_vm::terminate(Some(&mut qmp), pid, &mut exited, &timeouts).await
+        };
+        assert_eq!(outcome.expect("terminate"), Terminated::Quit);
         let seen =
             common::wait_event(&mut events, QUICK, |k| matches!(k, QmpEventKind::Closed(_))).await;
-        assert!(
-            seen.iter().any(|e| e.kind
-                == QmpEventKind::Shutdown {
-                    guest: false,
-                    reason: "host-qmp-quit".into()
-                }),
-            "{:?}",
-            common::kinds(&seen)
-        );
+        let kinds = common::kinds(&seen);
+        assert!(kinds.contains(&&QmpEventKind::Powerdown), "{kinds:?}");
+        let quit = QmpEventKind::Shutdown {
+            guest: false,
+            reason: "host-qmp-quit".into(),
+        };
+        assert!(kinds.contains(&&quit), "{kinds:?}");
         reap_with_code(&mut vm, 0).await;
     });
 }
