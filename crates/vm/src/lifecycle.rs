@@ -1,0 +1,247 @@
+//! Ending a VM and judging its guest: [`terminate`] (the graceful ladder), [`cleanup`] (the
+//! blunt one) and the guest health [`probe`].
+//!
+//! None of them reaps QEMU: the caller spawned it and reaps it (its pidfd says when it is
+//! gone). That is also why the pid-based kills here are safe: until the caller reaps, the pid
+//! is held by the process or its zombie and cannot be reused.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rustix::process::{kill_process, Pid, Signal};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::{Error, Qmp, VmSpec};
+
+/// Most bytes of an HTTP answer the probe reads; the service's answers are a line.
+const MAX_HTTP_ANSWER: u64 = 64 * 1024;
+
+/// How long each step of [`terminate`] waits for QEMU to exit before the next, blunter one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TerminateTimeouts {
+    /// After `system_powerdown`: the guest's time to shut down cleanly.
+    pub powerdown: Duration,
+    /// After `quit`: QEMU's time to exit (milliseconds, normally).
+    pub quit: Duration,
+    /// After SIGKILL: the kernel's time to tear the process down.
+    pub kill: Duration,
+}
+
+impl Default for TerminateTimeouts {
+    /// 3 s for the guest (the service image powers off in about 0.1 s), 2 s for `quit`, 5 s
+    /// after SIGKILL (then something is badly wrong and the caller hears of it).
+    fn default() -> Self {
+        TerminateTimeouts {
+            powerdown: Duration::from_secs(3),
+            quit: Duration::from_secs(2),
+            kill: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Which step of [`terminate`] ended the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Terminated {
+    /// The guest shut down after `system_powerdown`.
+    PoweredDown,
+    /// QEMU exited on `quit`.
+    Quit,
+    /// It took SIGKILL.
+    Killed,
+}
+
+/// Ends a running VM: `system_powerdown` and wait, then `quit` and wait, then SIGKILL and wait,
+/// each wait bounded by `timeouts`. `exited` is the caller's way of seeing QEMU's exit (e.g.
+/// its pidfd becoming readable); it is polled until it completes, and never after. Without a
+/// QMP connection (`None`, or one that fails) the QMP steps are skipped. The caller reaps.
+/// Errors only when QEMU survives SIGKILL for `timeouts.kill`, or the kill itself fails.
+pub async fn terminate<F>(
+    mut qmp: Option<&mut Qmp>,
+    pid: u32,
+    exited: &mut F,
+    timeouts: &TerminateTimeouts,
+) -> Result<Terminated, Error>
+where
+    F: Future<Output = ()> + Unpin,
+{
+    if let Some(q) = &mut qmp {
+        if q.system_powerdown(timeouts.powerdown).await.is_ok()
+            && tokio::time::timeout(timeouts.powerdown, &mut *exited)
+                .await
+                .is_ok()
+        {
+            return Ok(Terminated::PoweredDown);
+        }
+    }
+    if let Some(q) = &mut qmp {
+        if q.quit(timeouts.quit).await.is_ok()
+            && tokio::time::timeout(timeouts.quit, &mut *exited)
+                .await
+                .is_ok()
+        {
+            return Ok(Terminated::Quit);
+        }
+    }
+    sigkill(pid)?;
+    match tokio::time::timeout(timeouts.kill, &mut *exited).await {
+        Ok(()) => Ok(Terminated::Killed),
+        Err(_) => Err(Error::Timeout {
+            what: format!("QEMU pid {pid} to exit after SIGKILL"),
+            after: timeouts.kill,
+        }),
+    }
+}
+
+/// Cleanup, AMF's last resort: SIGKILL QEMU (if `pid` is given; a process already gone is
+/// fine) and remove the QMP socket QEMU leaves behind, so a respawn with the same spec starts
+/// clean. The serial log is kept: it tells why the guest died. The caller reaps.
+pub fn cleanup(pid: Option<u32>, spec: &VmSpec) -> Result<(), Error> {
+    if let Some(pid) = pid {
+        sigkill(pid)?;
+    }
+    match std::fs::remove_file(&spec.qmp_socket) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(
+            format!("remove {}", spec.qmp_socket.display()),
+            e,
+        )),
+    }
+}
+
+/// SIGKILL to `pid`; no such process is not an error (it exited and was reaped meanwhile).
+fn sigkill(pid: u32) -> Result<(), Error> {
+    let raw = i32::try_from(pid).ok().filter(|&p| p > 1);
+    let Some(pid) = raw.and_then(Pid::from_raw) else {
+        return Err(Error::InvalidSpec(format!("refusing to signal pid {pid}")));
+    };
+    match kill_process(pid, Signal::KILL) {
+        Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+        Err(e) => Err(Error::io(
+            format!("SIGKILL pid {}", pid.as_raw_nonzero()),
+            e.into(),
+        )),
+    }
+}
+
+/// How to ask the guest's service whether it is alive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// A TCP connect succeeds. Not meaningful through user-mode port forwards, where QEMU
+    /// itself accepts the host side (use `Http` there); fine on a tap network.
+    Tcp(SocketAddr),
+    /// `GET path` answers 200 (and its answer contains `expect`, when set) in time.
+    Http {
+        /// Where (a host port forward, or the guest's address on a tap network).
+        addr: SocketAddr,
+        /// The path, e.g. `/cgi-bin/health`.
+        path: String,
+        /// A string the answer must contain, e.g. the VM's name (so a probe never takes
+        /// another VM's answer on a reused port for this one's).
+        expect: Option<String>,
+    },
+}
+
+/// A probe's verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// The service answered as expected in time.
+    Healthy,
+    /// It did not; the text says how (refused, timed out, wrong status, ...).
+    Unhealthy(String),
+}
+
+impl Health {
+    /// Whether it is [`Health::Healthy`].
+    pub fn is_healthy(&self) -> bool {
+        matches!(self, Health::Healthy)
+    }
+}
+
+/// Probes once, all within `timeout`. A stopped or hung guest shows as a timeout.
+pub async fn probe(p: &Probe, timeout: Duration) -> Health {
+    match tokio::time::timeout(timeout, probe_inner(p)).await {
+        Ok(Ok(())) => Health::Healthy,
+        Ok(Err(why)) => Health::Unhealthy(why),
+        Err(_) => Health::Unhealthy(format!("no answer within {timeout:?}")),
+    }
+}
+
+async fn probe_inner(p: &Probe) -> Result<(), String> {
+    match p {
+        Probe::Tcp(addr) => TcpStream::connect(addr)
+            .await
+            .map(drop)
+            .map_err(|e| format!("connect {addr}: {e}")),
+        Probe::Http { addr, path, expect } => {
+            let mut s = TcpStream::connect(addr)
+                .await
+                .map_err(|e| format!("connect {addr}: {e}"))?;
+            let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+            s.write_all(req.as_bytes())
+                .await
+                .map_err(|e| format!("send to {addr}: {e}"))?;
+            let mut answer = Vec::new();
+            (&mut s)
+                .take(MAX_HTTP_ANSWER)
+                .read_to_end(&mut answer)
+                .await
+                .map_err(|e| format!("read from {addr}: {e}"))?;
+            let text = String::from_utf8_lossy(&answer);
+            let status = text.lines().next().unwrap_or("");
+            let code = status.split_whitespace().nth(1);
+            if !status.starts_with("HTTP/") || code != Some("200") {
+                return Err(if status.is_empty() {
+                    format!("GET {path}: connection closed without an answer")
+                } else {
+                    format!("GET {path}: {status}")
+                });
+            }
+            if let Some(want) = expect {
+                let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+                if !body.contains(want.as_str()) {
+                    return Err(format!(
+                        "GET {path}: answer {:?} lacks {want:?}",
+                        body.trim()
+                    ));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Probes every `period` (each probe bounded by `timeout`) until one is healthy, and returns
+/// how long that took; gives up after `within` with the last probe's verdict. What an agent
+/// waits on after spawning a VM, before it reports it instantiated.
+pub async fn wait_healthy(
+    p: &Probe,
+    period: Duration,
+    timeout: Duration,
+    within: Duration,
+) -> Result<Duration, Error> {
+    let start = tokio::time::Instant::now();
+    let deadline = start + within;
+    loop {
+        let started = tokio::time::Instant::now();
+        let left = deadline.saturating_duration_since(started);
+        let verdict = probe(p, timeout.min(left.max(Duration::from_millis(1)))).await;
+        if verdict.is_healthy() {
+            return Ok(start.elapsed());
+        }
+        let next = started + period;
+        if next >= deadline {
+            let why = match verdict {
+                Health::Unhealthy(why) => why,
+                Health::Healthy => String::new(),
+            };
+            return Err(Error::Timeout {
+                what: format!("guest healthy ({p:?}); last probe: {why}"),
+                after: within,
+            });
+        }
+        tokio::time::sleep_until(next).await;
+    }
+}
