@@ -266,8 +266,8 @@ struct WatchGuard {
     fd: Option<AsyncFd<OwnedFd>>,
     tx: Option<watch::Sender<Option<Exit>>>,
     live: Option<LiveGuard>,
-    /// Not our child (see [`Proc::adopt`]): its exit is final once the pidfd is readable,
-    /// and there is nothing to reap.
+    /// Not our child, normally (see [`Proc::adopt`]): its exit is final once the pidfd is
+    /// readable, and `ECHILD` on reaping is expected.
     adopted: bool,
 }
 
@@ -279,16 +279,16 @@ impl WatchGuard {
         let mut reaped = self.proc.reaped.lock().unwrap_or_else(|e| e.into_inner());
         // The leader is a zombie and pins the group id: safe to kill the rest of the group.
         let _ = rustix::process::kill_process_group(self.proc.pid, Signal::KILL);
-        let status = if self.adopted {
-            ExitStatus::Unknown
-        } else {
-            match reaper::reap_tracked(fd.get_ref().as_fd(), self.proc.pid) {
-                Ok(Some(status)) => ExitStatus::from_wait(Some(&status)),
-                Ok(None) => return None,
-                Err(e) => {
+        // An adopted process is normally someone else's child (ECHILD: nothing to reap); if
+        // it happens to be ours (this process spawned it before it had an agent), reap it.
+        let status = match reaper::reap_tracked(fd.get_ref().as_fd(), self.proc.pid) {
+            Ok(Some(status)) => ExitStatus::from_wait(Some(&status)),
+            Ok(None) => return None,
+            Err(e) => {
+                if !self.adopted {
                     tracing::warn!(pid = self.proc.pid(), error = %e, "cannot reap process");
-                    ExitStatus::Unknown
                 }
+                ExitStatus::Unknown
             }
         };
         *reaped = true;
@@ -317,18 +317,6 @@ impl Drop for WatchGuard {
         let proc = self.proc.clone();
         let tx = self.tx.take();
         let live = self.live.take();
-        if self.adopted {
-            // Killed above; not ours to reap.
-            *proc.reaped.lock().unwrap_or_else(|e| e.into_inner()) = true;
-            if let Some(tx) = tx {
-                let _ = tx.send(Some(Exit {
-                    at: Instant::ZERO,
-                    status: ExitStatus::Unknown,
-                }));
-            }
-            drop(live);
-            return;
-        }
         let reap = move || {
             let status = match &fd {
                 Some(fd) => reaper::reap_tracked_blocking(fd.as_fd(), proc.pid),
