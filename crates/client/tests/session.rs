@@ -720,13 +720,22 @@ fn a_standby_gives_back_nothing_when_it_registers_again() {
         ok: true,
         reason: None,
     });
+    // Until the session has the new connection, requests fail fast; a component retries.
     let s = session.clone();
-    let read = thread::spawn(move || s.checkpoint_read("app/si"));
-    assert!(
-        matches!(conn.recv(), ToAgent::CheckpointRead { .. }),
-        "no checkpoint replay came before the read"
-    );
-    drop(read);
+    let read = thread::spawn(move || loop {
+        match s.checkpoint_read("app/si") {
+            Err(ClientError::Disconnected) => thread::sleep(Duration::from_millis(5)),
+            other => return other,
+        }
+    });
+    match conn.recv() {
+        ToAgent::CheckpointRead { request, .. } => conn.send(&ToComponent::CheckpointData {
+            request,
+            sections: vec![],
+        }),
+        other => panic!("no checkpoint replay may come before the read, got {other:?}"),
+    }
+    assert_eq!(read.join().unwrap().expect("read"), vec![]);
 }
 
 #[test]
