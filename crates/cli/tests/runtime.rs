@@ -332,6 +332,32 @@ fn spawn_run(cfg: &str, state: &str, log: &Path) -> Child {
         .expect("nines run starts")
 }
 
+/// `nines run CFG` on `state` as a child (console in `log`), and its status once `settled`
+/// holds for a run numbered `run`.
+fn start_settled(
+    cfg: &str,
+    state: &str,
+    log: &Path,
+    run: u64,
+    settled: impl Fn(&Value) -> bool,
+) -> (RunChild, Value) {
+    let mut child = RunChild {
+        child: spawn_run(cfg, state, log),
+        pids: Vec::new(),
+        state: PathBuf::from(state),
+    };
+    let s = wait_status(state, &format!("run {run} settled"), |s| {
+        s["run"] == run && settled(s)
+    });
+    child.pids = component_pids(&s);
+    (child, s)
+}
+
+fn sorted(mut v: Vec<u32>) -> Vec<u32> {
+    v.sort_unstable();
+    v
+}
+
 /// SIGKILLs `nines run`, like a crash: its components are reparented and keep running.
 fn crash(run: &mut RunChild) {
     signal(run.child.id(), rustix::process::Signal::KILL);
@@ -367,36 +393,20 @@ fn a_restarted_run_adopts_the_components_a_crashed_run_left_running() {
     let state = dir.path("state");
     let settled = |s: &Value| holder(s, "active").is_some() && holder(s, "standby").is_some();
 
-    let mut first = RunChild {
-        child: spawn_run(&cfg, &state, &dir.0.join("run1.out")),
-        pids: Vec::new(),
-        state: PathBuf::from(&state),
-    };
-    let s = wait_status(&state, "the first run settled", settled);
-    first.pids = component_pids(&s);
-    assert_eq!(first.pids.len(), 2, "{s}");
-    let mut recorded = recorded_pids(Path::new(&state));
-    recorded.sort_unstable();
-    let mut expected = first.pids.clone();
-    expected.sort_unstable();
+    let (mut first, _) = start_settled(&cfg, &state, &dir.0.join("run1.out"), 1, settled);
+    assert_eq!(first.pids.len(), 2, "{:?}", first.pids);
+    let expected = sorted(first.pids.clone());
     assert_eq!(
-        recorded, expected,
+        sorted(recorded_pids(Path::new(&state))),
+        expected,
         "every component is recorded as soon as it runs"
     );
     crash(&mut first);
 
-    let mut second = RunChild {
-        child: spawn_run(&cfg, &state, &dir.0.join("run2.out")),
-        pids: Vec::new(),
-        state: PathBuf::from(&state),
-    };
-    let s = wait_status(&state, "the second run settled", settled);
-    assert_eq!(s["run"], 2);
-    second.pids = component_pids(&s);
-    let mut now = second.pids.clone();
-    now.sort_unstable();
+    let (second, s) = start_settled(&cfg, &state, &dir.0.join("run2.out"), 2, settled);
     assert_eq!(
-        now, expected,
+        sorted(second.pids.clone()),
+        expected,
         "the same processes, adopted, not new ones: {s}"
     );
     let events = nines(&["events", "--json", "--state-dir", &state]);
@@ -486,13 +496,7 @@ fn an_adopted_counter_keeps_its_work_and_state_through_a_crash_and_a_later_failo
     let state = dir.path("state");
     let settled = |s: &Value| holder(s, "active").is_some() && holder(s, "standby").is_some();
 
-    let mut first = RunChild {
-        child: spawn_run(&cfg, &state, &dir.0.join("run1.out")),
-        pids: Vec::new(),
-        state: PathBuf::from(&state),
-    };
-    let s = wait_status(&state, "the first run settled", settled);
-    first.pids = component_pids(&s);
+    let (mut first, s) = start_settled(&cfg, &state, &dir.0.join("run1.out"), 1, settled);
     let active = holder(&s, "active").expect("active");
     let mut last = 0;
     for _ in 0..5 {
@@ -502,20 +506,12 @@ fn an_adopted_counter_keeps_its_work_and_state_through_a_crash_and_a_later_failo
     }
     crash(&mut first);
 
-    let mut second = RunChild {
-        child: spawn_run(&cfg, &state, &dir.0.join("run2.out")),
-        pids: Vec::new(),
-        state: PathBuf::from(&state),
-    };
-    let s = wait_status(&state, "the second run settled", |s| {
-        settled(s) && s["run"] == 2
-    });
-    second.pids = component_pids(&s);
-    let mut a = second.pids.clone();
-    let mut b = first.pids.clone();
-    a.sort_unstable();
-    b.sort_unstable();
-    assert_eq!(a, b, "both counters adopted, none restarted: {s}");
+    let (mut second, s) = start_settled(&cfg, &state, &dir.0.join("run2.out"), 2, settled);
+    assert_eq!(
+        sorted(second.pids.clone()),
+        sorted(first.pids.clone()),
+        "both counters adopted, none restarted: {s}"
+    );
     assert_eq!(
         holder(&s, "active"),
         Some(active.clone()),

@@ -620,28 +620,19 @@ fn a_session_registers_again_with_a_restarted_agent_and_gives_back_its_checkpoin
             ok: true
         }
     ));
-    let s = session.clone();
-    let write = thread::spawn(move || s.checkpoint_write("app/si", "count", b"41", true));
-    match conn.recv() {
-        ToAgent::CheckpointWrite { request, .. } => conn.send(&ToComponent::CheckpointAck {
-            request,
-            ok: true,
-            reason: None,
-        }),
-        other => panic!("expected the write, got {other:?}"),
+    for value in [b"41", b"42"] {
+        let s = session.clone();
+        let write = thread::spawn(move || s.checkpoint_write("app/si", "count", value, true));
+        match conn.recv() {
+            ToAgent::CheckpointWrite { request, .. } => conn.send(&ToComponent::CheckpointAck {
+                request,
+                ok: true,
+                reason: None,
+            }),
+            other => panic!("expected the write, got {other:?}"),
+        }
+        write.join().unwrap().expect("acknowledged");
     }
-    write.join().unwrap().expect("acknowledged");
-    let s = session.clone();
-    let write = thread::spawn(move || s.checkpoint_write("app/si", "count", b"42", true));
-    match conn.recv() {
-        ToAgent::CheckpointWrite { request, .. } => conn.send(&ToComponent::CheckpointAck {
-            request,
-            ok: true,
-            reason: None,
-        }),
-        other => panic!("expected the write, got {other:?}"),
-    }
-    write.join().unwrap().expect("acknowledged");
 
     // The agent dies; a new one listens on the same socket.
     drop(conn);
