@@ -505,6 +505,10 @@ fn an_adopted_counter_keeps_its_work_and_state_through_a_crash_and_a_later_failo
         last = v;
     }
     crash(&mut first);
+    // A client that calls while no agent runs is not refused: the counter's checkpoint write
+    // waits for the restarted agent, and the answer comes once it is back.
+    let during = std::thread::spawn(move || inc(port));
+    std::thread::sleep(Duration::from_millis(100));
 
     let (mut second, s) = start_settled(&cfg, &state, &dir.0.join("run2.out"), 2, settled);
     assert_eq!(
@@ -517,6 +521,13 @@ fn an_adopted_counter_keeps_its_work_and_state_through_a_crash_and_a_later_failo
         Some(active.clone()),
         "the active stays active: {s}"
     );
+    let v = during
+        .join()
+        .expect("client thread")
+        .expect("an increment made during the restart is answered, not refused");
+    assert!(v > last, "{v} after {last}");
+    last = v;
+
     // The restarted agent lost its checkpoints; the active gave its own back when it
     // registered again, so a failover now, before anything new is written, continues from
     // the last acknowledged value.

@@ -78,8 +78,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a session whose agent went away keeps trying to register again, at
 /// [`RECONNECT_RETRY`] intervals, before it closes. The component keeps its work meanwhile:
 /// the agent (or the `nines run` around it) may be restarting, and a restarted agent adopts
-/// components that come back instead of starting duplicates of them. Requests made while the
-/// agent is away fail with [`ClientError::Disconnected`].
+/// components that come back instead of starting duplicates of them. Requests in flight when
+/// the agent went away fail with [`ClientError::Disconnected`]; requests made while it is away
+/// wait for the new agent (up to this window) and go to it.
 pub const RECONNECT_WINDOW: Duration = Duration::from_secs(10);
 
 /// Pause between two attempts to reach a restarted agent.
@@ -161,9 +162,9 @@ pub enum ClientError {
     /// write to it failed. Every later call fails the same way.
     #[error("the connection to the nines agent is closed")]
     Closed,
-    /// The agent is unreachable for now and the session is trying to register again (see
-    /// [`RECONNECT_WINDOW`]); the request was not carried out. Once the session gives up,
-    /// calls fail with [`ClientError::Closed`].
+    /// The agent went away with the request in flight (or no agent came back within the
+    /// reconnect window); the request was not carried out. Once the session gives up, calls
+    /// fail with [`ClientError::Closed`].
     #[error("the nines agent is unreachable; reconnecting")]
     Disconnected,
     /// The agent did not answer within [`REQUEST_TIMEOUT`].
@@ -716,6 +717,7 @@ impl Inner {
     /// write): it gets an id like any request, so that a refusal can be matched, but nobody
     /// waits for it.
     fn send_unanswered(&self, build: impl FnOnce(u64) -> ToAgent) -> Result<(), ClientError> {
+        self.await_connected()?;
         let id = {
             let mut r = lock(&self.requests);
             if r.closed {
@@ -725,6 +727,42 @@ impl Inner {
             r.last
         };
         self.send(&build(id))
+    }
+
+    /// While the session is registering again with a restarted agent, waits for it (up to the
+    /// reconnect window), so that a request made meanwhile goes to the new agent instead of
+    /// failing: the component's clients see a pause, not an error. `Closed` if the session
+    /// ends instead, `Disconnected` if no agent came back in time.
+    fn await_connected(&self) -> Result<(), ClientError> {
+        if self.connected.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let deadline = std::time::Instant::now() + self.reconnect_window;
+        let mut life = lock(&self.life);
+        loop {
+            if life.closed {
+                return Err(ClientError::Closed);
+            }
+            if self.connected.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else {
+                return Err(ClientError::Disconnected);
+            };
+            life = self
+                .life_changed
+                .wait_timeout(life, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Marks the connection up and wakes the requests waiting for it.
+    fn set_connected(&self) {
+        self.connected.store(true, Ordering::SeqCst);
+        // Taken after the store, so a waiter that saw it false is already waiting.
+        drop(lock(&self.life));
+        self.life_changed.notify_all();
     }
 
     /// Keep the first refusal of an asynchronous write for the next checkpoint call; count
@@ -757,6 +795,7 @@ impl Inner {
 
     /// Send a request and wait for the reply routed back by the reader thread.
     fn request(&self, build: impl FnOnce(u64) -> ToAgent) -> Result<Reply, ClientError> {
+        self.await_connected()?;
         let (tx, rx) = mpsc::channel();
         let id = {
             let mut r = lock(&self.requests);
@@ -926,7 +965,7 @@ fn reconnect(inner: &Inner, why: &str) -> Option<BufReader<UnixStream>> {
                     let _ = lock(&inner.socket).shutdown(std::net::Shutdown::Both);
                     return None;
                 }
-                inner.connected.store(true, Ordering::SeqCst);
+                inner.set_connected();
                 tracing::info!("nines: {} registered again", inner.component);
                 inner.replay_checkpoints();
                 return Some(c.reader);

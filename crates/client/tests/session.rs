@@ -689,6 +689,34 @@ fn a_session_registers_again_with_a_restarted_agent_and_gives_back_its_checkpoin
 }
 
 #[test]
+fn a_request_made_while_the_agent_is_away_goes_to_the_new_agent() {
+    let agent = FakeAgent::new();
+    let (session, conn) = agent.start(Scripted::default());
+    drop(conn);
+    // Made after the hang-up, before any agent is back: it waits instead of failing.
+    let s = session.clone();
+    let read = thread::spawn(move || s.checkpoint_read("app/si"));
+    thread::sleep(Duration::from_millis(50));
+    let mut conn = agent.accept();
+    assert!(matches!(conn.recv(), ToAgent::Register { .. }));
+    conn.send(&ToComponent::Registered {
+        ok: true,
+        reason: None,
+    });
+    match conn.recv() {
+        ToAgent::CheckpointRead { request, .. } => conn.send(&ToComponent::CheckpointData {
+            request,
+            sections: vec![("s".into(), b"v".to_vec())],
+        }),
+        other => panic!("expected the read, got {other:?}"),
+    }
+    assert_eq!(
+        read.join().unwrap().expect("answered by the new agent"),
+        vec![("s".to_string(), b"v".to_vec())]
+    );
+}
+
+#[test]
 fn a_standby_gives_back_nothing_when_it_registers_again() {
     let agent = FakeAgent::new();
     let (session, mut conn) = agent.start(Scripted::default());
