@@ -202,7 +202,7 @@ impl AgentHandle {
     }
 
     /// The main process of every component this agent is running (or starting, or stopping),
-    /// for status output and, later, adoption by a restarted director.
+    /// for status output. (A restarted agent adopts from its records, not from this.)
     pub fn pids(&self) -> Vec<(CompId, u32)> {
         let comps = self.agent.comps();
         let mut out: Vec<(CompId, u32)> = comps

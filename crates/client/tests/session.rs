@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{within, Call, Conn, FakeAgent, Scripted, COMPONENT, PATIENCE};
+use common::{within, Call, Conn, FakeAgent, Scripted, PATIENCE};
 use nines_client::{ClientError, HaState, Recovery, Session};
 use nines_proto::{HeldCsi, ToAgent, ToComponent, MAX_FRAME};
 
@@ -636,27 +636,15 @@ fn a_session_registers_again_with_a_restarted_agent_and_gives_back_its_checkpoin
 
     // The agent dies; a new one listens on the same socket.
     drop(conn);
-    let mut conn = agent.accept();
-    match conn.recv() {
-        ToAgent::Register {
-            component, held, ..
-        } => {
-            assert_eq!(component, COMPONENT);
-            assert_eq!(
-                held,
-                vec![HeldCsi {
-                    si: "app/si".into(),
-                    csi: "app/si/csi".into(),
-                    ha: HaState::Active,
-                }]
-            );
-        }
-        other => panic!("expected Register, got {other:?}"),
-    }
-    conn.send(&ToComponent::Registered {
-        ok: true,
-        reason: None,
-    });
+    let (mut conn, held) = agent.accept_registration();
+    assert_eq!(
+        held,
+        vec![HeldCsi {
+            si: "app/si".into(),
+            csi: "app/si/csi".into(),
+            ha: HaState::Active,
+        }]
+    );
     // The active gives back the latest value of what it wrote, once, without waiting.
     match conn.recv() {
         ToAgent::CheckpointWrite {
@@ -697,12 +685,7 @@ fn a_request_made_while_the_agent_is_away_goes_to_the_new_agent() {
     let s = session.clone();
     let read = thread::spawn(move || s.checkpoint_read("app/si"));
     thread::sleep(Duration::from_millis(50));
-    let mut conn = agent.accept();
-    assert!(matches!(conn.recv(), ToAgent::Register { .. }));
-    conn.send(&ToComponent::Registered {
-        ok: true,
-        reason: None,
-    });
+    let (mut conn, _) = agent.accept_registration();
     match conn.recv() {
         ToAgent::CheckpointRead { request, .. } => conn.send(&ToComponent::CheckpointData {
             request,
@@ -730,15 +713,8 @@ fn a_standby_gives_back_nothing_when_it_registers_again() {
     });
     assert!(matches!(conn.recv(), ToAgent::Response { ok: true, .. }));
     drop(conn);
-    let mut conn = agent.accept();
-    match conn.recv() {
-        ToAgent::Register { held, .. } => assert_eq!(held[0].ha, HaState::Standby),
-        other => panic!("expected Register, got {other:?}"),
-    }
-    conn.send(&ToComponent::Registered {
-        ok: true,
-        reason: None,
-    });
+    let (mut conn, held) = agent.accept_registration();
+    assert_eq!(held[0].ha, HaState::Standby);
     // Until the session has the new connection, requests fail fast; a component retries.
     let s = session.clone();
     let read = thread::spawn(move || loop {

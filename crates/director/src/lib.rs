@@ -20,7 +20,6 @@
 #![warn(missing_docs)]
 
 mod admin_store;
-mod adoption;
 mod agents;
 pub mod client;
 mod control;
@@ -255,7 +254,12 @@ impl Runtime {
                 ],
             );
         }
-        let resume = (!adopted.is_empty()).then(|| adoption::resume_input(&adopted));
+        // The engine resumes from the components' own account, given when they registered
+        // again (never from a record a crash may have left stale).
+        let resume = (!adopted.is_empty()).then(|| {
+            let held: Vec<_> = adopted.iter().map(|a| (a.comp, a.held.clone())).collect();
+            nines_engine::resume_input(&held)
+        });
 
         let listener = match bind_control(&control_socket) {
             Ok(l) => l,

@@ -120,6 +120,26 @@ impl FakeAgent {
         (session, conn)
     }
 
+    /// Accept a session registering again (after its agent went away), answer it, and return
+    /// the connection with the CSIs the session said it holds.
+    pub fn accept_registration(&self) -> (Conn, Vec<nines_proto::HeldCsi>) {
+        let mut conn = self.accept();
+        let held = match conn.recv() {
+            ToAgent::Register {
+                component, held, ..
+            } => {
+                assert_eq!(component, COMPONENT);
+                held
+            }
+            other => panic!("expected Register, got {other:?}"),
+        };
+        conn.send(&ToComponent::Registered {
+            ok: true,
+            reason: None,
+        });
+        (conn, held)
+    }
+
     /// Start a session in the background, returning the agent's side before registration.
     pub fn start_pending<C: Component>(
         &self,
