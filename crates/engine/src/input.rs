@@ -102,6 +102,14 @@ pub enum Input {
         /// The node.
         node: NodeId,
     },
+    /// The membership layer lost contact with a node (heartbeats stopped) but nothing
+    /// confirms it is dead: the engine fences it (`Fence`, answered by `FenceDone`) and only
+    /// then takes it down and fails its work over, so a node that is merely cut off can never
+    /// keep an active that was moved elsewhere. The fault's detection is this input's instant.
+    NodeLost {
+        /// The node.
+        node: NodeId,
+    },
     /// A node joined (again); nothing runs on it yet.
     NodeUp {
         /// The node.

@@ -197,6 +197,7 @@ impl Engine {
             Input::CsiRemoved { comp, csi, outcome } => self.on_csi_removed(comp, csi, outcome),
             Input::QuiescingComplete { comp, csi } => self.on_quiescing_complete(comp, csi),
             Input::NodeDown { node } => self.on_node_down(node, true),
+            Input::NodeLost { node } => self.on_node_lost(node),
             Input::NodeUp { node } => self.on_node_up(node),
             Input::FenceDone { node, outcome } => self.on_fence_done(node, outcome),
             Input::TimerFired { timer } => self.on_timer(timer),
@@ -315,6 +316,11 @@ impl Engine {
     /// Whether the engine considers the node up.
     pub fn node_up(&self, node: NodeId) -> bool {
         self.nodes[node.index()].up
+    }
+
+    /// Whether the engine asked for the node to be fenced and waits for `FenceDone`.
+    pub fn node_fencing(&self, node: NodeId) -> bool {
+        self.nodes[node.index()].fencing
     }
 
     /// Escalation counters of an SU inside their windows: (component restarts, SU restarts).

@@ -397,6 +397,27 @@ impl Engine {
         }
     }
 
+    /// Heartbeats stopped: open the node's fault now, fence, and fail over once fenced.
+    pub(crate) fn on_node_lost(&mut self, node: NodeId) {
+        let Some(n) = self.nodes.get(node.index()) else {
+            return;
+        };
+        if !n.up || n.fencing {
+            return; // already down, or a fence (with its fault) is under way
+        }
+        let sus = self.model.nodes[node.index()].sus.clone();
+        let affected = self.active_sis_of(&sus);
+        self.open_fault(
+            EntityRef::Node(node),
+            None,
+            RecoveryStep::NodeFailover,
+            affected,
+            sus,
+            Some(node),
+        );
+        self.fence(node);
+    }
+
     pub(crate) fn on_node_up(&mut self, node: NodeId) {
         let Some(n) = self.nodes.get_mut(node.index()) else {
             return;

@@ -146,6 +146,7 @@ pub fn input(m: &Model, i: &Input) -> String {
             format!("QuiescingComplete {} {}", comp(m, *c), csi(m, *s))
         }
         Input::NodeDown { node } => format!("NodeDown {}", m.path(EntityRef::Node(*node))),
+        Input::NodeLost { node } => format!("NodeLost {}", m.path(EntityRef::Node(*node))),
         Input::NodeUp { node } => format!("NodeUp {}", m.path(EntityRef::Node(*node))),
         Input::FenceDone { node, outcome: o } => format!(
             "FenceDone {} {}",

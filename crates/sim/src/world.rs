@@ -53,6 +53,8 @@ enum Pending {
     Timer(Timer),
     /// Membership noticed that a node died.
     NodeDown(NodeId),
+    /// Membership lost contact with a node (dead or cut off; the engine must fence it).
+    NodeLost(NodeId),
     /// A node finished rebooting.
     NodeUp(NodeId),
     /// The fencing device finished.
@@ -342,6 +344,7 @@ impl<'m, E: SimEngine> World<'m, E> {
             Pending::Answer { input, .. } => input,
             Pending::Timer(timer) => Input::TimerFired { timer },
             Pending::NodeDown(node) => Input::NodeDown { node },
+            Pending::NodeLost(node) => Input::NodeLost { node },
             Pending::NodeUp(node) => {
                 self.alive[node.index()] = true;
                 self.rebooting[node.index()] = false;
@@ -438,9 +441,10 @@ impl<'m, E: SimEngine> World<'m, E> {
             | Input::CsiAssigned { comp, .. }
             | Input::CsiRemoved { comp, .. }
             | Input::QuiescingComplete { comp, .. } => self.mark_entity(EntityRef::Comp(*comp)),
-            Input::NodeDown { node } | Input::NodeUp { node } | Input::FenceDone { node, .. } => {
-                self.mark_node(*node)
-            }
+            Input::NodeDown { node }
+            | Input::NodeLost { node }
+            | Input::NodeUp { node }
+            | Input::FenceDone { node, .. } => self.mark_node(*node),
             Input::TimerFired { timer } => match timer {
                 Timer::InstantiateRetry { comp, .. } => self.mark_entity(EntityRef::Comp(*comp)),
                 Timer::SponsorTolerance { dependent, .. } => self.mark_si(*dependent),
@@ -952,9 +956,33 @@ impl<'m, E: SimEngine> World<'m, E> {
             .map(|n| NodeId(n as u32))
             .collect();
         match self.rng.pick(&up) {
+            Some(node) if self.rng.chance(300) => {
+                self.cut_off(node);
+                Ok(())
+            }
             Some(node) => self.kill_and_notice(node),
             None => Ok(()),
         }
+    }
+
+    /// The node is cut off but keeps running (a partition): membership loses it 1–100 ms
+    /// later and the engine must fence it before its work runs anywhere else.
+    fn cut_off(&mut self, node: NodeId) {
+        self.stats.injected += 1;
+        if self.mode != Mode::Fast {
+            let what = format!(
+                "{} is cut off (NodeLost follows; it runs until fenced)",
+                self.m.path(EntityRef::Node(node))
+            );
+            self.injected.push(TraceLine {
+                step: self.step,
+                at: self.now,
+                item: TraceItem::Note(what.clone()),
+            });
+            self.remember(TraceItem::Note(what));
+        }
+        let seen = self.now + Duration::from_nanos(self.rng.range(MS, 100 * MS));
+        self.push(seen, Pending::NodeLost(node));
     }
 
     /// The node dies now; membership notices 1–100 ms later; it reboots 1–6 s after that.
@@ -980,7 +1008,14 @@ impl<'m, E: SimEngine> World<'m, E> {
         }
         self.kill(node);
         let seen = self.now + Duration::from_nanos(self.rng.range(MS, 100 * MS));
-        self.push(seen, Pending::NodeDown(node));
+        // Membership either knows the node is dead (a confirmed power-off) or only that it
+        // went silent, and then the engine fences it first.
+        let notice = if self.rng.chance(500) {
+            Pending::NodeLost(node)
+        } else {
+            Pending::NodeDown(node)
+        };
+        self.push(seen, notice);
         self.schedule_reboot(node, seen);
         Ok(())
     }
