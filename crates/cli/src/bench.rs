@@ -351,6 +351,7 @@ impl Harness {
             .block_on(Runtime::start(RunOptions {
                 model: Arc::new(model),
                 state_dir: dir.clone(),
+                cluster: None,
             }))
             .map_err(|e| e.to_string())?;
         let (backlog, mut rx) = runtime

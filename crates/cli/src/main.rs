@@ -11,8 +11,11 @@
 //! errors).
 
 mod adm;
+mod agent;
 mod bench;
+mod cluster_args;
 mod demo;
+mod director;
 mod events;
 mod example;
 mod run;
@@ -43,6 +46,10 @@ enum Command {
     Sim(sim::SimArgs),
     /// Run a cluster on this host until SIGINT/SIGTERM, logging every event.
     Run(run::RunArgs),
+    /// Direct a multi-host cluster: nodes running `nines agent` join it over TCP.
+    Director(director::DirectorArgs),
+    /// Run one node of a multi-host cluster, joined to its directors.
+    Agent(agent::AgentArgs),
     /// Show every SG, SU, component and SI of the running cluster with their states.
     Status(status::StatusArgs),
     /// Run an admin operation (lock, unlock, switchover, ...) on an entity.
@@ -64,12 +71,30 @@ fn main() -> ExitCode {
         Command::Validate(args) => validate::validate(&args),
         Command::Sim(args) => sim::sim(&args),
         Command::Run(args) => run::run(&args),
+        Command::Director(args) => director::director(&args),
+        Command::Agent(args) => agent::agent(&args),
         Command::Status(args) => status::status(&args),
         Command::Adm(args) => adm::adm(&args),
         Command::Events(args) => events::events(&args),
         Command::Demo(args) => demo::demo(&args),
         Command::Bench(args) => bench::bench(&args),
         Command::Example(args) => example::example(&args),
+    }
+}
+
+/// The two-worker tokio runtime the long-running commands (`run`, `director`, `agent`) use;
+/// `None` after printing why it could not start.
+pub(crate) fn async_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("nines: cannot start the async runtime: {e}");
+            None
+        }
     }
 }
 

@@ -26,21 +26,18 @@ pub(crate) fn run(args: &RunArgs) -> ExitCode {
     let Some(model) = load_file(&args.config) else {
         return ExitCode::FAILURE;
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("nines: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = crate::async_runtime() else {
+        return ExitCode::FAILURE;
     };
-    rt.block_on(serve(Arc::new(model), args.state_dir.resolve()))
+    rt.block_on(serve(RunOptions {
+        model: Arc::new(model),
+        state_dir: args.state_dir.resolve(),
+        cluster: None,
+    }))
 }
 
-async fn serve(model: Arc<nines_model::Model>, state_dir: PathBuf) -> ExitCode {
+/// Runs a director (single-host or cluster) until SIGINT/SIGTERM, printing its events.
+pub(crate) async fn serve(opts: RunOptions) -> ExitCode {
     // Signals first: a SIGTERM during start-up must still end in a clean shutdown.
     let (mut int, mut term) = match (
         signal(SignalKind::interrupt()),
@@ -52,7 +49,8 @@ async fn serve(model: Arc<nines_model::Model>, state_dir: PathBuf) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match Runtime::start(RunOptions { model, state_dir }).await {
+    let cluster = opts.cluster.is_some();
+    let runtime = match Runtime::start(opts).await {
         Ok(r) => r,
         Err(e) => {
             eprintln!("nines: {e}");
@@ -102,7 +100,11 @@ async fn serve(model: Arc<nines_model::Model>, state_dir: PathBuf) -> ExitCode {
         _ = term.recv() => "SIGTERM",
         () = runtime.wait() => "the engine stopped",
     };
-    eprintln!("nines: {why}: stopping every component");
+    if cluster {
+        eprintln!("nines: {why}: stopping the director (the nodes keep their components)");
+    } else {
+        eprintln!("nines: {why}: stopping every component");
+    }
     runtime.shutdown().await;
     if let Some(p) = printer {
         // The log closes with the runtime; the printer ends once it printed the last line.

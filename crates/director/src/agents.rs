@@ -66,8 +66,16 @@ impl AgentCtx {
 }
 
 /// A node's agent: absent while it is being fenced and restarted.
+#[derive(Default)]
 pub(crate) struct Slot {
+    /// The in-process agent (single-host runs).
     pub handle: Option<AgentHandle>,
+    /// The joined node's link (cluster directors).
+    pub remote: Option<crate::cluster::Remote>,
+    /// Where the node last connected from (for fence commands).
+    pub last_addr: Option<std::net::SocketAddr>,
+    /// A cluster fence method is running for the node.
+    pub fencing: bool,
     pub gen: u64,
 }
 
@@ -75,6 +83,8 @@ pub(crate) struct Slot {
 pub(crate) struct Agents {
     pub ctx: AgentCtx,
     pub slots: Vec<Slot>,
+    /// Set for a cluster director: nodes join over links instead of running in-process.
+    pub cluster: Option<Arc<crate::cluster::ClusterCtx>>,
 }
 
 impl Agents {
@@ -87,7 +97,7 @@ impl Agents {
             match ctx.start(node, 0).await {
                 Ok(handle) => slots.push(Slot {
                     handle: Some(handle),
-                    gen: 0,
+                    ..Slot::default()
                 }),
                 Err(e) => {
                     for s in &slots {
@@ -99,7 +109,23 @@ impl Agents {
                 }
             }
         }
-        Ok(Agents { ctx, slots })
+        Ok(Agents {
+            ctx,
+            slots,
+            cluster: None,
+        })
+    }
+
+    /// A cluster director's agents: none yet; nodes join over links.
+    pub fn remote(ctx: AgentCtx, cluster: Arc<crate::cluster::ClusterCtx>) -> Agents {
+        let slots = (0..ctx.model.nodes.len())
+            .map(|_| Slot::default())
+            .collect();
+        Agents {
+            ctx,
+            slots,
+            cluster: Some(cluster),
+        }
     }
 
     /// Hands a component action to the agent of the component's node. Dropped (and `false`)
@@ -108,7 +134,11 @@ impl Agents {
     pub fn execute(&self, comp: CompId, action: &ActionKind) -> bool {
         let m = &self.ctx.model;
         let node = m.sus[m.comps[comp.index()].su.index()].node;
-        match &self.slots[node.index()].handle {
+        let slot = &self.slots[node.index()];
+        if let Some(r) = &slot.remote {
+            return r.execute(action);
+        }
+        match &slot.handle {
             Some(h) => {
                 h.execute(action);
                 true
@@ -147,6 +177,11 @@ impl Agents {
 
     /// Shuts every agent down at once (each terminates its components) and waits for all.
     pub async fn shutdown_all(&mut self, extra: Vec<AgentHandle>) {
+        // Remote nodes keep running headless: a director that stops is not a cluster that
+        // stops. Dropping the links tells them.
+        for s in &mut self.slots {
+            s.remote = None;
+        }
         let mut tasks = Vec::new();
         for h in self
             .slots

@@ -47,6 +47,8 @@ pub(crate) struct EngineLoop {
     pub next_request: u64,
     pending: HashMap<u64, Pending>,
     pub fence_tasks: Vec<JoinHandle<()>>,
+    /// A cluster director's task accepting node links (stopped with the loop).
+    pub accept_task: Option<JoinHandle<()>>,
 }
 
 impl EngineLoop {
@@ -74,6 +76,21 @@ impl EngineLoop {
             next_request: 1,
             pending: HashMap::new(),
             fence_tasks: Vec::new(),
+            accept_task: None,
+        }
+    }
+
+    /// Logs one `adopted` line per component that survived a restart of the director.
+    pub fn log_adopted(&self, adopted: &[nines_agent::Adopted]) {
+        for a in adopted {
+            self.log_director(
+                "adopted",
+                vec![
+                    ("comp", json!(self.model.comps[a.comp.index()].path)),
+                    ("pid", json!(a.pid)),
+                    ("held", json!(a.held.len())),
+                ],
+            );
         }
     }
 
@@ -154,10 +171,11 @@ impl EngineLoop {
         }
     }
 
-    fn on_msg(&mut self, msg: Msg) {
+    pub(crate) fn on_msg(&mut self, msg: Msg) {
         match msg {
             Msg::Report { node, gen, report } => {
-                if self.agents.slots[node.index()].gen != gen {
+                let slot = &self.agents.slots[node.index()];
+                if slot.gen != gen || (self.agents.cluster.is_some() && slot.remote.is_none()) {
                     return; // from an agent replaced by a fence: everything it ran is dead
                 }
                 self.feed(report.at, report.input);
@@ -176,6 +194,20 @@ impl EngineLoop {
                 let _ = reply.send(s);
             }
             Msg::Fenced { node } => self.on_fenced(node),
+            Msg::Join { node, addr, reply } => self.on_join(node, addr, reply),
+            Msg::Joined {
+                node,
+                gen,
+                remote,
+                adopted,
+            } => self.on_joined(node, gen, remote, adopted.len()),
+            Msg::Lost {
+                node,
+                gen,
+                at,
+                reason,
+            } => self.on_lost(node, gen, at, reason),
+            Msg::FenceResult { node, result } => self.on_fence_result(node, result),
             Msg::Rebooted { node, gen, result } => self.on_rebooted(node, gen, result),
             // `run` handles it before calling here.
             Msg::Shutdown { done } => drop(done),
@@ -228,6 +260,9 @@ impl EngineLoop {
             match action.kind {
                 ActionKind::Record(event) => records.push((action.at, event)),
                 ActionKind::StartTimer { timer, at } => self.timers.start(timer, at),
+                ActionKind::Fence { node } if self.agents.cluster.is_some() => {
+                    self.cluster_fence(node)
+                }
                 ActionKind::Fence { node } => self.fence(node),
                 ActionKind::AdminReply { request, result } => {
                     self.on_admin_reply(action.at, request, &result);
@@ -312,6 +347,9 @@ impl EngineLoop {
             }
         }
         self.rx.close();
+        if let Some(t) = self.accept_task.take() {
+            t.abort();
+        }
         self.agents.shutdown_all(extra).await;
         self.admin_store.close().await;
         self.log_director("run-stopped", Vec::new());

@@ -22,6 +22,7 @@
 mod admin_store;
 mod agents;
 pub mod client;
+pub mod cluster;
 mod control;
 mod engine_loop;
 pub mod event_json;
@@ -79,6 +80,9 @@ pub struct RunOptions {
     pub model: Arc<Model>,
     /// Where sockets, logs and persisted state live; created if missing (mode 0700).
     pub state_dir: PathBuf,
+    /// `None`: a single-host run (one in-process agent per node). `Some`: a cluster
+    /// director; nodes run `nines agent` and join over the network.
+    pub cluster: Option<cluster::ClusterOptions>,
 }
 
 /// Why the runtime could not start.
@@ -102,6 +106,9 @@ pub enum RunError {
         /// How it was noticed.
         why: String,
     },
+    /// The cluster listener could not be set up.
+    #[error("cannot listen for nodes: {0}")]
+    Listen(String),
     /// A node agent could not be started.
     #[error("cannot start the agent of node/{node}: {source}")]
     Agent {
@@ -233,53 +240,85 @@ impl Runtime {
             logs_dir,
             tx: tx.clone(),
         };
-        let agents = Agents::start_all(ctx)
-            .await
-            .map_err(|(node, source)| RunError::Agent {
-                node: opts.model.nodes[node.index()].name.clone(),
-                source,
-            })?;
-
-        // Components a crashed earlier run left running come back under supervision (each
-        // SA-aware one once it registered again); the engine resumes from them.
-        let adopted = agents.adopted().await;
-        for a in &adopted {
-            log.append(
-                clock.now(),
-                "adopted",
-                &vec![
-                    ("comp", json!(opts.model.comps[a.comp.index()].path)),
-                    ("pid", json!(a.pid)),
-                    ("held", json!(a.held.len())),
-                ],
-            );
-        }
-        // The engine resumes from the components' own account, given when they registered
-        // again (never from a record a crash may have left stale).
-        let resume = (!adopted.is_empty()).then(|| {
-            let held: Vec<_> = adopted.iter().map(|a| (a.comp, a.held.clone())).collect();
-            nines_engine::resume_input(&held)
-        });
-
         let listener = match bind_control(&control_socket) {
             Ok(l) => l,
-            Err(e) => {
-                let mut agents = agents;
-                agents.shutdown_all(Vec::new()).await;
-                return Err(dir_err(&control_socket)(e));
+            Err(e) => return Err(dir_err(&control_socket)(e)),
+        };
+        let engine_loop = match opts.cluster {
+            None => {
+                let agents = match Agents::start_all(ctx).await {
+                    Ok(a) => a,
+                    Err((node, source)) => {
+                        let _ = std::fs::remove_file(&control_socket);
+                        return Err(RunError::Agent {
+                            node: opts.model.nodes[node.index()].name.clone(),
+                            source,
+                        });
+                    }
+                };
+                // Components a crashed earlier run left running come back under supervision
+                // (each SA-aware one once it registered again); the engine resumes from them.
+                let adopted = agents.adopted().await;
+                let mut engine_loop = EngineLoop::new(
+                    opts.model.clone(),
+                    clock,
+                    agents,
+                    log.clone(),
+                    admin_store,
+                    rx,
+                    run,
+                );
+                engine_loop.log_adopted(&adopted);
+                engine_loop.boot(resume_of(&adopted));
+                engine_loop
+            }
+            Some(c) => {
+                let cctx = Arc::new(cluster::ClusterCtx {
+                    model: opts.model.clone(),
+                    config_text: c.config_text,
+                    fence: c.fence,
+                    clock,
+                    tx: tx.clone(),
+                    join_timeout: c.join_timeout,
+                });
+                let addr = c.listener.local_addr().ok();
+                let task = match cluster::serve(c.listener, c.key, &c.name, c.link, cctx.clone()) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        let _ = std::fs::remove_file(&control_socket);
+                        return Err(RunError::Listen(e.to_string()));
+                    }
+                };
+                log.append(
+                    clock.now(),
+                    "listening",
+                    &vec![
+                        ("addr", json!(addr.map(|a| a.to_string()))),
+                        ("director", json!(c.name)),
+                    ],
+                );
+                let mut engine_loop = EngineLoop::new(
+                    opts.model.clone(),
+                    clock,
+                    Agents::remote(ctx, cctx),
+                    log.clone(),
+                    admin_store,
+                    rx,
+                    run,
+                );
+                engine_loop.accept_task = Some(task);
+                // Every node that joins in time says what it runs; the engine resumes from
+                // that, so a director that replaces another restarts nothing healthy.
+                let (adopted, later) = engine_loop.gather_joins().await;
+                engine_loop.log_adopted(&adopted);
+                engine_loop.boot(resume_of(&adopted));
+                for msg in later {
+                    engine_loop.on_msg(msg);
+                }
+                engine_loop.lose_absent();
+                engine_loop
             }
         };
-
-        let mut engine_loop = EngineLoop::new(
-            opts.model.clone(),
-            clock,
-            agents,
-            log.clone(),
-            admin_store,
-            rx,
-            run,
-        );
-        engine_loop.boot(resume);
         let (stopped_tx, stopped) = watch::channel(false);
         let engine_task = tokio::spawn(async move {
             engine_loop.run().await;
@@ -366,6 +405,16 @@ impl Runtime {
             }
         }
     }
+}
+
+/// The engine's `Input::Resume` for what was adopted (nothing: a fresh start).
+fn resume_of(adopted: &[nines_agent::Adopted]) -> Option<nines_engine::Input> {
+    // The engine resumes from the components' own account, given when they registered again
+    // (never from a record a crash may have left stale).
+    (!adopted.is_empty()).then(|| {
+        let held: Vec<_> = adopted.iter().map(|a| (a.comp, a.held.clone())).collect();
+        nines_engine::resume_input(&held)
+    })
 }
 
 fn remove_if_present(path: &Path) -> Result<(), RunError> {

@@ -35,6 +35,31 @@ pub(crate) enum Msg {
         gen: u64,
         result: io::Result<AgentHandle>,
     },
+    /// A node asks to join (cluster directors).
+    Join {
+        node: NodeId,
+        addr: std::net::SocketAddr,
+        reply: oneshot::Sender<crate::cluster::JoinAnswer>,
+    },
+    /// A node joined: its link (generation `gen`) and what it runs.
+    Joined {
+        node: NodeId,
+        gen: u64,
+        remote: crate::cluster::Remote,
+        adopted: Vec<nines_agent::Adopted>,
+    },
+    /// A node's link (generation `gen`) ended at `at`.
+    Lost {
+        node: NodeId,
+        gen: u64,
+        at: nines_engine::Instant,
+        reason: String,
+    },
+    /// A cluster fence method finished.
+    FenceResult {
+        node: NodeId,
+        result: Result<(), String>,
+    },
     /// Stop: no more input; terminate everything; answer on `done`.
     Shutdown { done: oneshot::Sender<()> },
 }

@@ -92,6 +92,7 @@ impl Cluster {
         let start = Runtime::start(RunOptions {
             model,
             state_dir: dir.to_path_buf(),
+            cluster: None,
         });
         let rt = tokio::time::timeout(SETTLE, start)
             .await
@@ -365,6 +366,7 @@ async fn failover_admin_ops_and_clean_shutdown() {
     match Runtime::start(RunOptions {
         model: model(),
         state_dir: dir.0.clone(),
+        cluster: None,
     })
     .await
     {

@@ -50,16 +50,46 @@ where
         name: &str,
         config: LinkConfig,
     ) -> Result<Self, Error> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| Error::Io { peer: addr, source })?;
+        Self::serve(listener, key, name, config)
+    }
+
+    /// Like [`bind`](Self::bind), on a socket bound elsewhere: a test harness binds it inside
+    /// a node's network namespace (a socket keeps the namespace it was created in) and hands
+    /// it to a director running outside. Needs a tokio runtime.
+    pub fn from_std(
+        listener: std::net::TcpListener,
+        key: ClusterKey,
+        name: &str,
+        config: LinkConfig,
+    ) -> Result<Self, Error> {
+        let addr = listener.local_addr().map_err(|source| Error::Io {
+            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        })?;
+        listener
+            .set_nonblocking(true)
+            .and_then(|()| TcpListener::from_std(listener))
+            .map_err(|source| Error::Io { peer: addr, source })
+            .and_then(|l| Self::serve(l, key, name, config))
+    }
+
+    fn serve(
+        listener: TcpListener,
+        key: ClusterKey,
+        name: &str,
+        config: LinkConfig,
+    ) -> Result<Self, Error> {
         handshake::check_name(name).map_err(|why| Error::BadName {
             name: name.into(),
             why,
         })?;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| Error::Io { peer: addr, source })?;
-        let local = listener
-            .local_addr()
-            .map_err(|source| Error::Io { peer: addr, source })?;
+        let local = listener.local_addr().map_err(|source| Error::Io {
+            peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        })?;
         let (tx, ready) = mpsc::channel(MAX_PENDING_HANDSHAKES);
         let refused = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(accept_loop(

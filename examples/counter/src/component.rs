@@ -6,7 +6,8 @@
 //! | standby                       | no listener; the agent keeps the checkpoint replicated  |
 //! | quiescing, quiesced, removed  | stop serving, close the listener and the connections    |
 //!
-//! CSI attributes: `port` (required for active: the TCP port on 127.0.0.1) and `fail_hook`
+//! CSI attributes: `port` (required for active: the TCP port), `host` (the IPv4 address to
+//! listen on, default 127.0.0.1; `0.0.0.0` for clients on other hosts) and `fail_hook`
 //! (`on` enables the benchmark's `fail` request; anything else, or absent, leaves it off).
 
 use std::collections::HashMap;
@@ -76,6 +77,18 @@ fn attr<'a>(attrs: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// The `host` attribute: the IPv4 address to listen on (default 127.0.0.1; `0.0.0.0` serves
+/// clients on other hosts of a cluster).
+pub fn host_of(attrs: &[(String, String)]) -> Result<std::net::Ipv4Addr, String> {
+    match attr(attrs, "host") {
+        None => Ok(std::net::Ipv4Addr::LOCALHOST),
+        Some(raw) => raw
+            .trim()
+            .parse()
+            .map_err(|_| format!("the CSI's `host` attribute {raw:?} is not an IPv4 address")),
+    }
+}
+
 /// The `port` attribute, checked: without a valid port the component cannot serve, and
 /// saying so is better than listening somewhere nobody looks.
 pub fn port_of(attrs: &[(String, String)]) -> Result<u16, String> {
@@ -104,10 +117,11 @@ impl CounterComponent {
             return Ok(());
         }
         let port = port_of(attrs)?;
+        let host = host_of(attrs)?;
         let t0 = Instant::now();
         // Listen before reading: clients connecting meanwhile wait in the backlog.
-        let listening =
-            Listening::bind(port).map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
+        let listening = Listening::bind_on(host, port)
+            .map_err(|e| format!("cannot listen on {host}:{port}: {e}"))?;
         let t1 = Instant::now();
         let checkpoint: Arc<dyn Checkpoint> = Arc::new(SiCheckpoint::new(session.clone(), si));
         let value = entry.counter.activate(&*checkpoint)?;
@@ -211,6 +225,13 @@ mod tests {
         assert_eq!(port_of(&attrs(&[("port", "7100")])), Ok(7100));
         assert_eq!(port_of(&attrs(&[("port", " 80 ")])), Ok(80));
         assert!(port_of(&attrs(&[])).is_err());
+        assert_eq!(host_of(&attrs(&[])), Ok(std::net::Ipv4Addr::LOCALHOST));
+        assert_eq!(
+            host_of(&attrs(&[("host", "0.0.0.0")])),
+            Ok(std::net::Ipv4Addr::UNSPECIFIED)
+        );
+        let e = host_of(&attrs(&[("host", "localhost")])).expect_err("not an address");
+        assert!(e.contains("`host`"), "{e}");
         assert!(port_of(&attrs(&[("port", "0")])).is_err());
         assert!(port_of(&attrs(&[("port", "70000")])).is_err());
         let e = port_of(&attrs(&[("port", "http")])).expect_err("not a number");

@@ -41,7 +41,7 @@ pub struct Sample {
 }
 
 /// How the probe behaves.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ProbeOptions {
     /// The service.
     pub addr: SocketAddr,
@@ -52,6 +52,12 @@ pub struct ProbeOptions {
     /// A request unanswered for this long counts as failed (the connection is dropped). Only a
     /// safety net: a killed server resets its connections at once.
     pub timeout: Duration,
+    /// Other addresses of the same service (its other nodes in a cluster without a floating
+    /// IP): after a failure the probe tries the next address in turn.
+    pub others: Vec<SocketAddr>,
+    /// Longest wait for a TCP connection; keep it short when `others` are given, so that a
+    /// dead host (which answers nothing) holds the probe up only briefly.
+    pub connect_timeout: Duration,
 }
 
 impl ProbeOptions {
@@ -62,6 +68,8 @@ impl ProbeOptions {
             mode,
             spacing: Duration::from_micros(100),
             timeout: Duration::from_secs(1),
+            others: Vec::new(),
+            connect_timeout: Duration::from_secs(1),
         }
     }
 }
@@ -231,9 +239,16 @@ fn probe_loop(opts: &ProbeOptions, shared: &Shared) {
     let mut conn: Option<(TcpStream, BufReader<TcpStream>)> = None;
     let mut line = String::new();
     let mut n: u64 = 0;
+    let addrs: Vec<SocketAddr> = std::iter::once(opts.addr)
+        .chain(opts.others.iter().copied())
+        .collect();
+    let mut next = 0;
     while !shared.stop.load(Ordering::SeqCst) {
         if conn.is_none() {
-            conn = connect(opts);
+            conn = connect(opts, addrs[next % addrs.len()]);
+            if conn.is_none() {
+                next += 1;
+            }
         }
         let answered = match conn.as_mut() {
             Some((stream, reader)) => {
@@ -281,15 +296,17 @@ fn probe_loop(opts: &ProbeOptions, shared: &Shared) {
             }
             None => {
                 shared.failures.fetch_add(1, Ordering::Relaxed);
-                conn = None;
+                if conn.take().is_some() {
+                    next += 1; // the connection broke: the service may have moved
+                }
             }
         }
         thread::sleep(opts.spacing);
     }
 }
 
-fn connect(opts: &ProbeOptions) -> Option<(TcpStream, BufReader<TcpStream>)> {
-    let stream = TcpStream::connect_timeout(&opts.addr, opts.timeout).ok()?;
+fn connect(opts: &ProbeOptions, addr: SocketAddr) -> Option<(TcpStream, BufReader<TcpStream>)> {
+    let stream = TcpStream::connect_timeout(&addr, opts.connect_timeout).ok()?;
     stream.set_nodelay(true).ok()?;
     stream.set_read_timeout(Some(opts.timeout)).ok()?;
     stream.set_write_timeout(Some(opts.timeout)).ok()?;

@@ -65,11 +65,16 @@ impl Conns {
     }
 }
 
-/// Binds 127.0.0.1:`port` with `SO_REUSEADDR` and listens.
+/// Binds 127.0.0.1:`port` with `SO_REUSEADDR` and listens (see [`bind_on`]).
+pub fn bind(port: u16) -> io::Result<TcpListener> {
+    bind_on(Ipv4Addr::LOCALHOST, port)
+}
+
+/// Binds `ip`:`port` with `SO_REUSEADDR` and listens.
 ///
 /// Built with rustix rather than `TcpListener::bind` so that the option is set explicitly, not
 /// inherited from what the standard library happens to do on this platform.
-pub fn bind(port: u16) -> io::Result<TcpListener> {
+pub fn bind_on(ip: Ipv4Addr, port: u16) -> io::Result<TcpListener> {
     let fd = rustix::net::socket_with(
         AddressFamily::INET,
         SocketType::STREAM,
@@ -77,7 +82,7 @@ pub fn bind(port: u16) -> io::Result<TcpListener> {
         None,
     )?;
     rustix::net::sockopt::set_socket_reuseaddr(&fd, true)?;
-    rustix::net::bind(&fd, &SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))?;
+    rustix::net::bind(&fd, &SocketAddrV4::new(ip, port))?;
     rustix::net::listen(&fd, 1024)?;
     Ok(TcpListener::from(fd))
 }
@@ -94,9 +99,14 @@ pub struct Listening {
 impl Listening {
     /// Binds 127.0.0.1:`port`, retrying for up to [`BIND_PATIENCE`] while it is in use.
     pub fn bind(port: u16) -> io::Result<Listening> {
+        Self::bind_on(Ipv4Addr::LOCALHOST, port)
+    }
+
+    /// Binds `ip`:`port`, retrying for up to [`BIND_PATIENCE`] while it is in use.
+    pub fn bind_on(ip: Ipv4Addr, port: u16) -> io::Result<Listening> {
         let deadline = Instant::now() + BIND_PATIENCE;
         loop {
-            match bind(port) {
+            match bind_on(ip, port) {
                 Ok(listener) => return Ok(Listening { listener }),
                 Err(e) if e.kind() == ErrorKind::AddrInUse && Instant::now() < deadline => {
                     thread::sleep(Duration::from_millis(1));

@@ -1,0 +1,330 @@
+//! A real cluster on the namespace testbed: `nines director` in node 0's network, `nines agent`
+//! on nodes 1 and 2 (each in its own PID namespace), the 2N counter across them, and a probe
+//! client on node 0. Node faults are real: a crashed node's processes all die at once and its
+//! link goes silent.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nines_example_counter::probe::{gap, Mode, Probe, ProbeOptions};
+use nines_testbed::{Process, Testbed};
+use serde_json::Value;
+
+const EXE: &str = env!("CARGO_BIN_EXE_nines");
+const PORT: u16 = 7100;
+
+/// A temp directory removed on drop (also when the test fails). Short: it holds sockets.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("ncl-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed (and reaped) on drop.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn config() -> String {
+    format!(
+        "cluster: counter-3n\n\
+         nodes: [node-1, node-2]\n\
+         apps:\n  counter:\n    sgs:\n      sg:\n        redundancy: 2n\n        fail_back: false\n\
+         \x20       units:\n          su-1: {{ node: node-1, rank: 1 }}\n          su-2: {{ node: node-2, rank: 2 }}\n\
+         \x20       components:\n          counterd:\n            kind: sa-aware\n\
+         \x20           instantiate: [{EXE}, example, counter]\n\
+         \x20           timeouts: {{ instantiate: 10s, terminate: 2s, cleanup: 2s, callback: 1s }}\n\
+         \x20           healthcheck: {{ period: 1s, max_duration: 500ms }}\n\
+         \x20           recovery: failover\n\
+         \x20   sis:\n      si:\n        sg: sg\n        csis:\n\
+         \x20         main: {{ component: counterd, attrs: {{ port: \"{PORT}\", host: 0.0.0.0 }} }}\n"
+    )
+}
+
+struct Cluster {
+    bed: Testbed,
+    dir: TempDir,
+    director: Option<Killed>,
+    agents: Vec<Option<Process>>,
+    director_addr: SocketAddr,
+}
+
+impl Cluster {
+    fn state(&self) -> String {
+        self.dir.0.join("director").display().to_string()
+    }
+
+    fn key(&self) -> PathBuf {
+        self.dir.0.join("cluster.key")
+    }
+
+    /// Starts the director in node 0's network namespace (but this PID namespace, so that its
+    /// fence command can kill a node's init), fencing by SIGKILL of the node's init.
+    fn start(tag: &str) -> Option<Cluster> {
+        if !nines_testbed::is_root() {
+            eprintln!("skipped: the cluster tests need root (network namespaces)");
+            return None;
+        }
+        let bed = Testbed::new(3).expect("testbed");
+        let dir = TempDir::new(tag);
+        write_key(&dir.0.join("cluster.key"), &[7u8; 32]);
+        std::fs::write(dir.0.join("cluster.yaml"), config()).expect("config");
+        let director_addr = SocketAddr::from((bed.node(0).addr(), 7400));
+        let mut c = Cluster {
+            bed,
+            dir,
+            director: None,
+            agents: vec![None, None, None],
+            director_addr,
+        };
+        c.write_inits();
+        c.start_director();
+        Some(c)
+    }
+
+    /// The fence command kills `inits/NODE`'s pid: the node's PID namespace init.
+    fn write_inits(&self) {
+        let d = self.dir.0.join("inits");
+        std::fs::create_dir_all(&d).expect("inits dir");
+        for i in 1..3 {
+            if let Some(pid) = self.bed.node(i).init_pid() {
+                std::fs::write(d.join(format!("node-{i}")), pid.to_string()).expect("init pid");
+            }
+        }
+    }
+
+    fn start_director(&mut self) {
+        let fence = format!(
+            "kill -KILL $(cat {}/inits/$NINES_FENCE_NODE) 2>/dev/null; true",
+            self.dir.0.display()
+        );
+        let log = std::fs::File::create(self.dir.0.join("director.log")).expect("log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", self.bed.node(0).netns(), EXE, "director"])
+            .arg(self.dir.0.join("cluster.yaml"))
+            .args(["--listen", &self.director_addr.to_string()])
+            .arg("--key")
+            .arg(self.key())
+            .args(["--fence-command", &fence, "--join-timeout", "20s", "-v"])
+            .args(["--state-dir", &self.state()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("nines director runs");
+        self.director = Some(Killed(child));
+    }
+
+    fn start_agent(&mut self, i: usize, key: &Path) -> &Process {
+        let log = std::fs::File::create(self.dir.0.join(format!("agent-{i}.log"))).expect("log");
+        let mut cmd = Command::new(EXE);
+        cmd.args(["agent", "--node", &format!("node-{i}")])
+            .args(["--director", &self.director_addr.to_string()])
+            .arg("--key")
+            .arg(key)
+            .arg("--state-dir")
+            .arg(self.dir.0.join(format!("agent-{i}")))
+            .arg("-v")
+            .stdout(Stdio::null())
+            .stderr(log);
+        let p = self.bed.node(i).spawn(cmd).expect("nines agent runs");
+        self.agents[i] = Some(p);
+        self.agents[i].as_ref().expect("just set")
+    }
+
+    fn status(&self) -> Option<Value> {
+        let o = Command::new(EXE)
+            .args(["status", "--json", "--state-dir", &self.state()])
+            .output()
+            .ok()?;
+        if o.status.code() != Some(0) {
+            return None;
+        }
+        serde_json::from_slice(&o.stdout).ok()
+    }
+
+    fn wait_status(&self, what: &str, limit: Duration, ok: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.status() {
+                if ok(&s) {
+                    return s;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; last status {:?}\n{}",
+                    self.status(),
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for f in ["director.log", "agent-1.log", "agent-2.log"] {
+            let text = std::fs::read_to_string(self.dir.0.join(f)).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(30).collect();
+            out.push_str(&format!("--- {f} (last lines)\n"));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    fn events(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(Path::new(&self.state()).join("events.jsonl"))
+            .unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// A probe on node 0 that tries both nodes' counter addresses.
+    fn probe(&self) -> Probe {
+        let a = SocketAddr::from((self.bed.node(1).addr(), PORT));
+        let b = SocketAddr::from((self.bed.node(2).addr(), PORT));
+        self.bed
+            .node(0)
+            .enter(|| {
+                Probe::start(ProbeOptions {
+                    others: vec![b],
+                    connect_timeout: Duration::from_millis(20),
+                    spacing: Duration::from_micros(200),
+                    ..ProbeOptions::new(a, Mode::Counter)
+                })
+            })
+            .expect("enter node 0")
+            .expect("probe starts")
+    }
+}
+
+fn write_key(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).expect("key");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("key mode");
+}
+
+fn holder(s: &Value, ha: &str) -> Option<String> {
+    s["sgs"][0]["sis"][0]["assignments"]
+        .as_array()?
+        .iter()
+        .find(|a| a["ha_state"] == ha && a["confirmed"] == true)
+        .and_then(|a| a["su"].as_str())
+        .map(str::to_string)
+}
+
+fn settled(s: &Value, active: &str, standby: &str) -> bool {
+    holder(s, "active").as_deref() == Some(active)
+        && holder(s, "standby").as_deref() == Some(standby)
+}
+
+#[test]
+fn a_crashed_node_is_fenced_its_work_fails_over_and_it_rejoins_clean() {
+    let Some(mut c) = Cluster::start("crash") else {
+        return;
+    };
+    let key = c.key();
+    c.start_agent(1, &key);
+    c.start_agent(2, &key);
+    c.wait_status("the 2N counter settled", Duration::from_secs(30), |s| {
+        settled(s, "counter/sg/su-1", "counter/sg/su-2")
+    });
+    let probe = c.probe();
+    assert!(
+        probe
+            .wait_answer_after(Instant::now(), Duration::from_secs(10))
+            .is_some(),
+        "the probe on node 0 reaches the active on node 1\n{}",
+        c.logs()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+
+    c.bed.crash_node(1).expect("crash node 1");
+    // Node 1 is silent and dead from here on (the link cut takes a few commands).
+    let crash = Instant::now();
+    let after = probe.wait_answer_after(crash, Duration::from_secs(15));
+    assert!(
+        after.is_some(),
+        "the service came back on node 2\n{}",
+        c.logs()
+    );
+    let outage = gap(&probe.take(), crash).map(|g| g.outage());
+    c.wait_status("node 2 active", Duration::from_secs(10), |s| {
+        holder(s, "active").as_deref() == Some("counter/sg/su-2")
+    });
+    let names: Vec<String> = c
+        .events()
+        .iter()
+        .filter_map(|e| e["event"].as_str().map(str::to_string))
+        .collect();
+    let pos = |n: &str| names.iter().position(|x| x == n);
+    let (lost, fence, done) = (pos("node-lost"), pos("fence"), pos("fence-done"));
+    assert!(
+        lost.is_some() && fence > lost && done > fence,
+        "lost, then fenced, then failed over: {names:?}"
+    );
+    eprintln!("node-kill outage seen by the probe: {outage:?}");
+
+    // The node comes back: a fresh PID namespace, the agent again; it joins clean and its SU
+    // becomes the standby.
+    c.bed.restart_node(1).expect("restart node 1");
+    c.write_inits();
+    c.start_agent(1, &key);
+    c.wait_status("node 1 rejoined as standby", Duration::from_secs(30), |s| {
+        settled(s, "counter/sg/su-2", "counter/sg/su-1")
+    });
+    let report = probe.stop();
+    if std::env::var_os("NINES_TEST_VERBOSE").is_some() {
+        for e in c.events() {
+            eprintln!("{e}");
+        }
+        eprintln!("{}", c.logs());
+    }
+    assert!(report.answered > 0);
+    eprintln!("probe: {report:?}");
+}
+
+#[test]
+fn an_agent_with_the_wrong_key_is_refused_and_says_so() {
+    let Some(mut c) = Cluster::start("key") else {
+        return;
+    };
+    let wrong = c.dir.0.join("wrong.key");
+    write_key(&wrong, &[9u8; 32]);
+    let p = c.start_agent(1, &wrong);
+    let status = p
+        .wait_timeout(Duration::from_secs(20))
+        .expect("wait")
+        .expect("a refused agent exits");
+    assert!(!status.success(), "exit status {status}");
+    let log = std::fs::read_to_string(c.dir.0.join("agent-1.log")).unwrap_or_default();
+    assert!(
+        log.contains("refused"),
+        "the agent says it was refused: {log}"
+    );
+    // No node joined, so nothing runs: the director never saw node 1.
+    let joined = c.events().iter().any(|e| e["event"] == "node-joined");
+    assert!(!joined);
+}

@@ -1,0 +1,392 @@
+//! What agents and directors say to each other over a link.
+//!
+//! The messages mirror the engine's component actions and the facts an agent reports, but
+//! they are their own types: the wire stays stable and versioned (the link's frames carry
+//! `nines_proto::PROTOCOL_VERSION`) while the engine's enums evolve, and decoding checks every
+//! index against the model both ends run, so a confused or malicious peer's message is
+//! refused with a reason instead of indexing out of bounds.
+//!
+//! A connection goes: agent `Join` → director `Welcome` (the config, and whether the agent
+//! keeps what runs) → agent `Running` (what it runs and holds) → then `Order`s one way and
+//! `Report`s the other, until the link is lost.
+
+use nines_engine::{ActionKind, Command, FaultKind, HaState, Input, Outcome};
+use nines_model::{CompId, CsiId, Model, Recovery};
+use serde::{Deserialize, Serialize};
+
+/// Messages from an agent to a director.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToDirector {
+    /// First message on every connection. `incarnation` is random per agent process, so a
+    /// director can tell a reconnecting agent from a restarted one in its logs.
+    Join {
+        /// Random per agent process.
+        incarnation: u64,
+    },
+    /// Everything the agent runs, after a `Welcome` (empty after a reset).
+    Running {
+        /// One entry per running component.
+        comps: Vec<RunningComp>,
+    },
+    /// A fact, `age_ns` nanoseconds old when sent (the director stamps it on its own clock:
+    /// agents and directors share no epoch).
+    Report {
+        /// How long before sending it was observed.
+        age_ns: u64,
+        /// What happened.
+        fact: Fact,
+    },
+}
+
+/// One component an agent runs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunningComp {
+    /// Component index in the model.
+    pub comp: u32,
+    /// Its main process (in the node's PID namespace).
+    pub pid: u32,
+    /// CSIs it holds: CSI index and HA state.
+    pub held: Vec<(u32, WireHa)>,
+}
+
+/// Messages from a director to an agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ToAgent {
+    /// The answer to `Join`.
+    Welcome {
+        /// The cluster config (YAML); both ends run the model it describes.
+        config: String,
+        /// Keep (adopt) what runs; false: the node was fenced, so kill everything first.
+        keep: bool,
+    },
+    /// Carry out a component action.
+    Order(Order),
+}
+
+/// HA states on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub enum WireHa {
+    Active,
+    Standby,
+    Quiescing,
+    Quiesced,
+}
+
+/// A component action for the agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub enum Order {
+    Instantiate { comp: u32 },
+    Terminate { comp: u32 },
+    Cleanup { comp: u32 },
+    AssignCsi { comp: u32, csi: u32, ha: WireHa },
+    RemoveCsi { comp: u32, csi: u32 },
+}
+
+/// Command outcomes on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub enum WireOutcome {
+    Ok,
+    Failed,
+    TimedOut,
+}
+
+/// A fact an agent reports.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[allow(missing_docs)]
+pub enum Fact {
+    /// `command`: 0 instantiate, 1 terminate, 2 cleanup.
+    CommandDone {
+        comp: u32,
+        command: u8,
+        outcome: WireOutcome,
+    },
+    /// `kind`: 0 exited, 1 healthcheck missed, 2 error report; `recommended` indexes
+    /// `Recovery::ALL`.
+    ComponentFailed {
+        comp: u32,
+        kind: u8,
+        recommended: Option<u8>,
+    },
+    CsiAssigned {
+        comp: u32,
+        csi: u32,
+        ha: WireHa,
+        outcome: WireOutcome,
+    },
+    CsiRemoved {
+        comp: u32,
+        csi: u32,
+        outcome: WireOutcome,
+    },
+    QuiescingComplete {
+        comp: u32,
+        csi: u32,
+    },
+}
+
+/// Why a message was refused: names the field and the bad value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field} {value} is out of range (the model has {limit})")]
+pub struct BadIndex {
+    /// Which field.
+    pub field: &'static str,
+    /// The value received.
+    pub value: u32,
+    /// How many there are.
+    pub limit: usize,
+}
+
+fn check(field: &'static str, value: u32, limit: usize) -> Result<u32, BadIndex> {
+    if (value as usize) < limit {
+        Ok(value)
+    } else {
+        Err(BadIndex {
+            field,
+            value,
+            limit,
+        })
+    }
+}
+
+fn comp(m: &Model, c: u32) -> Result<CompId, BadIndex> {
+    check("component", c, m.comps.len()).map(CompId)
+}
+
+fn csi(m: &Model, c: u32) -> Result<CsiId, BadIndex> {
+    check("csi", c, m.csis.len()).map(CsiId)
+}
+
+impl From<HaState> for WireHa {
+    fn from(h: HaState) -> Self {
+        match h {
+            HaState::Active => WireHa::Active,
+            HaState::Standby => WireHa::Standby,
+            HaState::Quiescing => WireHa::Quiescing,
+            HaState::Quiesced => WireHa::Quiesced,
+        }
+    }
+}
+
+impl From<WireHa> for HaState {
+    fn from(h: WireHa) -> Self {
+        match h {
+            WireHa::Active => HaState::Active,
+            WireHa::Standby => HaState::Standby,
+            WireHa::Quiescing => HaState::Quiescing,
+            WireHa::Quiesced => HaState::Quiesced,
+        }
+    }
+}
+
+impl From<Outcome> for WireOutcome {
+    fn from(o: Outcome) -> Self {
+        match o {
+            Outcome::Ok => WireOutcome::Ok,
+            Outcome::Failed => WireOutcome::Failed,
+            Outcome::TimedOut => WireOutcome::TimedOut,
+        }
+    }
+}
+
+impl From<WireOutcome> for Outcome {
+    fn from(o: WireOutcome) -> Self {
+        match o {
+            WireOutcome::Ok => Outcome::Ok,
+            WireOutcome::Failed => Outcome::Failed,
+            WireOutcome::TimedOut => Outcome::TimedOut,
+        }
+    }
+}
+
+impl Order {
+    /// The order for a component action; `None` for actions that are not an agent's.
+    pub fn from_action(a: &ActionKind) -> Option<Order> {
+        Some(match *a {
+            ActionKind::Instantiate { comp } => Order::Instantiate { comp: comp.0 },
+            ActionKind::Terminate { comp } => Order::Terminate { comp: comp.0 },
+            ActionKind::Cleanup { comp } => Order::Cleanup { comp: comp.0 },
+            ActionKind::AssignCsi {
+                comp,
+                csi,
+                ha_state,
+            } => Order::AssignCsi {
+                comp: comp.0,
+                csi: csi.0,
+                ha: ha_state.into(),
+            },
+            ActionKind::RemoveCsi { comp, csi } => Order::RemoveCsi {
+                comp: comp.0,
+                csi: csi.0,
+            },
+            _ => return None,
+        })
+    }
+
+    /// The engine action, checked against the model.
+    pub fn to_action(&self, m: &Model) -> Result<ActionKind, BadIndex> {
+        Ok(match *self {
+            Order::Instantiate { comp: c } => ActionKind::Instantiate { comp: comp(m, c)? },
+            Order::Terminate { comp: c } => ActionKind::Terminate { comp: comp(m, c)? },
+            Order::Cleanup { comp: c } => ActionKind::Cleanup { comp: comp(m, c)? },
+            Order::AssignCsi {
+                comp: c,
+                csi: s,
+                ha,
+            } => ActionKind::AssignCsi {
+                comp: comp(m, c)?,
+                csi: csi(m, s)?,
+                ha_state: ha.into(),
+            },
+            Order::RemoveCsi { comp: c, csi: s } => ActionKind::RemoveCsi {
+                comp: comp(m, c)?,
+                csi: csi(m, s)?,
+            },
+        })
+    }
+}
+
+impl Fact {
+    /// The fact for an agent's report; `None` for inputs an agent never reports.
+    pub fn from_input(i: &Input) -> Option<Fact> {
+        Some(match *i {
+            Input::CommandDone {
+                comp,
+                command,
+                outcome,
+            } => Fact::CommandDone {
+                comp: comp.0,
+                command: match command {
+                    Command::Instantiate => 0,
+                    Command::Terminate => 1,
+                    Command::Cleanup => 2,
+                },
+                outcome: outcome.into(),
+            },
+            Input::ComponentFailed {
+                comp,
+                kind,
+                recommended,
+            } => Fact::ComponentFailed {
+                comp: comp.0,
+                kind: match kind {
+                    FaultKind::Exited => 0,
+                    FaultKind::HealthcheckMissed => 1,
+                    FaultKind::ErrorReport => 2,
+                },
+                recommended: recommended
+                    .and_then(|r| Recovery::ALL.iter().position(|x| *x == r))
+                    .map(|i| i as u8),
+            },
+            Input::CsiAssigned {
+                comp,
+                csi,
+                ha_state,
+                outcome,
+            } => Fact::CsiAssigned {
+                comp: comp.0,
+                csi: csi.0,
+                ha: ha_state.into(),
+                outcome: outcome.into(),
+            },
+            Input::CsiRemoved { comp, csi, outcome } => Fact::CsiRemoved {
+                comp: comp.0,
+                csi: csi.0,
+                outcome: outcome.into(),
+            },
+            Input::QuiescingComplete { comp, csi } => Fact::QuiescingComplete {
+                comp: comp.0,
+                csi: csi.0,
+            },
+            _ => return None,
+        })
+    }
+
+    /// The engine input, checked against the model.
+    pub fn to_input(&self, m: &Model) -> Result<Input, BadIndex> {
+        Ok(match *self {
+            Fact::CommandDone {
+                comp: c,
+                command,
+                outcome,
+            } => Input::CommandDone {
+                comp: comp(m, c)?,
+                command: match check("command", u32::from(command), 3)? {
+                    0 => Command::Instantiate,
+                    1 => Command::Terminate,
+                    _ => Command::Cleanup,
+                },
+                outcome: outcome.into(),
+            },
+            Fact::ComponentFailed {
+                comp: c,
+                kind,
+                recommended,
+            } => Input::ComponentFailed {
+                comp: comp(m, c)?,
+                kind: match check("fault kind", u32::from(kind), 3)? {
+                    0 => FaultKind::Exited,
+                    1 => FaultKind::HealthcheckMissed,
+                    _ => FaultKind::ErrorReport,
+                },
+                recommended: match recommended {
+                    None => None,
+                    Some(r) => Some(
+                        Recovery::ALL
+                            [check("recovery", u32::from(r), Recovery::ALL.len())? as usize],
+                    ),
+                },
+            },
+            Fact::CsiAssigned {
+                comp: c,
+                csi: s,
+                ha,
+                outcome,
+            } => Input::CsiAssigned {
+                comp: comp(m, c)?,
+                csi: csi(m, s)?,
+                ha_state: ha.into(),
+                outcome: outcome.into(),
+            },
+            Fact::CsiRemoved {
+                comp: c,
+                csi: s,
+                outcome,
+            } => Input::CsiRemoved {
+                comp: comp(m, c)?,
+                csi: csi(m, s)?,
+                outcome: outcome.into(),
+            },
+            Fact::QuiescingComplete { comp: c, csi: s } => Input::QuiescingComplete {
+                comp: comp(m, c)?,
+                csi: csi(m, s)?,
+            },
+        })
+    }
+}
+
+impl RunningComp {
+    /// The agent's account of an adopted (or running) component.
+    pub fn from_adopted(a: &nines_agent::Adopted) -> RunningComp {
+        RunningComp {
+            comp: a.comp.0,
+            pid: a.pid,
+            held: a.held.iter().map(|(c, h)| (c.0, (*h).into())).collect(),
+        }
+    }
+
+    /// Back to the agent's type, checked against the model.
+    pub fn to_adopted(&self, m: &Model) -> Result<nines_agent::Adopted, BadIndex> {
+        Ok(nines_agent::Adopted {
+            comp: comp(m, self.comp)?,
+            pid: self.pid,
+            held: self
+                .held
+                .iter()
+                .map(|(c, h)| Ok((csi(m, *c)?, HaState::from(*h))))
+                .collect::<Result<_, BadIndex>>()?,
+        })
+    }
+}
