@@ -214,6 +214,27 @@ impl AgentHandle {
         out
     }
 
+    /// What this agent runs now (instantiated, not stopping), each component with the CSIs
+    /// it confirmed: what an agent that reconnects to a director reports, so that a director
+    /// that did not see this agent's history (a new leader) resumes instead of restarting.
+    pub fn running(&self) -> Vec<Adopted> {
+        let a = &self.agent;
+        let comps = a.comps();
+        let groups = a.host.groups();
+        let mut out: Vec<Adopted> = comps
+            .iter()
+            .filter(|(_, i)| i.phase == Phase::Running && !i.failed)
+            .filter(|(_, i)| i.proc.exit_now().is_none())
+            .map(|(c, i)| Adopted {
+                comp: *c,
+                pid: i.proc.pid(),
+                held: groups.held_by(*c),
+            })
+            .collect();
+        out.sort_by_key(|x| x.comp);
+        out
+    }
+
     /// The components this agent adopted when it started (see [`AgentOptions::adopt`]), once
     /// each SA-aware one has registered again and said which CSIs it holds; those that did
     /// not within their instantiate timeout are killed and left out. Call it once, before the

@@ -41,6 +41,19 @@ impl ProtectionGroups {
         }
     }
 
+    /// What `comp` holds, as it confirmed it (sorted by CSI).
+    pub(crate) fn held_by(&self, comp: CompId) -> Vec<(CsiId, HaState)> {
+        let mut out: Vec<(CsiId, HaState)> = self
+            .members
+            .values()
+            .flat_map(|m| m.iter())
+            .filter(|((c, _), _)| *c == comp)
+            .map(|((_, csi), ha)| (*csi, *ha))
+            .collect();
+        out.sort_by_key(|(csi, _)| *csi);
+        out
+    }
+
     /// `comp` holds nothing any more (its process ended).
     pub(crate) fn remove_comp(&mut self, model: &Model, comp: CompId) {
         let mut changed = Vec::new();
