@@ -90,6 +90,8 @@ pub(crate) struct Agent {
     pub spawning: watch::Sender<SpawningMap>,
     /// Set once at shutdown; stops the accept and sweep loops.
     pub stop: watch::Sender<bool>,
+    /// Carries checkpoint writes to other nodes (cluster nodes only).
+    pub replicator: std::sync::OnceLock<Arc<dyn crate::checkpoint::Replicator>>,
 }
 
 impl Agent {
@@ -120,6 +122,7 @@ impl Agent {
             changed: Notify::new(),
             records,
             stop: watch::channel(false).0,
+            replicator: std::sync::OnceLock::new(),
         }
     }
 

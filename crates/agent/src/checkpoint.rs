@@ -19,6 +19,42 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+/// Longest wait for a replicated write's acknowledgement before the writer is told it failed.
+/// A replicator fails its pending writes when it loses its connection (within the link's
+/// silence limit), so this only bounds a replicator that never answers.
+pub const REPLICATION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A checkpoint write travelling to other nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaWrite {
+    /// The checkpoint's name.
+    pub checkpoint: String,
+    /// The section.
+    pub section: String,
+    /// Its new contents.
+    pub data: Vec<u8>,
+}
+
+/// Carries this node's checkpoint writes to the nodes of the standbys (a cluster node plugs
+/// one in with [`AgentHandle::set_replicator`](crate::AgentHandle::set_replicator); on one
+/// host there is none, the store being shared).
+///
+/// Writes must reach every other node in the order they are given, so that a standby's copy
+/// is always a state the active had.
+pub trait Replicator: Send + Sync + 'static {
+    /// Sends `write` (or, with `None`, a barrier that is acknowledged only after everything
+    /// sent before it). With `wait`, returns the acknowledgement: `Ok` once every node that
+    /// must have it has it, or why not (also when there is no connection to send it on).
+    fn replicate(
+        &self,
+        write: Option<ReplicaWrite>,
+        wait: bool,
+    ) -> Option<oneshot::Receiver<Result<(), String>>>;
+}
 
 /// Upper bound of the postcard overhead of one section in a `CheckpointData` reply (two length
 /// varints), plus the reply's own fields, so that a checkpoint that was accepted can be read.
@@ -116,6 +152,20 @@ impl CheckpointStore {
         // The SI and CSI paths are bounded by the model, well under a kilobyte together.
         let total = REPLY_OVERHEAD + 4 * 1024 + attrs + data;
         (total <= nines_proto::MAX_FRAME).then_some(sections)
+    }
+
+    /// Every section of every checkpoint.
+    pub(crate) fn all(&self) -> Vec<ReplicaWrite> {
+        let all = self.checkpoints.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter()
+            .flat_map(|(c, sections)| {
+                sections.iter().map(|(s, d)| ReplicaWrite {
+                    checkpoint: c.clone(),
+                    section: s.clone(),
+                    data: d.clone(),
+                })
+            })
+            .collect()
     }
 
     /// Every section of a checkpoint, sorted by section id (none for an unknown checkpoint).

@@ -18,7 +18,7 @@ use nines_model::EntityRef;
 use nines_proto::{ToAgent, ToComponent};
 
 use crate::agent::Agent;
-use crate::checkpoint::Durability;
+use crate::checkpoint::{Durability, ReplicaWrite, REPLICATION_TIMEOUT};
 use crate::healthcheck;
 use crate::session::{Pending, SendError, SessionLink};
 use crate::wire::recovery_from_wire;
@@ -111,6 +111,12 @@ pub(crate) fn handle(agent: &Arc<Agent>, link: &Arc<SessionLink>, msg: ToAgent) 
             sync,
         } => {
             let durability = Durability::of_write(sync);
+            let replicator = agent.replicator.get().cloned();
+            let replica = replicator.as_ref().map(|_| ReplicaWrite {
+                checkpoint: checkpoint.clone(),
+                section: section.clone(),
+                data: data.clone(),
+            });
             // Under `while_open`: once the agent saw the process end, its writes still in the
             // socket are dropped rather than applied after the engine heard of the exit.
             let stored = link.while_open(|| {
@@ -126,6 +132,15 @@ pub(crate) fn handle(agent: &Arc<Agent>, link: &Arc<SessionLink>, msg: ToAgent) 
             if let Err(reason) = &result {
                 tracing::warn!(component = %path, %checkpoint, %section, sync, %reason, "checkpoint write refused");
             }
+            if let (Ok(()), Some(r)) = (&result, &replicator) {
+                // Stored here; the standbys' nodes get it in order. A sync writer hears back
+                // once they have it.
+                let wait = r.replicate(replica, durability == Durability::Standby);
+                if let Some(wait) = wait {
+                    answer_when_replicated(agent, link, request, wait);
+                }
+                return;
+            }
             let reply = match (result, durability) {
                 (Ok(()), Durability::Local) => return,
                 (result, Durability::Standby) => checkpoint_ack(request, result),
@@ -139,6 +154,11 @@ pub(crate) fn handle(agent: &Arc<Agent>, link: &Arc<SessionLink>, msg: ToAgent) 
             let _ = link.send(&reply);
         }
         ToAgent::CheckpointFlush { request } => {
+            if let Some(r) = agent.replicator.get() {
+                if let Some(wait) = r.replicate(None, true) {
+                    return answer_when_replicated(agent, link, request, wait);
+                }
+            }
             let result = agent.host.checkpoints.flush();
             let _ = link.send(&checkpoint_ack(request, result));
         }
@@ -199,6 +219,27 @@ pub(crate) fn handle(agent: &Arc<Agent>, link: &Arc<SessionLink>, msg: ToAgent) 
 }
 
 /// The answer to a checkpoint request that succeeded or was refused.
+/// Answers checkpoint request `request` once its replication is acknowledged (or failed, or
+/// [`REPLICATION_TIMEOUT`] passed).
+fn answer_when_replicated(
+    agent: &Arc<Agent>,
+    link: &Arc<SessionLink>,
+    request: u64,
+    wait: tokio::sync::oneshot::Receiver<Result<(), String>>,
+) {
+    let link = link.clone();
+    agent.rt.spawn(async move {
+        let result = match tokio::time::timeout(REPLICATION_TIMEOUT, wait).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err("the replication was abandoned".to_string()),
+            Err(_) => Err(format!(
+                "no acknowledgement from the standbys' nodes within {REPLICATION_TIMEOUT:?}"
+            )),
+        };
+        let _ = link.send(&checkpoint_ack(request, result));
+    });
+}
+
 fn checkpoint_ack(request: u64, result: Result<(), String>) -> ToComponent {
     let (ok, reason) = ok_reason(result);
     ToComponent::CheckpointAck {

@@ -84,6 +84,7 @@ use nines_model::{CompId, Model, NodeId};
 use tokio::sync::mpsc;
 
 pub use adopt::Adopted;
+pub use checkpoint::{ReplicaWrite, Replicator, REPLICATION_TIMEOUT};
 pub use clock::Clock;
 pub use commands::REAP_GRACE;
 pub use env::{csi_var, ENV_AGENT_SOCKET, ENV_COMPONENT, ENV_COMPONENT_PID, ENV_NODE};
@@ -233,6 +234,30 @@ impl AgentHandle {
             .collect();
         out.sort_by_key(|x| x.comp);
         out
+    }
+
+    /// Plug in the carrier of this node's checkpoint writes to the other nodes (a cluster
+    /// node does, before any component starts). Set once; later calls are ignored and
+    /// return false.
+    pub fn set_replicator(&self, replicator: Arc<dyn Replicator>) -> bool {
+        self.agent.replicator.set(replicator).is_ok()
+    }
+
+    /// Store a checkpoint write another node's active made, so that a standby here (or a
+    /// component that becomes active here later) reads it. Refused (with the reason) only
+    /// when the checkpoint would grow past what a read can return, as on the writer's node.
+    pub fn apply_replica(&self, write: ReplicaWrite) -> Result<(), String> {
+        self.agent.host.checkpoints.write(
+            &write.checkpoint,
+            &write.section,
+            write.data,
+            checkpoint::Durability::Local,
+        )
+    }
+
+    /// Every checkpoint this node holds, for a node that joins later and must catch up.
+    pub fn checkpoints(&self) -> Vec<ReplicaWrite> {
+        self.agent.host.checkpoints.all()
     }
 
     /// The components this agent adopted when it started (see [`AgentOptions::adopt`]), once

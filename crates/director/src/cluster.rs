@@ -99,6 +99,17 @@ impl Drop for Remote {
 }
 
 impl Remote {
+    /// Sends a message; false (logged) when the link cannot take it.
+    pub fn send(&self, msg: &ToAgent) -> bool {
+        match self.tx.try_send(msg) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(addr = %self.addr, "cannot send to the node: {e}");
+                false
+            }
+        }
+    }
+
     /// Sends a component action; false when the link cannot take it.
     pub fn execute(&self, action: &nines_engine::ActionKind) -> bool {
         let Some(order) = Order::from_action(action) else {
@@ -227,6 +238,18 @@ async fn join(link: Link<ToAgent, ToDirector>, ctx: Arc<ClusterCtx>) {
                                 }
                             }
                             Err(e) => tracing::error!(node = ?node, "bad report dropped: {e}"),
+                        }
+                    }
+                    Some(ToDirector::Checkpoint { seq, write, wait }) => {
+                        let msg = Msg::Checkpoint { node, gen: conn, seq, write, wait };
+                        if reader_ctx.tx.send(msg).is_err() {
+                            return;
+                        }
+                    }
+                    Some(ToDirector::ReplicaAck { origin, seq }) => {
+                        let msg = Msg::ReplicaAck { node, gen: conn, origin, seq };
+                        if reader_ctx.tx.send(msg).is_err() {
+                            return;
                         }
                     }
                     Some(other) => tracing::warn!(node = ?node, "unexpected {other:?} dropped"),
@@ -406,6 +429,15 @@ impl EngineLoop {
     fn install(&mut self, node: NodeId, gen: u64, remote: Remote, kept: bool, comps: usize) {
         let path = self.model.path(EntityRef::Node(node));
         let addr = remote.addr;
+        // Catch up first: the link is in order, so the node has every checkpoint before it
+        // is given any work.
+        for write in self.replication.snapshot() {
+            remote.send(&ToAgent::Replica {
+                origin: nines_node::wire::CATCH_UP,
+                seq: 0,
+                write: Some(write),
+            });
+        }
         let slot = &mut self.agents.slots[node.index()];
         slot.gen = gen;
         slot.remote = Some(remote);
@@ -464,6 +496,7 @@ impl EngineLoop {
             return;
         }
         slot.remote = None;
+        self.forget_replication(node);
         let path = self.model.path(EntityRef::Node(node));
         self.log_director(
             "node-lost",
@@ -485,6 +518,7 @@ impl EngineLoop {
         slot.gen += 1;
         slot.fencing = true;
         let addr = slot.last_addr;
+        self.forget_replication(node);
         self.log_director(
             "fence",
             vec![

@@ -49,6 +49,8 @@ pub(crate) struct EngineLoop {
     pub fence_tasks: Vec<JoinHandle<()>>,
     /// A cluster director's task accepting node links (stopped with the loop).
     pub accept_task: Option<JoinHandle<()>>,
+    /// Checkpoint writes relayed between nodes (cluster directors).
+    pub replication: crate::replication::Replication,
 }
 
 impl EngineLoop {
@@ -77,6 +79,7 @@ impl EngineLoop {
             pending: HashMap::new(),
             fence_tasks: Vec::new(),
             accept_task: None,
+            replication: Default::default(),
         }
     }
 
@@ -208,6 +211,19 @@ impl EngineLoop {
                 reason,
             } => self.on_lost(node, gen, at, reason),
             Msg::FenceResult { node, result } => self.on_fence_result(node, result),
+            Msg::Checkpoint {
+                node,
+                gen,
+                seq,
+                write,
+                wait,
+            } => self.on_checkpoint(node, gen, seq, write, wait),
+            Msg::ReplicaAck {
+                node,
+                gen,
+                origin,
+                seq,
+            } => self.on_replica_ack(node, gen, origin, seq),
             Msg::Rebooted { node, gen, result } => self.on_rebooted(node, gen, result),
             // `run` handles it before calling here.
             Msg::Shutdown { done } => drop(done),

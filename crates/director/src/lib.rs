@@ -34,6 +34,7 @@ mod lock;
 mod msg;
 pub mod names;
 pub mod protocol;
+mod replication;
 pub mod status;
 mod suggest;
 mod timers;

@@ -55,6 +55,21 @@ pub(crate) enum Msg {
         at: nines_engine::Instant,
         reason: String,
     },
+    /// A joined node's checkpoint write (or barrier), to relay to the other nodes.
+    Checkpoint {
+        node: NodeId,
+        gen: u64,
+        seq: u64,
+        write: Option<nines_node::wire::Replica>,
+        wait: bool,
+    },
+    /// Node `node` stored `origin`'s write `seq`.
+    ReplicaAck {
+        node: NodeId,
+        gen: u64,
+        origin: u32,
+        seq: u64,
+    },
     /// A cluster fence method finished.
     FenceResult {
         node: NodeId,

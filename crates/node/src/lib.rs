@@ -27,6 +27,7 @@
 //!   dropped, never executed.
 #![warn(missing_docs)]
 
+mod replicate;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -39,7 +40,8 @@ use nines_link::{connect_any, ClusterKey, ConnectError, ConnectOptions, LostReas
 use nines_model::{Model, NodeId};
 use tokio::sync::{mpsc, watch};
 
-use crate::wire::{Fact, RunningComp, ToAgent, ToDirector};
+use crate::replicate::NodeReplicator;
+use crate::wire::{Fact, RunningComp, ToAgent, ToDirector, CATCH_UP};
 
 /// How long a director may take to answer `Join` with `Welcome`.
 pub const WELCOME_TIMEOUT: Duration = Duration::from_secs(5);
@@ -99,6 +101,7 @@ pub async fn run(opts: NodeOptions, mut stop: watch::Receiver<bool>) -> Result<(
     let clock = Clock::new();
     let incarnation = random_u64();
     let mut local: Option<Local> = None;
+    let replicator = Arc::new(NodeReplicator::default());
     let result = loop {
         let link = tokio::select! {
             r = connect_any::<ToDirector, ToAgent>(&opts.directors, &opts.key, &opts.name, &opts.connect) => match r {
@@ -113,7 +116,18 @@ pub async fn run(opts: NodeOptions, mut stop: watch::Receiver<bool>) -> Result<(
         };
         let director = link.peer_name().to_owned();
         tracing::info!(director = %director, addr = %link.peer_addr(), "joined a director");
-        match session(&opts, clock, incarnation, link, &mut local, &mut stop).await {
+        let ended = session(
+            &opts,
+            clock,
+            incarnation,
+            link,
+            &mut local,
+            &replicator,
+            &mut stop,
+        )
+        .await;
+        replicator.disconnected();
+        match ended {
             Ok(Ended::Stop) => break Ok(()),
             Ok(Ended::Lost(why)) => {
                 tracing::warn!(director = %director, "lost the director ({why}); running headless");
@@ -139,6 +153,7 @@ async fn session(
     incarnation: u64,
     link: nines_link::Link<ToDirector, ToAgent>,
     local: &mut Option<Local>,
+    replicator: &Arc<NodeReplicator>,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<Ended, NodeError> {
     let mut lost = link.lost_signal();
@@ -209,6 +224,7 @@ async fn session(
             })
             .await
             .map_err(NodeError::Agent)?;
+            handle.set_replicator(replicator.clone());
             let adopted = if keep {
                 handle.adopted().await
             } else {
@@ -234,14 +250,33 @@ async fn session(
     {
         return Ok(Ended::Lost("closed while reporting".into()));
     }
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+    replicator.connected(out_tx);
     loop {
         tokio::select! {
             biased;
+            Some(msg) = out_rx.recv() => {
+                if tx.send(&msg).await.is_err() {
+                    let why = lost.get().map(|l| l.reason).unwrap_or(LostReason::Closed);
+                    return Ok(Ended::Lost(why.to_string()));
+                }
+            }
             order = rx.recv() => match order {
                 Some(ToAgent::Order(o)) => match o.to_action(&l.model) {
                     Ok(action) => l.handle.execute(&action),
                     Err(e) => tracing::error!("refused an order from the director: {e}"),
                 },
+                Some(ToAgent::Replica { origin, seq, write }) => {
+                    if let Some(w) = write {
+                        if let Err(e) = l.handle.apply_replica(w.into()) {
+                            tracing::error!("cannot store a replicated checkpoint write: {e}");
+                        }
+                    }
+                    if origin != CATCH_UP {
+                        let _ = tx.try_send(&ToDirector::ReplicaAck { origin, seq });
+                    }
+                }
+                Some(ToAgent::CheckpointAck { seq, result }) => replicator.acked(seq, result),
                 Some(ToAgent::Welcome { .. }) => {
                     tracing::error!("a second welcome from the director; ignored");
                 }

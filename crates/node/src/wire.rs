@@ -28,6 +28,23 @@ pub enum ToDirector {
         /// One entry per running component.
         comps: Vec<RunningComp>,
     },
+    /// A checkpoint write of an active here (or, with `write: None`, a barrier), numbered
+    /// per connection; with `wait` the writer waits for `CheckpointAck{seq}`.
+    Checkpoint {
+        /// Per-connection sequence number.
+        seq: u64,
+        /// The write; `None` is a barrier (acknowledged after everything before it).
+        write: Option<Replica>,
+        /// Whether the writer waits for the acknowledgement.
+        wait: bool,
+    },
+    /// A `Replica` from `origin`'s write `seq` is stored here.
+    ReplicaAck {
+        /// The node whose active wrote it.
+        origin: u32,
+        /// Its sequence number.
+        seq: u64,
+    },
     /// A fact, `age_ns` nanoseconds old when sent (the director stamps it on its own clock:
     /// agents and directors share no epoch).
     Report {
@@ -61,7 +78,58 @@ pub enum ToAgent {
     },
     /// Carry out a component action.
     Order(Order),
+    /// Store another node's checkpoint write (or pass a barrier) and answer `ReplicaAck`.
+    /// `origin` is `u32::MAX` for the catch-up a joining node gets (no answer needed).
+    Replica {
+        /// The writer's node.
+        origin: u32,
+        /// The writer's sequence number.
+        seq: u64,
+        /// The write; `None` for a barrier.
+        write: Option<Replica>,
+    },
+    /// Every node that must have write `seq` (`Checkpoint{seq}`) has it, or why not.
+    CheckpointAck {
+        /// The write.
+        seq: u64,
+        /// `Ok`, or the reason it is not durable.
+        result: Result<(), String>,
+    },
 }
+
+/// One checkpoint section's new contents.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    /// Checkpoint name.
+    pub checkpoint: String,
+    /// Section name.
+    pub section: String,
+    /// Contents.
+    pub data: Vec<u8>,
+}
+
+impl From<nines_agent::ReplicaWrite> for Replica {
+    fn from(w: nines_agent::ReplicaWrite) -> Self {
+        Replica {
+            checkpoint: w.checkpoint,
+            section: w.section,
+            data: w.data,
+        }
+    }
+}
+
+impl From<Replica> for nines_agent::ReplicaWrite {
+    fn from(r: Replica) -> Self {
+        nines_agent::ReplicaWrite {
+            checkpoint: r.checkpoint,
+            section: r.section,
+            data: r.data,
+        }
+    }
+}
+
+/// Catch-up replicas carry this origin: nobody waits for them.
+pub const CATCH_UP: u32 = u32::MAX;
 
 /// HA states on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -388,5 +456,122 @@ impl RunningComp {
                 .map(|(c, h)| Ok((csi(m, *c)?, HaState::from(*h))))
                 .collect::<Result<_, BadIndex>>()?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn model() -> Model {
+        let text = "cluster: c\nnodes: [n1, n2]\napps:\n  a:\n    sgs:\n      sg:\n        redundancy: 2n\n        units:\n          su-1: { node: n1 }\n          su-2: { node: n2 }\n        components:\n          p: { kind: sa-aware, instantiate: [true] }\n    sis:\n      si:\n        sg: sg\n        csis:\n          main: { component: p }\n";
+        nines_model::load(text, "test").expect("valid").model
+    }
+
+    #[test]
+    fn every_agent_action_and_fact_survives_the_wire() {
+        let m = model();
+        let (c, s) = (CompId(1), CsiId(0));
+        let actions = [
+            ActionKind::Instantiate { comp: c },
+            ActionKind::Terminate { comp: c },
+            ActionKind::Cleanup { comp: c },
+            ActionKind::AssignCsi {
+                comp: c,
+                csi: s,
+                ha_state: HaState::Quiescing,
+            },
+            ActionKind::RemoveCsi { comp: c, csi: s },
+        ];
+        for a in actions {
+            let order = Order::from_action(&a).expect("an agent action");
+            let bytes = postcard::to_stdvec(&ToAgent::Order(order)).expect("encodes");
+            let ToAgent::Order(back) = postcard::from_bytes(&bytes).expect("decodes") else {
+                panic!("not an order");
+            };
+            assert_eq!(back.to_action(&m), Ok(a));
+        }
+        let inputs = [
+            Input::CommandDone {
+                comp: c,
+                command: Command::Cleanup,
+                outcome: Outcome::TimedOut,
+            },
+            Input::ComponentFailed {
+                comp: c,
+                kind: FaultKind::ErrorReport,
+                recommended: Some(Recovery::NodeFailfast),
+            },
+            Input::CsiAssigned {
+                comp: c,
+                csi: s,
+                ha_state: HaState::Standby,
+                outcome: Outcome::Failed,
+            },
+            Input::CsiRemoved {
+                comp: c,
+                csi: s,
+                outcome: Outcome::Ok,
+            },
+            Input::QuiescingComplete { comp: c, csi: s },
+        ];
+        for i in inputs {
+            let fact = Fact::from_input(&i).expect("an agent fact");
+            assert_eq!(fact.to_input(&m), Ok(i));
+        }
+        assert_eq!(
+            Order::from_action(&ActionKind::Fence {
+                node: nines_model::NodeId(0)
+            }),
+            None
+        );
+        assert_eq!(Fact::from_input(&Input::Start), None);
+    }
+
+    #[test]
+    fn an_index_outside_the_model_is_refused_by_name() {
+        let m = model();
+        let e = Order::Instantiate { comp: 2 }
+            .to_action(&m)
+            .expect_err("2 comps");
+        assert_eq!(e.field, "component");
+        assert!(e.to_string().contains("component 2"), "{e}");
+        let e = Fact::CommandDone {
+            comp: 0,
+            command: 3,
+            outcome: WireOutcome::Ok,
+        }
+        .to_input(&m)
+        .expect_err("no command 3");
+        assert_eq!(e.field, "command");
+        let e = Fact::ComponentFailed {
+            comp: 0,
+            kind: 0,
+            recommended: Some(7),
+        }
+        .to_input(&m)
+        .expect_err("7 recoveries");
+        assert_eq!(e.field, "recovery");
+    }
+
+    proptest! {
+        /// Whatever a peer sends, decoding either fails or yields a message whose indices are
+        /// checked before use: never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let m = model();
+            if let Ok(ToDirector::Report { fact, .. }) = postcard::from_bytes::<ToDirector>(&bytes) {
+                let _ = fact.to_input(&m);
+            }
+            if let Ok(ToAgent::Order(o)) = postcard::from_bytes::<ToAgent>(&bytes) {
+                let _ = o.to_action(&m);
+            }
+            if let Ok(ToDirector::Running { comps }) = postcard::from_bytes::<ToDirector>(&bytes) {
+                for c in comps {
+                    let _ = c.to_adopted(&m);
+                }
+            }
+        }
     }
 }

@@ -1,0 +1,132 @@
+//! The node's [`Replicator`]: checkpoint writes of actives here go to the director, which
+//! relays them to every other joined node and acknowledges a waited-for write once they all
+//! stored it. Without a director there is nowhere to make a write durable: a waiting writer
+//! is told so at once, and writes pending when the connection ends fail.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use nines_agent::{ReplicaWrite, Replicator};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::wire::ToDirector;
+
+/// Why a write waiting for the standbys fails when the director goes away.
+const NO_DIRECTOR: &str = "no director to replicate the write to the standbys' nodes";
+
+#[derive(Default)]
+struct State {
+    next_seq: u64,
+    out: Option<mpsc::UnboundedSender<ToDirector>>,
+    pending: HashMap<u64, oneshot::Sender<Result<(), String>>>,
+}
+
+/// Shared between the agent (which calls `replicate`) and the session loop (which sends and
+/// completes).
+#[derive(Default)]
+pub(crate) struct NodeReplicator {
+    state: Mutex<State>,
+}
+
+impl NodeReplicator {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A connection is up: writes go to `out` from now on.
+    pub(crate) fn connected(&self, out: mpsc::UnboundedSender<ToDirector>) {
+        self.lock().out = Some(out);
+    }
+
+    /// The connection ended: every write still waiting fails.
+    pub(crate) fn disconnected(&self) {
+        let mut s = self.lock();
+        s.out = None;
+        for (_, tx) in s.pending.drain() {
+            let _ = tx.send(Err(NO_DIRECTOR.to_string()));
+        }
+    }
+
+    /// The director's answer for write `seq`.
+    pub(crate) fn acked(&self, seq: u64, result: Result<(), String>) {
+        if let Some(tx) = self.lock().pending.remove(&seq) {
+            let _ = tx.send(result);
+        }
+    }
+}
+
+impl Replicator for NodeReplicator {
+    fn replicate(
+        &self,
+        write: Option<ReplicaWrite>,
+        wait: bool,
+    ) -> Option<oneshot::Receiver<Result<(), String>>> {
+        let mut s = self.lock();
+        let (tx, rx) = oneshot::channel();
+        let Some(out) = s.out.clone() else {
+            if wait {
+                let _ = tx.send(Err(NO_DIRECTOR.to_string()));
+                return Some(rx);
+            }
+            return None;
+        };
+        s.next_seq += 1;
+        let seq = s.next_seq;
+        let msg = ToDirector::Checkpoint {
+            seq,
+            write: write.map(Into::into),
+            wait,
+        };
+        if out.send(msg).is_err() {
+            let _ = tx.send(Err(NO_DIRECTOR.to_string()));
+            return wait.then_some(rx);
+        }
+        if !wait {
+            return None;
+        }
+        s.pending.insert(seq, tx);
+        Some(rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(s: &str) -> Option<ReplicaWrite> {
+        Some(ReplicaWrite {
+            checkpoint: "c".into(),
+            section: s.into(),
+            data: vec![1],
+        })
+    }
+
+    #[test]
+    fn without_a_director_a_waiting_write_fails_at_once_and_others_are_kept_local() {
+        let r = NodeReplicator::default();
+        let mut rx = r.replicate(w("a"), true).expect("a waiting write answers");
+        assert_eq!(rx.try_recv(), Ok(Err(NO_DIRECTOR.to_string())));
+        assert!(r.replicate(w("b"), false).is_none());
+    }
+
+    #[test]
+    fn writes_go_out_in_order_and_complete_on_their_ack_or_fail_on_disconnect() {
+        let r = NodeReplicator::default();
+        let (tx, mut out) = mpsc::unbounded_channel();
+        r.connected(tx);
+        let mut first = r.replicate(w("a"), true).expect("waits");
+        assert!(r.replicate(w("b"), false).is_none());
+        let mut barrier = r.replicate(None, true).expect("waits");
+        let seqs: Vec<(u64, bool)> = std::iter::from_fn(|| out.try_recv().ok())
+            .map(|m| match m {
+                ToDirector::Checkpoint { seq, wait, .. } => (seq, wait),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(seqs, vec![(1, true), (2, false), (3, true)]);
+        r.acked(1, Ok(()));
+        assert_eq!(first.try_recv(), Ok(Ok(())));
+        r.disconnected();
+        assert_eq!(barrier.try_recv(), Ok(Err(NO_DIRECTOR.to_string())));
+    }
+}
