@@ -38,27 +38,27 @@ use tokio::sync::broadcast::error::RecvError;
 pub(crate) struct BenchArgs {
     /// The fault to inject.
     #[arg(value_enum)]
-    scenario: Scenario,
+    pub(crate) scenario: Scenario,
     /// Number of runs (for `escalation`: climbs of the ladder, four faults each).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
-    runs: u32,
+    pub(crate) runs: u32,
     /// Print one JSON object on stdout instead of a table (progress still goes to stderr).
     #[arg(long)]
-    json: bool,
+    pub(crate) json: bool,
     /// Seed of the random fault phases [default: from the clock; printed].
     #[arg(long)]
-    seed: Option<u64>,
+    pub(crate) seed: Option<u64>,
     /// Pause between the probe's requests, in microseconds.
     #[arg(long, default_value_t = 100, value_name = "US")]
-    spacing_us: u64,
+    pub(crate) spacing_us: u64,
     /// Keep the temporary state directory (event log, component logs) and print its path.
     #[arg(long)]
-    keep: bool,
+    pub(crate) keep: bool,
     /// Do not re-instantiate the failed SU automatically; repair it with the `repaired` admin
     /// operation once the service is back, so the repair does not compete with the failover
     /// for the CPU (sa-kill, hang, error-report: isolates the cost of the failover itself).
     #[arg(long)]
-    manual_repair: bool,
+    pub(crate) manual_repair: bool,
 }
 
 /// The benchmark's fault scenarios.
@@ -75,17 +75,29 @@ pub(crate) enum Scenario {
     /// Kill the same active component until the ladder climbs component restart → SU restart
     /// → SU failover.
     Escalation,
+    /// Crash the active's node (2N across two testbed nodes; needs root): silent, then
+    /// dead. Heartbeat loss, fence, failover; the node is restarted and rejoins.
+    NodeKill,
+    /// Cut the active's node off from the others (it keeps running until fenced).
+    Partition,
 }
 
 impl Scenario {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Scenario::SaKill => "sa-kill",
             Scenario::ProcessKill => "process-kill",
             Scenario::Hang => "hang",
             Scenario::ErrorReport => "error-report",
             Scenario::Escalation => "escalation",
+            Scenario::NodeKill => "node-kill",
+            Scenario::Partition => "partition",
         }
+    }
+
+    /// Runs on the namespace testbed, with a cluster director and node agents.
+    pub(crate) fn is_cluster(self) -> bool {
+        matches!(self, Scenario::NodeKill | Scenario::Partition)
     }
 }
 
@@ -120,6 +132,8 @@ pub(crate) struct CounterConfig {
     pub(crate) fail_hook: bool,
     /// `auto_repair: false`: a failed SU waits for the `repaired` admin operation.
     pub(crate) manual_repair: bool,
+    /// The address the active listens on (`None`: 127.0.0.1).
+    pub(crate) host: Option<&'static str>,
 }
 
 impl CounterConfig {
@@ -133,6 +147,7 @@ impl CounterConfig {
             escalation: ("{ max: 2, within: 10s }", "{ max: 1, within: 30s }"),
             fail_hook: false,
             manual_repair: false,
+            host: None,
         }
     }
 }
@@ -156,11 +171,14 @@ pub(crate) fn self_exe() -> Result<String, String> {
 /// failover.
 pub(crate) fn counter_config(exe: &str, c: &CounterConfig) -> String {
     let node = "{ escalation: { su_failover: { max: 100000, within: 1s } } }";
-    let fail_hook = if c.fail_hook {
-        ", fail_hook: \"on\""
+    let mut fail_hook = if c.fail_hook {
+        ", fail_hook: \"on\"".to_owned()
     } else {
-        ""
+        String::new()
     };
+    if let Some(h) = c.host {
+        fail_hook.push_str(&format!(", host: {}", yaml_str(h)));
+    }
     format!(
         "cluster: counter
 nodes:
@@ -326,6 +344,16 @@ pub(crate) struct Harness {
 impl Harness {
     /// Validates `config` and starts it on a fresh state directory named after `label`.
     pub(crate) fn start(config: &str, label: &str, keep: bool) -> Result<Harness, String> {
+        Self::start_with(config, label, keep, None)
+    }
+
+    /// As [`Harness::start`]; with `cluster`, as a cluster director whose nodes join it.
+    pub(crate) fn start_with(
+        config: &str,
+        label: &str,
+        keep: bool,
+        cluster: Option<nines_director::cluster::ClusterOptions>,
+    ) -> Result<Harness, String> {
         let model = match nines_model::load(config, "<generated>") {
             Ok(l) => l.model,
             Err(errors) => {
@@ -351,7 +379,7 @@ impl Harness {
             .block_on(Runtime::start(RunOptions {
                 model: Arc::new(model),
                 state_dir: dir.clone(),
-                cluster: None,
+                cluster,
             }))
             .map_err(|e| e.to_string())?;
         let (backlog, mut rx) = runtime
@@ -765,14 +793,14 @@ fn connect_active(addr: SocketAddr) -> Result<TcpStream, String> {
 /// Percentiles of one metric over the runs, in milliseconds.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) struct Summary {
-    p50: f64,
-    p90: f64,
-    p99: f64,
-    max: f64,
+    pub(crate) p50: f64,
+    pub(crate) p90: f64,
+    pub(crate) p99: f64,
+    pub(crate) max: f64,
 }
 
 /// A metric's samples at microsecond resolution (hdrhistogram, 3 significant digits).
-struct Metric {
+pub(crate) struct Metric {
     hist: Histogram<u64>,
 }
 
@@ -795,7 +823,7 @@ impl Metric {
         }
     }
 
-    fn summary(&self) -> Option<Summary> {
+    pub(crate) fn summary(&self) -> Option<Summary> {
         if self.hist.is_empty() {
             return None;
         }
@@ -810,16 +838,16 @@ impl Metric {
 }
 
 /// The metrics a benchmark reports, over every fault it injected.
-struct Metrics {
-    outage: Metric,
-    reaction: Metric,
-    recovery: Metric,
-    repair: Metric,
-    engine_outage: Metric,
+pub(crate) struct Metrics {
+    pub(crate) outage: Metric,
+    pub(crate) reaction: Metric,
+    pub(crate) recovery: Metric,
+    pub(crate) repair: Metric,
+    pub(crate) engine_outage: Metric,
 }
 
 impl Metrics {
-    fn new() -> Result<Metrics, String> {
+    pub(crate) fn new() -> Result<Metrics, String> {
         Ok(Metrics {
             outage: Metric::new()?,
             reaction: Metric::new()?,
@@ -829,7 +857,7 @@ impl Metrics {
         })
     }
 
-    fn record(&mut self, m: &Measured) {
+    pub(crate) fn record(&mut self, m: &Measured) {
         self.outage.record(m.gap.outage());
         self.reaction.record(m.reaction);
         self.recovery.record(m.recovery_time);
@@ -842,7 +870,7 @@ impl Metrics {
 
 /// A JSON object with its keys in the order given. serde_json's own map sorts keys, and the
 /// report reads best in the documented order (`scenario`, `runs`, the metrics, ...).
-fn object(fields: &[(&str, String)]) -> String {
+pub(crate) fn object(fields: &[(&str, String)]) -> String {
     let body: Vec<String> = fields
         .iter()
         .map(|(k, v)| format!("{}:{v}", Value::from(*k)))
@@ -852,7 +880,7 @@ fn object(fields: &[(&str, String)]) -> String {
 
 /// `{"p50":…,"p90":…,"p99":…,"max":…}` in milliseconds, rounded to the microsecond; nulls when
 /// there was no sample.
-fn summary_json(s: Option<Summary>) -> String {
+pub(crate) fn summary_json(s: Option<Summary>) -> String {
     let r = |x: f64| json!((x * 1e3).round() / 1e3).to_string();
     let (p50, p90, p99, max) = match s {
         Some(s) => (r(s.p50), r(s.p90), r(s.p99), r(s.max)),
@@ -868,7 +896,7 @@ fn summary_json(s: Option<Summary>) -> String {
 }
 
 /// The 1-minute load average, to judge how busy the machine was during the benchmark.
-fn load_avg() -> Option<f64> {
+pub(crate) fn load_avg() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
         .ok()?
         .split_whitespace()
@@ -879,10 +907,11 @@ fn load_avg() -> Option<f64> {
 
 /// A small deterministic generator (SplitMix64) for the fault phases, so `--seed` replays the
 /// same phases.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    /// The next 64 random bits.
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -891,13 +920,28 @@ impl Rng {
     }
 
     /// A delay uniformly in 0..=max.
-    fn delay(&mut self, max: Duration) -> Duration {
+    pub(crate) fn delay(&mut self, max: Duration) -> Duration {
         let us = u64::try_from(max.as_micros()).unwrap_or(u64::MAX);
         Duration::from_micros(self.next() % (us + 1))
     }
 }
 
-fn ms(d: Duration) -> f64 {
+/// Fails (with the first regression) if the counter ever went back: the numbers of a run
+/// that lost increments are still worth seeing, never worth trusting.
+pub(crate) fn no_regressions(report: &probe::ProbeReport) -> Result<(), String> {
+    match report.regressions.first() {
+        None => Ok(()),
+        Some(r) => Err(format!(
+            "the counter went back {} times (first: from {} to {}): acknowledged increments \
+             were lost",
+            report.regressions.len(),
+            r.previous,
+            r.got
+        )),
+    }
+}
+
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
@@ -905,7 +949,7 @@ fn ms(d: Duration) -> f64 {
 // The command
 
 /// How far the random fault phase reaches after the probe saw the service.
-const MAX_PHASE: Duration = Duration::from_millis(50);
+pub(crate) const MAX_PHASE: Duration = Duration::from_millis(50);
 
 /// The escalation ladder's longest climb: component restart twice, SU restart, SU failover;
 /// one more fault is allowed before the run is declared broken.
@@ -922,6 +966,9 @@ pub(crate) fn bench(args: &BenchArgs) -> ExitCode {
 }
 
 fn run_bench(args: &BenchArgs) -> Result<(), String> {
+    if args.scenario.is_cluster() {
+        return crate::bench_cluster::run(args);
+    }
     let name = args.scenario.name();
     let seed = args.seed.unwrap_or_else(|| {
         SystemTime::now()
@@ -975,6 +1022,9 @@ fn run_bench(args: &BenchArgs) -> Result<(), String> {
             Inject::Kill,
         ),
         Scenario::ProcessKill => (echo_config(&exe, port), Mode::Echo, 0, Inject::Kill),
+        Scenario::NodeKill | Scenario::Partition => {
+            return Err(format!("{name} runs on the cluster testbed"))
+        }
     };
     let si = match args.scenario {
         Scenario::ProcessKill => "echo/si",
@@ -1119,17 +1169,7 @@ fn run_bench(args: &BenchArgs) -> Result<(), String> {
     let out = object(&fields);
     // Stop on nothing but print everything, then fail if the counter ever went back: the
     // numbers of a run that lost increments are still worth seeing, never worth trusting.
-    let lost = if report.regressions.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "the counter went back {} times (first: from {} to {}): acknowledged increments \
-             were lost",
-            report.regressions.len(),
-            report.regressions[0].previous,
-            report.regressions[0].got
-        ))
-    };
+    let lost = no_regressions(&report);
     if args.json {
         println!("{out}");
         return lost;

@@ -13,6 +13,7 @@
 mod adm;
 mod agent;
 mod bench;
+mod bench_cluster;
 mod cluster_args;
 mod demo;
 mod director;

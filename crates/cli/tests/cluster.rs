@@ -150,6 +150,18 @@ impl Cluster {
         self.agents[i].as_ref().expect("just set")
     }
 
+    /// Starts both agents with the right key and waits for the 2N counter to settle (active
+    /// on node 1); returns the key.
+    fn start_both(&mut self) -> PathBuf {
+        let key = self.key();
+        self.start_agent(1, &key);
+        self.start_agent(2, &key);
+        self.wait_status("the 2N counter settled", Duration::from_secs(30), |s| {
+            settled(s, "counter/sg/su-1", "counter/sg/su-2")
+        });
+        key
+    }
+
     fn status(&self) -> Option<Value> {
         let o = Command::new(EXE)
             .args(["status", "--json", "--state-dir", &self.state()])
@@ -246,12 +258,7 @@ fn a_crashed_node_is_fenced_its_work_fails_over_and_it_rejoins_clean() {
     let Some(mut c) = Cluster::start("crash") else {
         return;
     };
-    let key = c.key();
-    c.start_agent(1, &key);
-    c.start_agent(2, &key);
-    c.wait_status("the 2N counter settled", Duration::from_secs(30), |s| {
-        settled(s, "counter/sg/su-1", "counter/sg/su-2")
-    });
+    let key = c.start_both();
     let probe = c.probe();
     assert!(
         probe
@@ -336,4 +343,76 @@ fn an_agent_with_the_wrong_key_is_refused_and_says_so() {
     // No node joined, so nothing runs: the director never saw node 1.
     let joined = c.events().iter().any(|e| e["event"] == "node-joined");
     assert!(!joined);
+}
+
+/// Which of nodes 1 and 2 accept connections on the counter's port right now (seen from
+/// inside each node, so a partition does not hide a node's listener).
+fn listeners(bed: &Testbed) -> Vec<usize> {
+    (1..3)
+        .filter(|&i| {
+            bed.node(i)
+                .enter(|| {
+                    std::net::TcpStream::connect_timeout(
+                        &SocketAddr::from(([127, 0, 0, 1], PORT)),
+                        Duration::from_millis(20),
+                    )
+                    .is_ok()
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[test]
+fn a_partitioned_active_is_fenced_before_its_work_moves_never_two_actives() {
+    let Some(mut c) = Cluster::start("part") else {
+        return;
+    };
+    c.start_both();
+    let probe = c.probe();
+    assert!(probe
+        .wait_answer_after(Instant::now(), Duration::from_secs(10))
+        .is_some());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (samples, doubles) = std::thread::scope(|s| {
+        let observer = s.spawn(|| {
+            let (mut samples, mut doubles) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let l = listeners(&c.bed);
+                samples += 1;
+                if l.len() > 1 {
+                    doubles.push(l);
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            (samples, doubles)
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        // Node 1 (the active's) is cut off but keeps running: it must be fenced before
+        // node 2 serves.
+        c.bed.partition(&[&[1], &[0, 2]]).expect("partition");
+        let cut = Instant::now();
+        let back = probe.wait_answer_after(cut, Duration::from_secs(15));
+        assert!(back.is_some(), "the service came back\n{}", c.logs());
+        c.wait_status("node 2 active", Duration::from_secs(10), |s| {
+            holder(s, "active").as_deref() == Some("counter/sg/su-2")
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        observer.join().expect("observer")
+    });
+    assert!(samples > 20, "the observer sampled ({samples})");
+    assert!(
+        doubles.is_empty(),
+        "two nodes served at once {} times: {doubles:?}",
+        doubles.len()
+    );
+    assert_eq!(
+        listeners(&c.bed),
+        vec![2],
+        "node 2 serves, node 1 was fenced"
+    );
+    c.bed.heal_partition().expect("heal");
+    let report = probe.stop();
+    assert!(report.regressions.is_empty(), "{:?}", report.regressions);
 }

@@ -76,6 +76,8 @@ pub(crate) struct Slot {
     pub last_addr: Option<std::net::SocketAddr>,
     /// A cluster fence method is running for the node.
     pub fencing: bool,
+    /// The joined node's component pids (as the node sees them).
+    pub pids: Vec<(CompId, u32)>,
     pub gen: u64,
 }
 
@@ -170,8 +172,11 @@ impl Agents {
     pub fn pids(&self) -> Vec<(CompId, u32)> {
         self.slots
             .iter()
-            .filter_map(|s| s.handle.as_ref())
-            .flat_map(|h| h.pids())
+            .flat_map(|s| match (&s.handle, &s.remote) {
+                (Some(h), _) => h.pids(),
+                (None, Some(_)) => s.pids.clone(),
+                (None, None) => Vec::new(),
+            })
             .collect()
     }
 

@@ -252,6 +252,16 @@ async fn join(link: Link<ToAgent, ToDirector>, ctx: Arc<ClusterCtx>) {
                             return;
                         }
                     }
+                    Some(ToDirector::Pids(list)) => {
+                        let pids = list
+                            .into_iter()
+                            .filter(|(c, _)| (*c as usize) < model.comps.len())
+                            .map(|(c, p)| (nines_model::CompId(c), p))
+                            .collect();
+                        if reader_ctx.tx.send(Msg::Pids { node, gen: conn, pids }).is_err() {
+                            return;
+                        }
+                    }
                     Some(other) => tracing::warn!(node = ?node, "unexpected {other:?} dropped"),
                     None => break,
                 },
@@ -496,6 +506,7 @@ impl EngineLoop {
             return;
         }
         slot.remote = None;
+        slot.pids.clear();
         self.forget_replication(node);
         let path = self.model.path(EntityRef::Node(node));
         self.log_director(
@@ -515,6 +526,7 @@ impl EngineLoop {
         // Whatever the method does, this director stops talking to the node: its later
         // reports are void, and closing the link makes a surviving node join again, clean.
         slot.remote = None;
+        slot.pids.clear();
         slot.gen += 1;
         slot.fencing = true;
         let addr = slot.last_addr;
@@ -527,6 +539,19 @@ impl EngineLoop {
             ],
         );
         run_fence(&ctx, node, addr);
+    }
+
+    /// A node's component pids changed.
+    pub(crate) fn on_pids(
+        &mut self,
+        node: NodeId,
+        gen: u64,
+        pids: Vec<(nines_model::CompId, u32)>,
+    ) {
+        let slot = &mut self.agents.slots[node.index()];
+        if slot.gen == gen {
+            slot.pids = pids;
+        }
     }
 
     /// A fence method finished.

@@ -211,6 +211,7 @@ impl EngineLoop {
                 reason,
             } => self.on_lost(node, gen, at, reason),
             Msg::FenceResult { node, result } => self.on_fence_result(node, result),
+            Msg::Pids { node, gen, pids } => self.on_pids(node, gen, pids),
             Msg::Checkpoint {
                 node,
                 gen,

@@ -70,6 +70,12 @@ pub(crate) enum Msg {
         origin: u32,
         seq: u64,
     },
+    /// A joined node's component pids.
+    Pids {
+        node: NodeId,
+        gen: u64,
+        pids: Vec<(nines_model::CompId, u32)>,
+    },
     /// A cluster fence method finished.
     FenceResult {
         node: NodeId,

@@ -252,6 +252,8 @@ async fn session(
     }
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
     replicator.connected(out_tx);
+    let mut pids: Vec<(u32, u32)> = l.handle.pids().iter().map(|(c, p)| (c.0, *p)).collect();
+    let _ = tx.try_send(&ToDirector::Pids(pids.clone()));
     loop {
         tokio::select! {
             biased;
@@ -300,6 +302,12 @@ async fn session(
                 if tx.send(&msg).await.is_err() {
                     let why = lost.get().map(|l| l.reason).unwrap_or(LostReason::Closed);
                     return Ok(Ended::Lost(why.to_string()));
+                }
+                let now: Vec<(u32, u32)> =
+                    l.handle.pids().iter().map(|(c, p)| (c.0, *p)).collect();
+                if now != pids {
+                    pids = now;
+                    let _ = tx.try_send(&ToDirector::Pids(pids.clone()));
                 }
             }
             l2 = lost.wait() => return Ok(Ended::Lost(l2.reason.to_string())),

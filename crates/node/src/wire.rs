@@ -38,6 +38,9 @@ pub enum ToDirector {
         /// Whether the writer waits for the acknowledgement.
         wait: bool,
     },
+    /// The main process of every component the agent runs, whenever that changed (for
+    /// status output: pids are the node's own, in its PID namespace).
+    Pids(Vec<(u32, u32)>),
     /// A `Replica` from `origin`'s write `seq` is stored here.
     ReplicaAck {
         /// The node whose active wrote it.
