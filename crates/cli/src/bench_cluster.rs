@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use nines_director::cluster::{ClusterOptions, FenceMethod};
+use nines_director::cluster::{ClusterOptions, FenceMethod, Listen};
 use nines_example_counter::probe::{gap, Mode, Probe, ProbeOptions};
 use nines_link::{ClusterKey, LinkConfig};
 use nines_testbed::{Process, Testbed};
@@ -158,7 +158,8 @@ pub(crate) fn run(args: &BenchArgs) -> Result<(), String> {
     let cluster = ClusterOptions {
         config_text: config.clone(),
         name: "director".into(),
-        listener,
+        listener: Listen::Bound(listener),
+        etcd: None,
         key,
         link,
         fence: FenceMethod::Hook(Arc::new(move |node: &str| fencer.fence(node))),

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use nines_director::cluster::{ClusterOptions, FenceMethod};
+use nines_director::cluster::{ClusterOptions, FenceMethod, Listen};
 use nines_director::RunOptions;
 
 use crate::cluster_args::{duration, init_logging, LinkArgs};
@@ -33,6 +33,11 @@ pub(crate) struct DirectorArgs {
     /// keeps serving). Needed when no fence command is given.
     #[arg(long)]
     no_fencing: bool,
+    /// etcd client URLs (comma-separated): several directors of one cluster elect a leader
+    /// there; the others wait and take over when it stops. Without it this director is the
+    /// only one.
+    #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
+    etcd: Vec<String>,
     /// How long to wait at start for every node to join; the rest are fenced.
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
     join_timeout: Duration,
@@ -74,13 +79,9 @@ pub(crate) fn director(args: &DirectorArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let listener = match std::net::TcpListener::bind(args.listen) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("nines: --listen {}: {e}", args.listen);
-            return ExitCode::FAILURE;
-        }
-    };
+    let etcd = (!args.etcd.is_empty()).then(|| {
+        nines_store::EtcdOptions::new(args.etcd.clone(), format!("/nines/{}", model.cluster))
+    });
     let Some(rt) = crate::async_runtime() else {
         return ExitCode::FAILURE;
     };
@@ -90,7 +91,8 @@ pub(crate) fn director(args: &DirectorArgs) -> ExitCode {
         cluster: Some(ClusterOptions {
             config_text,
             name: args.name.clone(),
-            listener,
+            listener: Listen::At(args.listen),
+            etcd,
             key,
             link: args.link.link(),
             fence,

@@ -64,14 +64,34 @@ impl std::fmt::Debug for FenceMethod {
     }
 }
 
+/// Where a cluster director accepts nodes.
+pub enum Listen {
+    /// A socket bound by the caller (possibly inside a network namespace).
+    Bound(std::net::TcpListener),
+    /// An address to bind, once this director leads (a standby director must not accept
+    /// nodes: they would wait on it instead of trying the leader).
+    At(SocketAddr),
+}
+
+/// The leadership election's name under the cluster's etcd namespace.
+pub const ELECTION: &str = "director";
+
+/// A director's lease on leadership: with the election timings of the tests and CI
+/// (`--heartbeat-interval=50 --election-timeout=500`) a dead leader is replaced about a
+/// second after it stopped renewing.
+pub const LEADER_TTL: Duration = Duration::from_secs(1);
+
 /// What a cluster director needs beyond a single-host run.
 pub struct ClusterOptions {
     /// The config text the model was loaded from; sent to every node.
     pub config_text: String,
     /// The director's link name.
     pub name: String,
-    /// Where agents connect (bound by the caller, possibly inside a network namespace).
-    pub listener: std::net::TcpListener,
+    /// Where agents connect.
+    pub listener: Listen,
+    /// Directors of one cluster elect a leader in this etcd (and keep the admin states
+    /// there); `None`: this director is the only one (its state stays in `state.redb`).
+    pub etcd: Option<nines_store::EtcdOptions>,
     /// The cluster key.
     pub key: ClusterKey,
     /// Heartbeat interval and miss count (both ends should agree).
@@ -141,6 +161,41 @@ pub(crate) struct ClusterCtx {
     pub clock: Clock,
     pub tx: mpsc::UnboundedSender<Msg>,
     pub join_timeout: Duration,
+}
+
+/// Campaigns for leadership (waiting as long as another director leads), logging when it
+/// starts and when it is elected.
+pub(crate) async fn lead(
+    opts: &nines_store::EtcdOptions,
+    name: &str,
+    log: &crate::event_log::EventLog,
+    clock: Clock,
+) -> Result<(nines_store::EtcdStore, nines_store::Leadership), crate::RunError> {
+    let store = nines_store::EtcdStore::connect(opts.clone())
+        .await
+        .map_err(|e| crate::RunError::Election(e.to_string()))?;
+    log.append(
+        clock.now(),
+        "campaigning",
+        &vec![
+            ("director", json!(name)),
+            ("etcd", json!(opts.endpoints.join(","))),
+        ],
+    );
+    let started = std::time::Instant::now();
+    let leadership = store
+        .campaign(ELECTION, name, LEADER_TTL)
+        .await
+        .map_err(|e| crate::RunError::Election(e.to_string()))?;
+    log.append(
+        clock.now(),
+        "elected",
+        &vec![
+            ("director", json!(name)),
+            ("waited_ms", json!(started.elapsed().as_secs_f64() * 1e3)),
+        ],
+    );
+    Ok((store, leadership))
 }
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1 << 32);

@@ -107,6 +107,9 @@ pub enum RunError {
         /// How it was noticed.
         why: String,
     },
+    /// The leader election (etcd) failed.
+    #[error("cannot become the leader: {0}")]
+    Election(String),
     /// The cluster listener could not be set up.
     #[error("cannot listen for nodes: {0}")]
     Listen(String),
@@ -206,25 +209,44 @@ impl Runtime {
         );
 
         let store_path = dir.join(nines_store::STATE_FILE);
-        let redb = nines_store::RedbStore::open(&dir)
-            .await
-            .map_err(|e| dir_err(&store_path)(io::Error::other(e.to_string())))?;
-        let token = redb.owner_token();
+        let etcd = opts.cluster.as_ref().and_then(|c| c.etcd.clone());
+        let (store, token, leadership, store_name) = match etcd {
+            None => {
+                let redb = nines_store::RedbStore::open(&dir)
+                    .await
+                    .map_err(|e| dir_err(&store_path)(io::Error::other(e.to_string())))?;
+                let token = redb.owner_token();
+                (nines_store::Store::Redb(redb), token, None, "state.redb")
+            }
+            Some(e) => {
+                let name = opts
+                    .cluster
+                    .as_ref()
+                    .map_or("director", |c| c.name.as_str());
+                let (store, leadership) = cluster::lead(&e, name, &log, clock).await?;
+                let token = leadership.token().clone();
+                (
+                    nines_store::Store::Etcd(store),
+                    token,
+                    Some(leadership),
+                    "etcd",
+                )
+            }
+        };
         let on_error: admin_store::OnError = {
             let log = log.clone();
             Box::new(move |e| {
                 log.append(
                     clock.now(),
                     "persist-error",
-                    &vec![("store", json!("state.redb")), ("error", json!(e))],
+                    &vec![("store", json!(store_name)), ("error", json!(e))],
                 );
             })
         };
         let admin_path = dir.join("admin.json");
-        let (admin_store, imported) =
-            AdminStore::open(nines_store::Store::Redb(redb), token, &admin_path, on_error)
-                .await
-                .map_err(|e| dir_err(&store_path)(io::Error::other(e)))?;
+        let (admin_store, imported) = AdminStore::open(store, token, &admin_path, on_error)
+            .await
+            .map_err(|e| dir_err(&store_path)(io::Error::other(e)))?;
         if let Some(n) = imported {
             log.append(
                 clock.now(),
@@ -282,8 +304,18 @@ impl Runtime {
                     tx: tx.clone(),
                     join_timeout: c.join_timeout,
                 });
-                let addr = c.listener.local_addr().ok();
-                let task = match cluster::serve(c.listener, c.key, &c.name, c.link, cctx.clone()) {
+                let listener = match c.listener {
+                    cluster::Listen::Bound(l) => l,
+                    cluster::Listen::At(addr) => match std::net::TcpListener::bind(addr) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = std::fs::remove_file(&control_socket);
+                            return Err(RunError::Listen(format!("{addr}: {e}")));
+                        }
+                    },
+                };
+                let addr = listener.local_addr().ok();
+                let task = match cluster::serve(listener, c.key, &c.name, c.link, cctx.clone()) {
                     Ok(t) => t,
                     Err(e) => {
                         let _ = std::fs::remove_file(&control_socket);
@@ -325,6 +357,21 @@ impl Runtime {
             engine_loop.run().await;
             let _ = stopped_tx.send(true);
         });
+        if let Some(leadership) = leadership {
+            // A deposed leader stops at once (its writes would be refused anyway: the store
+            // checks the leadership token); the nodes go on headless and join the next one.
+            let (tx, log) = (tx.clone(), log.clone());
+            tokio::spawn(async move {
+                let why = leadership.lost().await;
+                log.append(
+                    clock.now(),
+                    "leadership-lost",
+                    &vec![("reason", json!(format!("{why:?}")))],
+                );
+                let (done, _) = oneshot::channel();
+                let _ = tx.send(Msg::Shutdown { done });
+            });
+        }
 
         let (stop_control, stop_rx) = watch::channel(false);
         let control_ctx = Arc::new(ControlCtx {

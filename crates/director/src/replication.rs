@@ -20,7 +20,6 @@ struct Pending {
     /// The writer's connection generation (its answer goes nowhere once it is gone).
     gen: u64,
     waiting: BTreeSet<NodeId>,
-    wait: bool,
 }
 
 /// The director's copy of every checkpoint and the writes in flight.
@@ -84,15 +83,16 @@ impl EngineLoop {
                 waiting.insert(node);
             }
         }
+        if !wait {
+            return; // nobody waits: the nodes' acknowledgements are not needed
+        }
         if waiting.is_empty() {
-            if wait {
-                self.ack_checkpoint(origin, seq, Ok(()));
-            }
+            self.ack_checkpoint(origin, seq, Ok(()));
             return;
         }
         self.replication
             .pending
-            .insert((origin, seq), Pending { gen, waiting, wait });
+            .insert((origin, seq), Pending { gen, waiting });
     }
 
     /// `node` stored `origin`'s write `seq`.
@@ -134,7 +134,7 @@ impl EngineLoop {
         let Some(p) = self.replication.pending.remove(&key) else {
             return;
         };
-        if p.wait && self.agents.slots[key.0.index()].gen == p.gen {
+        if self.agents.slots[key.0.index()].gen == p.gen {
             self.ack_checkpoint(key.0, key.1, Ok(()));
         }
     }

@@ -189,6 +189,7 @@ async fn session(
             l.handle.kill().await;
         }
     }
+    let mut running_now: Vec<nines_agent::Adopted> = Vec::new();
     let running: Vec<RunningComp> = match local {
         Some(l) => {
             // Facts about what the previous director ordered are history now; the snapshot
@@ -237,7 +238,9 @@ async fn session(
                 config,
             });
             let _ = &l.model;
-            adopted.iter().map(RunningComp::from_adopted).collect()
+            let comps = adopted.iter().map(RunningComp::from_adopted).collect();
+            running_now = adopted;
+            comps
         }
     };
     let Some(l) = local.as_mut() else {
@@ -251,6 +254,15 @@ async fn session(
         return Ok(Ended::Lost("closed while reporting".into()));
     }
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+    // The checkpoints of what this node serves actively go first: a director that did not
+    // relay them (a new leader), and the standbys it relays to, must have the newest state.
+    for write in catch_up(&l.model, &l.handle, &running_now) {
+        let _ = out_tx.send(ToDirector::Checkpoint {
+            seq: 0,
+            write: Some(write.into()),
+            wait: false,
+        });
+    }
     replicator.connected(out_tx);
     let mut pids: Vec<(u32, u32)> = l.handle.pids().iter().map(|(c, p)| (c.0, *p)).collect();
     let _ = tx.try_send(&ToDirector::Pids(pids.clone()));
@@ -314,6 +326,26 @@ async fn session(
             () = stopped(stop) => return Ok(Ended::Stop),
         }
     }
+}
+
+/// The checkpoints of the SIs that components here hold actively (a checkpoint is named
+/// after its SI), section by section.
+fn catch_up(
+    model: &Model,
+    handle: &AgentHandle,
+    running: &[nines_agent::Adopted],
+) -> Vec<nines_agent::ReplicaWrite> {
+    let active: std::collections::BTreeSet<&str> = running
+        .iter()
+        .flat_map(|a| a.held.iter())
+        .filter(|(_, ha)| *ha == nines_engine::HaState::Active)
+        .map(|(csi, _)| model.sis[model.csis[csi.index()].si.index()].path.as_str())
+        .collect();
+    handle
+        .checkpoints()
+        .into_iter()
+        .filter(|w| active.contains(w.checkpoint.as_str()))
+        .collect()
 }
 
 /// Resolves once `stop` is true (or its sender is gone).

@@ -1,7 +1,14 @@
 //! The node's [`Replicator`]: checkpoint writes of actives here go to the director, which
 //! relays them to every other joined node and acknowledges a waited-for write once they all
-//! stored it. Without a director there is nowhere to make a write durable: a waiting writer
-//! is told so at once, and writes pending when the connection ends fail.
+//! stored it. Writes pending when the connection ends fail.
+//!
+//! **Headless**, with no director, a waiting write is acknowledged once stored here (logged
+//! once per headless period): no failover can happen without a director, and when one is
+//! back this node sends the checkpoints of the SIs it serves actively in full (see
+//! `catch_up` in the crate root) before any work can move. The price: if this node dies
+//! while headless, what it acknowledged meanwhile is lost with it. Refusing instead would
+//! turn every director outage into a service outage for every component that checkpoints
+//! synchronously.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -16,6 +23,8 @@ const NO_DIRECTOR: &str = "no director to replicate the write to the standbys' n
 
 #[derive(Default)]
 struct State {
+    /// Headless writes were already logged in this headless period.
+    warned: bool,
     next_seq: u64,
     out: Option<mpsc::UnboundedSender<ToDirector>>,
     pending: HashMap<u64, oneshot::Sender<Result<(), String>>>,
@@ -35,7 +44,9 @@ impl NodeReplicator {
 
     /// A connection is up: writes go to `out` from now on.
     pub(crate) fn connected(&self, out: mpsc::UnboundedSender<ToDirector>) {
-        self.lock().out = Some(out);
+        let mut s = self.lock();
+        s.out = Some(out);
+        s.warned = false;
     }
 
     /// The connection ended: every write still waiting fails.
@@ -64,8 +75,14 @@ impl Replicator for NodeReplicator {
         let mut s = self.lock();
         let (tx, rx) = oneshot::channel();
         let Some(out) = s.out.clone() else {
+            if !s.warned {
+                s.warned = true;
+                tracing::warn!(
+                    "no director: checkpoint writes are kept on this node only until one is back"
+                );
+            }
             if wait {
-                let _ = tx.send(Err(NO_DIRECTOR.to_string()));
+                let _ = tx.send(Ok(()));
                 return Some(rx);
             }
             return None;
@@ -102,10 +119,10 @@ mod tests {
     }
 
     #[test]
-    fn without_a_director_a_waiting_write_fails_at_once_and_others_are_kept_local() {
+    fn headless_a_waiting_write_is_acknowledged_once_stored_here() {
         let r = NodeReplicator::default();
         let mut rx = r.replicate(w("a"), true).expect("a waiting write answers");
-        assert_eq!(rx.try_recv(), Ok(Err(NO_DIRECTOR.to_string())));
+        assert_eq!(rx.try_recv(), Ok(Ok(())));
         assert!(r.replicate(w("b"), false).is_none());
     }
 
