@@ -72,6 +72,7 @@ mod socket;
 mod spawn;
 mod spawner;
 mod spawning;
+mod vip;
 mod wire;
 
 use std::io;
@@ -179,6 +180,8 @@ pub async fn start(
         tx,
         records,
     ));
+    // Before anything can claim one: what this node held before (a fence, a crash) is stale.
+    vip::release_node(&agent).wait().await;
     adopt::recorded(&agent, opts.adopt);
     tokio::spawn(reaper::sweep_loop(sigchld, agent.stop.subscribe()));
     tokio::spawn(socket::accept_loop(agent.clone(), listener));
@@ -275,6 +278,8 @@ impl AgentHandle {
         if a.stop.send_replace(true) {
             tracing::debug!("agent already stopping");
         }
+        // First: the node stops serving now, and no claim is taken from here on.
+        let released = vip::release_node(a);
         if let Err(e) = std::fs::remove_file(&a.socket) {
             if e.kind() != io::ErrorKind::NotFound {
                 tracing::warn!(socket = %a.socket.display(), error = %e, "cannot remove socket");
@@ -311,6 +316,7 @@ impl AgentHandle {
         {
             tracing::error!("processes still unreaped after shutdown");
         }
+        released.wait().await;
         tracing::info!(socket = %a.socket.display(), killed = kill, "agent stopped");
     }
 }
