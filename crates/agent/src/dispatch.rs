@@ -10,6 +10,8 @@
 //!
 //! Messages of one session are handled one at a time, in the order sent: that is what lets a
 //! component rely on its asynchronous writes being applied before its next read or flush.
+//! The engine's answers for a CSI with a floating IP wait for the address ([`crate::vip`]),
+//! still in order: a `QuiescingComplete` never overtakes the assignment answer before it.
 
 use std::sync::Arc;
 

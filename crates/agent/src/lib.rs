@@ -25,6 +25,8 @@
 //! * `checkpoint`, `protection`, `host`: the checkpoint store and protection-group tracking,
 //!   shared by the agents of one cluster in one process (one host).
 //! * `agent`: the shared state (one record per component incarnation).
+//! * `vip`: floating IPs (the CSI attribute `vip`): the address follows the CSI's confirmed
+//!   active assignment, changed by one task per address, in order, before the answer.
 //!
 //! # Architecture invariants
 //!
@@ -92,6 +94,7 @@ pub use healthcheck::{MONITOR_PERIOD, MONITOR_TIMEOUT};
 pub use session::OUTBOX;
 pub use socket::REGISTER_WAIT;
 pub use spawn::log_file;
+pub use vip::{VIP_ATTR, VIP_TIMEOUT};
 
 use crate::agent::{Agent, Phase};
 

@@ -6,9 +6,9 @@
 //! assignment takes the address once the component accepted it, and the engine hears `Ok`
 //! only after the address is on and announced (so its "service recovered" is when clients can
 //! reach it); an acquire that fails, or an attribute that does not parse, answers `Failed`.
-//! Every other confirmed state (standby, quiescing, quiesced), a removal, a component's exit,
-//! stop or cleanup, and the agent's start and stop let go of it, before the answer that lets
-//! the engine move the work on.
+//! Every other confirmed state (standby, quiescing, quiesced) and a removal let go of it
+//! before they are answered, so the next active takes a free address; a component's exit,
+//! stop or cleanup, and the agent's start and stop, let go of it too (nobody waits for those).
 //!
 //! The netlink calls are async and never run on the caller's thread: every floating IP has
 //! one *lane*, a task that carries out its changes one at a time, in the order they were
@@ -36,7 +36,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::agent::Agent;
 
-/// The CSI attribute that names a floating IP.
+/// The CSI attribute that names a floating IP (`ADDR/PREFIX[@IFACE]`, see
+/// [`nines_vip::VipSpec`]); other attributes are the component's own.
 pub const VIP_ATTR: &str = "vip";
 
 /// The longest one floating-IP change (resolving the interface, adding or removing the
