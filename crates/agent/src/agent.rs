@@ -29,6 +29,7 @@ use crate::records::Records;
 use crate::session::SessionLink;
 use crate::spawn;
 use crate::spawning::SpawningMap;
+use crate::vip::{self, NodeVip};
 use crate::Report;
 
 /// Where an incarnation is in its life.
@@ -92,6 +93,8 @@ pub(crate) struct Agent {
     pub stop: watch::Sender<bool>,
     /// Carries checkpoint writes to other nodes (cluster nodes only).
     pub replicator: std::sync::OnceLock<Arc<dyn crate::checkpoint::Replicator>>,
+    /// The floating IPs this node's components could hold (CSIs with a `vip` attribute).
+    pub vips: Vec<NodeVip>,
 }
 
 impl Agent {
@@ -106,9 +109,18 @@ impl Agent {
         reports: mpsc::UnboundedSender<Report>,
         records: Records,
     ) -> Agent {
+        let (vips, bad) = vip::of_node(&model, node);
+        for (csi, text, e) in bad {
+            tracing::error!(
+                csi = %model.csis[csi.index()].path,
+                vip = %text,
+                "bad floating IP attribute; an active assignment of this CSI will fail: {e}"
+            );
+        }
         Agent {
             node,
             host: host_for(&model),
+            vips,
             model,
             socket,
             log_dir,

@@ -4,7 +4,8 @@
 //! in its environment), so its assignments are confirmed at once, and a quiescing one completes
 //! at once. An SA-aware component gets a `CsiSet`/`CsiRemove` with a fresh invocation; whichever
 //! comes first, its `Response` (handled in [`crate::session`]) or the callback timeout, answers
-//! the engine, exactly once.
+//! the engine, exactly once. A CSI with a floating IP ([`crate::vip`]) is answered once the
+//! address has followed the confirmed state.
 
 use std::sync::Arc;
 
@@ -14,9 +15,11 @@ use nines_proto::ToComponent;
 
 use crate::agent::{Agent, Phase};
 use crate::session::{Pending, SessionLink};
+use crate::vip;
 use crate::wire::ha_to_wire;
 
 /// Which callback, for the shared path.
+#[derive(Clone, Copy)]
 enum Callback {
     Assign(HaState),
     Remove,
@@ -69,37 +72,47 @@ fn callback(agent: &Arc<Agent>, comp: CompId, csi: CsiId, cb: Callback) {
                 answer(agent, comp, csi, &cb, Outcome::Failed)
             }
             // Nothing runs that could hold it: it is gone, as asked.
-            Callback::Remove => {
-                agent.set_membership(comp, csi, None);
-                answer(agent, comp, csi, &cb, Outcome::Ok)
-            }
+            Callback::Remove => removed(agent, comp, csi, Outcome::Ok),
         };
     }
     if m.kind != CompKind::SaAware {
         return match cb {
             Callback::Assign(ha) => {
-                answer(agent, comp, csi, &cb, Outcome::Ok);
-                if ha == HaState::Quiescing {
-                    agent.report(agent.clock.now(), Input::QuiescingComplete { comp, csi });
-                    agent.set_membership(comp, csi, Some(HaState::Quiesced));
-                } else {
-                    agent.set_membership(comp, csi, Some(ha));
-                }
+                let a = agent.clone();
+                vip::settle(agent, comp, csi, Some(ha), move |outcome| {
+                    answer(&a, comp, csi, &cb, outcome);
+                    if outcome != Outcome::Ok {
+                        return;
+                    }
+                    if ha == HaState::Quiescing {
+                        a.report(a.clock.now(), Input::QuiescingComplete { comp, csi });
+                        a.set_membership(comp, csi, Some(HaState::Quiesced));
+                    } else {
+                        a.set_membership(comp, csi, Some(ha));
+                    }
+                });
             }
-            Callback::Remove => {
-                agent.set_membership(comp, csi, None);
-                answer(agent, comp, csi, &cb, Outcome::Ok)
-            }
+            Callback::Remove => removed(agent, comp, csi, Outcome::Ok),
         };
     }
     let Some(link) = link else {
         tracing::warn!(component = %m.path, csi = %csi_path, "no session to send the CSI callback on");
-        if matches!(cb, Callback::Remove) {
-            agent.set_membership(comp, csi, None);
-        }
-        return answer(agent, comp, csi, &cb, Outcome::Failed);
+        return match cb {
+            Callback::Remove => removed(agent, comp, csi, Outcome::Failed),
+            Callback::Assign(_) => answer(agent, comp, csi, &cb, Outcome::Failed),
+        };
     };
     send_callback(agent, comp, csi, cb, link);
+}
+
+/// The CSI is no longer `comp`'s (removed, or its removal answered `outcome` otherwise): let
+/// go of its floating IP, then record it and answer the engine.
+pub(crate) fn removed(agent: &Arc<Agent>, comp: CompId, csi: CsiId, outcome: Outcome) {
+    let a = agent.clone();
+    vip::settle(agent, comp, csi, None, move |_| {
+        a.set_membership(comp, csi, None);
+        answer(&a, comp, csi, &Callback::Remove, outcome);
+    });
 }
 
 fn send_callback(
@@ -167,10 +180,7 @@ fn send_callback(
             Pending::Assign { ha, .. } => {
                 answer(&a, comp, csi, &Callback::Assign(ha), Outcome::TimedOut)
             }
-            Pending::Remove { .. } => {
-                a.set_membership(comp, csi, None);
-                answer(&a, comp, csi, &Callback::Remove, Outcome::TimedOut)
-            }
+            Pending::Remove { .. } => removed(&a, comp, csi, Outcome::TimedOut),
             _ => {}
         }
     });

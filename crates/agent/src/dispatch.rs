@@ -10,6 +10,8 @@
 //!
 //! Messages of one session are handled one at a time, in the order sent: that is what lets a
 //! component rely on its asynchronous writes being applied before its next read or flush.
+//! The engine's answers for a CSI with a floating IP wait for the address ([`crate::vip`]),
+//! still in order: a `QuiescingComplete` never overtakes the assignment answer before it.
 
 use std::sync::Arc;
 
@@ -21,6 +23,7 @@ use crate::agent::Agent;
 use crate::checkpoint::{Durability, ReplicaWrite, REPLICATION_TIMEOUT};
 use crate::healthcheck;
 use crate::session::{Pending, SendError, SessionLink};
+use crate::vip;
 use crate::wire::recovery_from_wire;
 
 /// Act on one message of a registered component.
@@ -35,26 +38,36 @@ pub(crate) fn handle(agent: &Arc<Agent>, link: &Arc<SessionLink>, msg: ToAgent) 
             let outcome = if ok { Outcome::Ok } else { Outcome::Failed };
             match link.take_pending(invocation) {
                 Some(Pending::Assign { csi, ha }) => {
-                    if !ok {
+                    let a = agent.clone();
+                    let assigned = move |outcome| {
+                        a.report(
+                            a.clock.now(),
+                            Input::CsiAssigned {
+                                comp,
+                                csi,
+                                ha_state: ha,
+                                outcome,
+                            },
+                        );
+                        if outcome == Outcome::Ok {
+                            a.set_membership(comp, csi, Some(ha));
+                        }
+                    };
+                    if ok {
+                        // The floating IP follows first, so `Ok` means clients can reach it.
+                        vip::settle(agent, comp, csi, Some(ha), assigned);
+                    } else {
                         link.forget_quiescing(invocation);
                         tracing::warn!(component = %path, csi = %agent.model.csis[csi.index()].path, "refused a CSI assignment");
-                    }
-                    agent.report(
-                        agent.clock.now(),
-                        Input::CsiAssigned {
-                            comp,
-                            csi,
-                            ha_state: ha,
-                            outcome,
-                        },
-                    );
-                    if ok {
-                        agent.set_membership(comp, csi, Some(ha));
+                        vip::after(agent, csi, move || assigned(outcome));
                     }
                 }
                 Some(Pending::Remove { csi }) => {
-                    agent.report(agent.clock.now(), Input::CsiRemoved { comp, csi, outcome });
-                    agent.set_membership(comp, csi, None);
+                    let a = agent.clone();
+                    vip::settle(agent, comp, csi, None, move |_| {
+                        a.report(a.clock.now(), Input::CsiRemoved { comp, csi, outcome });
+                        a.set_membership(comp, csi, None);
+                    });
                 }
                 Some(Pending::Terminate(tx)) => {
                     let _ = tx.send(ok);
@@ -72,8 +85,12 @@ pub(crate) fn handle(agent: &Arc<Agent>, link: &Arc<SessionLink>, msg: ToAgent) 
             let csi = link.take_quiescing(invocation);
             match csi {
                 Some(csi) => {
-                    agent.report(agent.clock.now(), Input::QuiescingComplete { comp, csi });
-                    agent.set_membership(comp, csi, Some(HaState::Quiesced));
+                    // After the quiescing answer, which may still wait for its floating IP.
+                    let a = agent.clone();
+                    vip::after(agent, csi, move || {
+                        a.report(a.clock.now(), Input::QuiescingComplete { comp, csi });
+                        a.set_membership(comp, csi, Some(HaState::Quiesced));
+                    });
                 }
                 None => {
                     tracing::warn!(component = %path, invocation, "QuiescingComplete for no quiescing callback")

@@ -13,6 +13,7 @@ use nines_model::Model;
 
 use crate::checkpoint::CheckpointStore;
 use crate::protection::ProtectionGroups;
+use crate::vip::Lanes;
 
 /// State shared by the agents of one cluster in this process.
 #[derive(Default)]
@@ -20,6 +21,8 @@ pub(crate) struct Host {
     /// Checkpoints written through any of these agents.
     pub checkpoints: CheckpointStore,
     groups: Mutex<ProtectionGroups>,
+    /// The floating IPs' lanes: one host has one network namespace, so its agents share them.
+    pub vips: Lanes,
 }
 
 impl Host {

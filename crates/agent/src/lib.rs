@@ -25,6 +25,8 @@
 //! * `checkpoint`, `protection`, `host`: the checkpoint store and protection-group tracking,
 //!   shared by the agents of one cluster in one process (one host).
 //! * `agent`: the shared state (one record per component incarnation).
+//! * `vip`: floating IPs (the CSI attribute `vip`): the address follows the CSI's confirmed
+//!   active assignment, changed by one task per address, in order, before the answer.
 //!
 //! # Architecture invariants
 //!
@@ -72,6 +74,7 @@ mod socket;
 mod spawn;
 mod spawner;
 mod spawning;
+mod vip;
 mod wire;
 
 use std::io;
@@ -92,6 +95,7 @@ pub use healthcheck::{MONITOR_PERIOD, MONITOR_TIMEOUT};
 pub use session::OUTBOX;
 pub use socket::REGISTER_WAIT;
 pub use spawn::log_file;
+pub use vip::{VIP_ATTR, VIP_TIMEOUT};
 
 use crate::agent::{Agent, Phase};
 
@@ -180,6 +184,8 @@ pub async fn start(
         tx,
         records,
     ));
+    // Before anything can claim one: what this node held before (a fence, a crash) is stale.
+    vip::release_node(&agent).wait().await;
     adopt::recorded(&agent, opts.adopt);
     tokio::spawn(reaper::sweep_loop(sigchld, agent.stop.subscribe()));
     tokio::spawn(socket::accept_loop(agent.clone(), listener));
@@ -300,6 +306,8 @@ impl AgentHandle {
         if a.stop.send_replace(true) {
             tracing::debug!("agent already stopping");
         }
+        // First: the node stops serving now, and no claim is taken from here on.
+        let released = vip::release_node(a);
         if let Err(e) = std::fs::remove_file(&a.socket) {
             if e.kind() != io::ErrorKind::NotFound {
                 tracing::warn!(socket = %a.socket.display(), error = %e, "cannot remove socket");
@@ -336,6 +344,7 @@ impl AgentHandle {
         {
             tracing::error!("processes still unreaped after shutdown");
         }
+        released.wait().await;
         tracing::info!(socket = %a.socket.display(), killed = kill, "agent stopped");
     }
 }

@@ -21,7 +21,7 @@ use crate::healthcheck;
 use crate::pidfd::{Exit, Proc};
 use crate::session::Pending;
 use crate::spawn;
-use crate::{spawner, spawning};
+use crate::{spawner, spawning, vip};
 
 fn done(agent: &Agent, comp: CompId, command: Command, outcome: Outcome) {
     agent.report(
@@ -196,6 +196,8 @@ pub(crate) fn on_exit(agent: &Arc<Agent>, comp: CompId, gen: u64, exit: Exit) {
     drop(comps);
     agent.changed.notify_waiters();
     agent.groups().remove_comp(&agent.model, comp);
+    // Queued before the failure is reported, so it goes before anything the engine decides.
+    vip::drop_comp(agent, comp);
     match phase {
         Phase::Instantiating => {
             tracing::error!(component = %path, status = %exit.status, "exited before registering");
@@ -235,10 +237,12 @@ pub(crate) fn terminate(agent: &Arc<Agent>, comp: CompId) {
     });
 }
 
-/// Claim the current incarnation for a stop: `None` if there is nothing left to stop.
-fn begin_stop(agent: &Agent, comp: CompId, keep_session: bool) -> Option<Incarnation> {
+/// Claim the current incarnation for a stop: `None` if there is nothing left to stop. A
+/// component being stopped serves nothing: its floating IPs go at once.
+fn begin_stop(agent: &Arc<Agent>, comp: CompId, keep_session: bool) -> Option<Incarnation> {
     let mut comps = agent.comps();
     let inc = comps.get_mut(&comp)?;
+    vip::drop_comp(agent, comp);
     inc.phase = Phase::Stopping;
     let session = if keep_session {
         inc.session.clone()

@@ -27,7 +27,7 @@ use crate::agent::{Agent, Phase};
 use crate::dispatch::handle;
 use crate::healthcheck;
 use crate::session::{SessionLink, OUTBOX};
-use crate::{spawner, spawning, wire};
+use crate::{spawner, spawning, vip, wire};
 
 /// How long a new connection may take to send its `Register`.
 pub const REGISTER_WAIT: Duration = Duration::from_secs(10);
@@ -299,6 +299,9 @@ fn register(
         // through `AgentHandle::adopted`, not as an instantiation.
         for (csi, ha) in held_now {
             agent.set_membership(comp, csi, Some(ha));
+            // The agent released every floating IP at start; one still held active is
+            // claimed again (the engine resumes the assignment without re-assigning it).
+            vip::settle(agent, comp, csi, Some(ha), |_| {});
         }
     } else {
         // Registered: the component is started, and runs at the agent's priority from now on.
