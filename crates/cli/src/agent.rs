@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Args;
 use nines_link::ConnectOptions;
@@ -60,6 +61,10 @@ pub(crate) fn agent(args: &AgentArgs) -> ExitCode {
         state_dir,
         connect: ConnectOptions {
             link: args.link.link(),
+            // A node without a director waits at most this long between rounds: a new
+            // leader is elected about a second after the old one died, and should not wait
+            // for its nodes much longer than that.
+            max_backoff: Duration::from_millis(250),
             ..ConnectOptions::default()
         },
     };

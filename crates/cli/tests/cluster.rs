@@ -66,6 +66,8 @@ struct Cluster {
     director: Option<Killed>,
     agents: Vec<Option<Process>>,
     director_addr: SocketAddr,
+    /// What agents get as `--director`.
+    directors: String,
 }
 
 impl Cluster {
@@ -80,6 +82,11 @@ impl Cluster {
     /// Starts the director in node 0's network namespace (but this PID namespace, so that its
     /// fence command can kill a node's init), fencing by SIGKILL of the node's init.
     fn start(tag: &str) -> Option<Cluster> {
+        Self::start_with(tag, true)
+    }
+
+    /// The testbed, key and config; the director too if `start_director`.
+    fn start_with(tag: &str, start_director: bool) -> Option<Cluster> {
         if !nines_testbed::is_root() {
             eprintln!("skipped: the cluster tests need root (network namespaces)");
             return None;
@@ -95,9 +102,12 @@ impl Cluster {
             director: None,
             agents: vec![None, None, None],
             director_addr,
+            directors: director_addr.to_string(),
         };
         c.write_inits();
-        c.start_director();
+        if start_director {
+            c.start_director();
+        }
         Some(c)
     }
 
@@ -113,31 +123,44 @@ impl Cluster {
     }
 
     fn start_director(&mut self) {
+        let child = self.spawn_director("director", self.director_addr, &self.state(), &[]);
+        self.director = Some(child);
+    }
+
+    /// `nines director` named `name` in node 0's network namespace, listening on `addr`,
+    /// with its state in `state` and `extra` arguments.
+    fn spawn_director(&self, name: &str, addr: SocketAddr, state: &str, extra: &[&str]) -> Killed {
         let fence = format!(
             "kill -KILL $(cat {}/inits/$NINES_FENCE_NODE) 2>/dev/null; true",
             self.dir.0.display()
         );
-        let log = std::fs::File::create(self.dir.0.join("director.log")).expect("log");
+        let log = std::fs::File::create(self.dir.0.join(format!("{name}.log"))).expect("log");
         let child = Command::new("ip")
             .args(["netns", "exec", self.bed.node(0).netns(), EXE, "director"])
             .arg(self.dir.0.join("cluster.yaml"))
-            .args(["--listen", &self.director_addr.to_string()])
+            .args(["--listen", &addr.to_string(), "--name", name])
             .arg("--key")
             .arg(self.key())
             .args(["--fence-command", &fence, "--join-timeout", "20s", "-v"])
-            .args(["--state-dir", &self.state()])
+            .args(["--state-dir", state])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("nines director runs");
-        self.director = Some(Killed(child));
+        Killed(child)
     }
 
     fn start_agent(&mut self, i: usize, key: &Path) -> &Process {
+        let directors = self.directors.clone();
+        self.start_agent_of(i, key, &directors)
+    }
+
+    fn start_agent_of(&mut self, i: usize, key: &Path, directors: &str) -> &Process {
         let log = std::fs::File::create(self.dir.0.join(format!("agent-{i}.log"))).expect("log");
         let mut cmd = Command::new(EXE);
         cmd.args(["agent", "--node", &format!("node-{i}")])
-            .args(["--director", &self.director_addr.to_string()])
+            .args(["--director", directors])
             .arg("--key")
             .arg(key)
             .arg("--state-dir")
@@ -163,8 +186,12 @@ impl Cluster {
     }
 
     fn status(&self) -> Option<Value> {
+        self.status_of(&self.state())
+    }
+
+    fn status_of(&self, state: &str) -> Option<Value> {
         let o = Command::new(EXE)
-            .args(["status", "--json", "--state-dir", &self.state()])
+            .args(["status", "--json", "--state-dir", state])
             .output()
             .ok()?;
         if o.status.code() != Some(0) {
@@ -194,7 +221,13 @@ impl Cluster {
 
     fn logs(&self) -> String {
         let mut out = String::new();
-        for f in ["director.log", "agent-1.log", "agent-2.log"] {
+        for f in [
+            "director.log",
+            "d1.log",
+            "d2.log",
+            "agent-1.log",
+            "agent-2.log",
+        ] {
             let text = std::fs::read_to_string(self.dir.0.join(f)).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(30).collect();
             out.push_str(&format!("--- {f} (last lines)\n"));
@@ -415,4 +448,121 @@ fn a_partitioned_active_is_fenced_before_its_work_moves_never_two_actives() {
     c.bed.heal_partition().expect("heal");
     let report = probe.stop();
     assert!(report.regressions.is_empty(), "{:?}", report.regressions);
+}
+
+fn pids(s: &Value) -> Vec<u64> {
+    let mut v: Vec<u64> = s["sgs"][0]["sus"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|su| su["components"].as_array().into_iter().flatten())
+        .filter_map(|c| c["pid"].as_u64())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_killed_leader_director_is_replaced_without_restarting_or_interrupting_anything() {
+    let Some(mut c) = Cluster::start_with("ha", false) else {
+        return;
+    };
+    // etcd in node 0's network, where both directors run.
+    let etcd = c
+        .bed
+        .node(0)
+        .enter(nines_store::testing::EtcdServer::start)
+        .expect("enter node 0")
+        .expect("etcd starts");
+    let endpoint = etcd.endpoint().to_string();
+    let node0 = c.bed.node(0).addr();
+    let (a1, a2) = (
+        SocketAddr::from((node0, 7400)),
+        SocketAddr::from((node0, 7401)),
+    );
+    let (s1, s2) = (
+        c.dir.0.join("d1").display().to_string(),
+        c.dir.0.join("d2").display().to_string(),
+    );
+    let mut d1 = c.spawn_director("d1", a1, &s1, &["--etcd", &endpoint]);
+    // d1 leads before d2 starts campaigning.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let elected = |state: &str| {
+        std::fs::read_to_string(Path::new(state).join("events.jsonl"))
+            .unwrap_or_default()
+            .contains("\"event\":\"elected\"")
+    };
+    while !elected(&s1) {
+        assert!(Instant::now() < deadline, "d1 never led\n{}", c.logs());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _d2 = c.spawn_director("d2", a2, &s2, &["--etcd", &endpoint]);
+    c.directors = format!("{a1},{a2}");
+    let key = c.key();
+    c.start_agent(1, &key);
+    c.start_agent(2, &key);
+    let before = {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = c.status_of(&s1) {
+                if settled(&s, "counter/sg/su-1", "counter/sg/su-2") && pids(&s).len() == 2 {
+                    break s;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no settled cluster\n{}",
+                c.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let probe = c.probe();
+    assert!(probe
+        .wait_answer_after(Instant::now(), Duration::from_secs(10))
+        .is_some());
+    std::thread::sleep(Duration::from_millis(300));
+
+    let _ = d1.0.kill();
+    let _ = d1.0.wait();
+    let killed = Instant::now();
+    let after = loop {
+        if let Some(s) = c.status_of(&s2) {
+            if settled(&s, "counter/sg/su-1", "counter/sg/su-2") && pids(&s).len() == 2 {
+                break s;
+            }
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(20),
+            "d2 did not take over\n{}",
+            c.logs()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = killed.elapsed();
+    eprintln!("d2 leads with the cluster settled {took:?} after d1 was killed");
+    assert_eq!(pids(&after), pids(&before), "no component was restarted");
+    let events: Vec<Value> = std::fs::read_to_string(Path::new(&s2).join("events.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(events.iter().any(|e| e["event"] == "elected"));
+    let restarted = events
+        .iter()
+        .filter(|e| e["event"] == "presence" && e["presence"] == "instantiating")
+        .count();
+    assert_eq!(restarted, 0, "the new leader instantiated nothing");
+    // The service never stopped: the active kept serving while no director was up.
+    let samples = probe.take();
+    let g = gap(&samples, killed).expect("answers on both sides of the kill");
+    eprintln!("service gap around the director kill: {:?}", g.outage());
+    assert!(
+        g.outage() < Duration::from_millis(100),
+        "the service paused {:?} while the director changed",
+        g.outage()
+    );
+    let report = probe.stop();
+    assert!(report.regressions.is_empty(), "{:?}", report.regressions);
+    drop(etcd);
 }

@@ -443,6 +443,8 @@ impl EngineLoop {
                     self.agents.slots[node.index()].remote = None;
                     adopted.remove(&node);
                 }
+                // Operators may look while the director waits for its nodes.
+                status @ Msg::Status { .. } => self.on_msg(status),
                 other => later.push(other),
             }
         }

@@ -1,9 +1,9 @@
 //! The node's [`Replicator`]: checkpoint writes of actives here go to the director, which
 //! relays them to every other joined node and acknowledges a waited-for write once they all
-//! stored it. Writes pending when the connection ends fail.
+//! stored it.
 //!
 //! **Headless**, with no director, a waiting write is acknowledged once stored here (logged
-//! once per headless period): no failover can happen without a director, and when one is
+//! once per headless period), and so are the writes still waiting when the connection ends: no failover can happen without a director, and when one is
 //! back this node sends the checkpoints of the SIs it serves actively in full (see
 //! `catch_up` in the crate root) before any work can move. The price: if this node dies
 //! while headless, what it acknowledged meanwhile is lost with it. Refusing instead would
@@ -17,9 +17,6 @@ use nines_agent::{ReplicaWrite, Replicator};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::wire::ToDirector;
-
-/// Why a write waiting for the standbys fails when the director goes away.
-const NO_DIRECTOR: &str = "no director to replicate the write to the standbys' nodes";
 
 #[derive(Default)]
 struct State {
@@ -49,12 +46,20 @@ impl NodeReplicator {
         s.warned = false;
     }
 
-    /// The connection ended: every write still waiting fails.
+    /// The connection ended: the node is headless, and the writes still waiting count as
+    /// headless ones (stored here).
     pub(crate) fn disconnected(&self) {
         let mut s = self.lock();
         s.out = None;
+        if !s.pending.is_empty() {
+            s.warned = true;
+            tracing::warn!(
+                writes = s.pending.len(),
+                "lost the director with checkpoint writes in flight: they are kept on this node only until one is back"
+            );
+        }
         for (_, tx) in s.pending.drain() {
-            let _ = tx.send(Err(NO_DIRECTOR.to_string()));
+            let _ = tx.send(Ok(()));
         }
     }
 
@@ -95,7 +100,8 @@ impl Replicator for NodeReplicator {
             wait,
         };
         if out.send(msg).is_err() {
-            let _ = tx.send(Err(NO_DIRECTOR.to_string()));
+            // The session just ended: headless.
+            let _ = tx.send(Ok(()));
             return wait.then_some(rx);
         }
         if !wait {
@@ -144,6 +150,6 @@ mod tests {
         r.acked(1, Ok(()));
         assert_eq!(first.try_recv(), Ok(Ok(())));
         r.disconnected();
-        assert_eq!(barrier.try_recv(), Ok(Err(NO_DIRECTOR.to_string())));
+        assert_eq!(barrier.try_recv(), Ok(Ok(())), "headless: kept here");
     }
 }
