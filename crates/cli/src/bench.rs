@@ -80,6 +80,12 @@ pub(crate) enum Scenario {
     NodeKill,
     /// Cut the active's node off from the others (it keeps running until fenced).
     Partition,
+    /// Switch the counter's SI over between the nodes; the probe talks only to its floating
+    /// IP (CSI attribute `vip`), so the outage is the address's move.
+    Vip,
+    /// SIGKILL the leading director of two (elected in etcd); the standby takes over, the
+    /// nodes join it, and the service must not notice.
+    DirectorKill,
 }
 
 impl Scenario {
@@ -92,12 +98,17 @@ impl Scenario {
             Scenario::Escalation => "escalation",
             Scenario::NodeKill => "node-kill",
             Scenario::Partition => "partition",
+            Scenario::Vip => "vip",
+            Scenario::DirectorKill => "director-kill",
         }
     }
 
     /// Runs on the namespace testbed, with a cluster director and node agents.
     pub(crate) fn is_cluster(self) -> bool {
-        matches!(self, Scenario::NodeKill | Scenario::Partition)
+        matches!(
+            self,
+            Scenario::NodeKill | Scenario::Partition | Scenario::Vip | Scenario::DirectorKill
+        )
     }
 }
 
@@ -119,6 +130,7 @@ pub(crate) enum Inject {
 pub(crate) const COUNTER_SI: &str = "counter/si";
 
 /// What to vary in the generated 2N counter config.
+#[derive(Clone)]
 pub(crate) struct CounterConfig {
     /// TCP port of the service.
     pub(crate) port: u16,
@@ -134,6 +146,8 @@ pub(crate) struct CounterConfig {
     pub(crate) manual_repair: bool,
     /// The address the active listens on (`None`: 127.0.0.1).
     pub(crate) host: Option<&'static str>,
+    /// The SI's floating IP (`ADDR/PREFIX`), if any.
+    pub(crate) vip: Option<String>,
 }
 
 impl CounterConfig {
@@ -148,6 +162,7 @@ impl CounterConfig {
             fail_hook: false,
             manual_repair: false,
             host: None,
+            vip: None,
         }
     }
 }
@@ -178,6 +193,9 @@ pub(crate) fn counter_config(exe: &str, c: &CounterConfig) -> String {
     };
     if let Some(h) = c.host {
         fail_hook.push_str(&format!(", host: {}", yaml_str(h)));
+    }
+    if let Some(v) = &c.vip {
+        fail_hook.push_str(&format!(", vip: {}", yaml_str(v)));
     }
     format!(
         "cluster: counter
@@ -990,7 +1008,7 @@ fn run_bench(args: &BenchArgs) -> Result<(), String> {
                 &exe,
                 &CounterConfig {
                     healthcheck: ("20ms", "20ms"),
-                    ..base
+                    ..base.clone()
                 },
             ),
             Mode::Counter,
@@ -1002,7 +1020,7 @@ fn run_bench(args: &BenchArgs) -> Result<(), String> {
                 &exe,
                 &CounterConfig {
                     fail_hook: true,
-                    ..base
+                    ..base.clone()
                 },
             ),
             Mode::Counter,
@@ -1014,7 +1032,7 @@ fn run_bench(args: &BenchArgs) -> Result<(), String> {
                 &exe,
                 &CounterConfig {
                     recovery: "restart",
-                    ..base
+                    ..base.clone()
                 },
             ),
             Mode::Counter,
@@ -1022,7 +1040,7 @@ fn run_bench(args: &BenchArgs) -> Result<(), String> {
             Inject::Kill,
         ),
         Scenario::ProcessKill => (echo_config(&exe, port), Mode::Echo, 0, Inject::Kill),
-        Scenario::NodeKill | Scenario::Partition => {
+        Scenario::NodeKill | Scenario::Partition | Scenario::Vip | Scenario::DirectorKill => {
             return Err(format!("{name} runs on the cluster testbed"))
         }
     };

@@ -49,11 +49,16 @@ impl Nodes {
 
     /// Starts `nines agent` for node `i` (testbed node `i` is `node-i`).
     fn start_agent(&self, i: usize) -> Result<(), String> {
+        self.start_agent_to(i, &self.director.to_string())
+    }
+
+    /// Starts `nines agent` for node `i`, joining `directors` (`A[,B...]`).
+    fn start_agent_to(&self, i: usize, directors: &str) -> Result<(), String> {
         let log = std::fs::File::create(self.dir.join(format!("agent-{i}.log")))
             .map_err(|e| format!("agent log: {e}"))?;
         let mut cmd = Command::new(&self.exe);
         cmd.args(["agent", "--node", &format!("node-{i}")])
-            .args(["--director", &self.director.to_string()])
+            .args(["--director", directors])
             .arg("--key")
             .arg(self.key())
             .arg("--state-dir")
@@ -101,6 +106,9 @@ fn node_of_su(su: &str) -> Option<usize> {
 }
 
 pub(crate) fn run(args: &BenchArgs) -> Result<(), String> {
+    if args.scenario == Scenario::DirectorKill {
+        return run_director_kill(args);
+    }
     let name = args.scenario.name();
     if !nines_testbed::is_root() {
         return Err(format!(
@@ -134,10 +142,16 @@ pub(crate) fn run(args: &BenchArgs) -> Result<(), String> {
         .enter(|| std::net::TcpListener::bind(director))
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("cannot listen on {director} in node 0: {e}"))?;
+    // The floating IP, when there is one: a spare address of the testbed's subnet.
+    let vip = {
+        let o = nodes.bed.node(0).addr().octets();
+        std::net::Ipv4Addr::new(o[0], o[1], o[2], 100)
+    };
     let config = counter_config(
         &exe,
         &CounterConfig {
             host: Some("0.0.0.0"),
+            vip: (args.scenario == Scenario::Vip).then(|| format!("{vip}/24")),
             ..CounterConfig::two_n(PORT)
         },
     );
@@ -172,16 +186,21 @@ pub(crate) fn run(args: &BenchArgs) -> Result<(), String> {
     h.wait_status(MILESTONE, "the cluster's start", |s| {
         settled(s, COUNTER_SI, 1)
     })?;
-    let addrs = [
-        SocketAddr::from((nodes.bed.node(1).addr(), PORT)),
-        SocketAddr::from((nodes.bed.node(2).addr(), PORT)),
-    ];
+    // The probe tries both nodes, or only the floating IP.
+    let addrs = if args.scenario == Scenario::Vip {
+        vec![SocketAddr::from((vip, PORT))]
+    } else {
+        vec![
+            SocketAddr::from((nodes.bed.node(1).addr(), PORT)),
+            SocketAddr::from((nodes.bed.node(2).addr(), PORT)),
+        ]
+    };
     let probe = nodes
         .bed
         .node(0)
         .enter(|| {
             Probe::start(ProbeOptions {
-                others: vec![addrs[1]],
+                others: addrs[1..].to_vec(),
                 connect_timeout: Duration::from_millis(20),
                 timeout: Duration::from_millis(50),
                 spacing: Duration::from_micros(args.spacing_us),
@@ -300,6 +319,45 @@ pub(crate) fn run(args: &BenchArgs) -> Result<(), String> {
     lost
 }
 
+/// A switchover: the floating IP moves with the active. Reaction: the request until the
+/// engine assigned the new active; recovery: from there to the probe's first answer through
+/// the floating IP.
+fn planned_move(
+    h: &mut Harness,
+    probe: &Probe,
+    active: &str,
+    from: usize,
+) -> Result<Measured, String> {
+    let fault_at = Instant::now();
+    h.adm("switchover", COUNTER_SI)?;
+    let assigned = h.wait_event(from, MILESTONE, |v| {
+        v["event"] == "assignment" && v["ha_state"] == "active" && v["su"] != active
+    })?;
+    let back = probe
+        .wait_answer_after(fault_at, MILESTONE)
+        .ok_or("the floating IP did not answer after the switchover")?;
+    let g = gap(&probe.take(), fault_at).ok_or("no answer on one side of the switchover")?;
+    let at_ns = h.history[assigned]["t_ns"]
+        .as_u64()
+        .map(i128::from)
+        .unwrap_or_else(|| h.clock.ns(fault_at));
+    let nanos = |x: i128| Duration::from_nanos(u64::try_from(x.max(0)).unwrap_or(u64::MAX));
+    h.wait_status(MILESTONE, "the switchover settled", |s| {
+        settled(s, COUNTER_SI, 1) && s.holder(COUNTER_SI, "active") != Some(active)
+    })?;
+    Ok(Measured {
+        fault: 0,
+        recovery: "switchover".into(),
+        fault_at,
+        gap: g,
+        reaction: nanos(at_ns - h.clock.ns(fault_at)),
+        recovery_time: nanos(h.clock.ns(back.received) - at_ns),
+        repair_ms: f64::NAN,
+        engine_outage_ms: None,
+        lines: from..h.history.len(),
+    })
+}
+
 /// One node fault and its repair.
 fn one_node_fault(
     h: &mut Harness,
@@ -324,6 +382,9 @@ fn one_node_fault(
     std::thread::sleep(phase);
     h.drain();
     let from = h.history.len();
+    if scenario == Scenario::Vip {
+        return planned_move(h, probe, &active, from);
+    }
     match scenario {
         Scenario::Partition => nodes
             .bed
@@ -375,4 +436,295 @@ fn one_node_fault(
         engine_outage_ms,
         lines: from..h.history.len(),
     })
+}
+
+/// `nines bench director-kill`: two `nines director` processes (in node 0's network) elect a
+/// leader in etcd (also in node 0's network); each run SIGKILLs the leader, waits for the
+/// other to be elected and for the cluster to settle under it with the same component pids,
+/// and restarts the killed one as the new standby. Outage: the probe's gap across the kill
+/// (expected: none); reaction: kill to the standby's `elected`; recovery: elected to the
+/// cluster settled under the new leader; repair: the killed director campaigning again.
+pub(crate) fn run_director_kill(args: &BenchArgs) -> Result<(), String> {
+    use nines_director::{control_socket_path, events_path, ControlClient};
+
+    let name = args.scenario.name();
+    if !nines_testbed::is_root() {
+        return Err(format!("{name} builds network namespaces and needs root"));
+    }
+    let exe = self_exe()?;
+    let dir = std::env::temp_dir().join(format!("nines-testbed-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let bed = Testbed::new(3).map_err(|e| format!("cannot build the testbed: {e}"))?;
+    let node0 = bed.node(0).addr();
+    let addrs = [
+        SocketAddr::from((node0, DIRECTOR_PORT)),
+        SocketAddr::from((node0, DIRECTOR_PORT + 1)),
+    ];
+    let nodes = Nodes {
+        bed,
+        agents: Mutex::new(vec![None, None, None]),
+        exe: exe.clone(),
+        dir: dir.clone(),
+        director: addrs[0],
+    };
+    write_key(&nodes.key())?;
+    let etcd = nodes
+        .bed
+        .node(0)
+        .enter(nines_store::testing::EtcdServer::start)
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot start etcd: {e}"))?;
+    let config = counter_config(
+        &exe,
+        &CounterConfig {
+            host: Some("0.0.0.0"),
+            ..CounterConfig::two_n(PORT)
+        },
+    );
+    let config_path = dir.join("cluster.yaml");
+    std::fs::write(&config_path, &config).map_err(|e| e.to_string())?;
+    let inits = dir.join("inits");
+    std::fs::create_dir_all(&inits).map_err(|e| e.to_string())?;
+    let write_inits = |nodes: &Nodes| -> Result<(), String> {
+        for i in 1..3 {
+            if let Some(pid) = nodes.bed.node(i).init_pid() {
+                std::fs::write(inits.join(format!("node-{i}")), pid.to_string())
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    };
+    write_inits(&nodes)?;
+    let fence = format!(
+        "kill -KILL $(cat {}/$NINES_FENCE_NODE) 2>/dev/null; true",
+        inits.display()
+    );
+    let states = [dir.join("d1"), dir.join("d2")];
+    let spawn_director = |k: usize| -> Result<std::process::Child, String> {
+        let log = std::fs::File::create(dir.join(format!("d{}.log", k + 1)))
+            .map_err(|e| e.to_string())?;
+        Command::new("ip")
+            .args(["netns", "exec", nodes.bed.node(0).netns(), &exe, "director"])
+            .arg(&config_path)
+            .args([
+                "--listen",
+                &addrs[k].to_string(),
+                "--name",
+                &format!("d{}", k + 1),
+            ])
+            .arg("--key")
+            .arg(nodes.key())
+            .args(["--etcd", etcd.endpoint(), "--fence-command", &fence])
+            .arg("--state-dir")
+            .arg(&states[k])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start director d{}: {e}", k + 1))
+    };
+    let count = |k: usize, event: &str| -> usize {
+        let needle = format!("\"event\":\"{event}\"");
+        std::fs::read_to_string(events_path(&states[k]))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .count()
+    };
+    let wait_for = |what: &str, ok: &dyn Fn() -> bool| -> Result<Instant, String> {
+        let deadline = Instant::now() + MILESTONE;
+        while !ok() {
+            if Instant::now() > deadline {
+                return Err(format!("{what}: not within {MILESTONE:?}"));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(Instant::now())
+    };
+    let status = |k: usize| {
+        ControlClient::connect(&control_socket_path(&states[k]))
+            .and_then(|mut c| c.status())
+            .ok()
+    };
+    let pids_of = |s: &nines_director::Status| -> Vec<u32> {
+        let mut v: Vec<u32> = s
+            .sgs
+            .iter()
+            .flat_map(|g| g.sus.iter())
+            .flat_map(|su| su.components.iter())
+            .filter_map(|c| c.pid)
+            .collect();
+        v.sort();
+        v
+    };
+    let ready = |k: usize| status(k).filter(|s| settled(s, COUNTER_SI, 1) && pids_of(s).len() == 2);
+
+    let mut directors: [Option<std::process::Child>; 2] = [Some(spawn_director(0)?), None];
+    wait_for("d1 elected", &|| count(0, "elected") == 1)?;
+    directors[1] = Some(spawn_director(1)?);
+    wait_for("d2 campaigning", &|| count(1, "campaigning") == 1)?;
+    let joined = format!("{},{}", addrs[0], addrs[1]);
+    for i in 1..3 {
+        nodes.start_agent_to(i, &joined)?;
+    }
+    wait_for("the cluster settled under d1", &|| ready(0).is_some())?;
+    let probe = nodes
+        .bed
+        .node(0)
+        .enter(|| {
+            Probe::start(ProbeOptions {
+                others: vec![SocketAddr::from((nodes.bed.node(2).addr(), PORT))],
+                connect_timeout: Duration::from_millis(20),
+                timeout: Duration::from_millis(50),
+                spacing: Duration::from_micros(args.spacing_us),
+                ..ProbeOptions::new(
+                    SocketAddr::from((nodes.bed.node(1).addr(), PORT)),
+                    Mode::Counter,
+                )
+            })
+        })
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot start the probe: {e}"))?;
+    probe
+        .wait_answer_after(Instant::now(), MILESTONE)
+        .ok_or("the probe never reached the counter")?;
+    eprintln!(
+        "bench {name}: {} runs, directors d1 {} and d2 {}, etcd {} (lease 1 s)",
+        args.runs,
+        addrs[0],
+        addrs[1],
+        etcd.endpoint()
+    );
+
+    let mut metrics = Metrics::new()?;
+    let mut leader = 0usize;
+    let result = (|| -> Result<(), String> {
+        for run in 1..=args.runs {
+            let other = 1 - leader;
+            let before = ready(leader).ok_or("no settled cluster before the kill")?;
+            let elected_before = count(other, "elected");
+            let campaigning_before = count(leader, "campaigning");
+            std::thread::sleep(Duration::from_millis(200));
+            if let Some(mut d) = directors[leader].take() {
+                let _ = d.kill();
+                let _ = d.wait();
+            }
+            let killed = Instant::now();
+            let elected = wait_for("the standby elected", &|| {
+                count(other, "elected") > elected_before
+            })?;
+            let settled_at = wait_for("the cluster settled under the new leader", &|| {
+                ready(other).is_some()
+            })?;
+            let after = ready(other).ok_or("no status from the new leader")?;
+            if pids_of(&after) != pids_of(&before) {
+                return Err(format!(
+                    "run {run}: components were restarted: pids {:?} before, {:?} after",
+                    pids_of(&before),
+                    pids_of(&after)
+                ));
+            }
+            probe
+                .wait_answer_after(settled_at, MILESTONE)
+                .ok_or("the service stopped")?;
+            let samples = probe.take();
+            let g = gap(&samples, killed).ok_or("no answers around the kill")?;
+            directors[leader] = Some(spawn_director(leader)?);
+            let back = wait_for("the killed director campaigning again", &|| {
+                count(leader, "campaigning") > campaigning_before
+            })?;
+            let m = Measured {
+                fault: run.into(),
+                recovery: "director-failover".into(),
+                fault_at: killed,
+                gap: g,
+                reaction: elected - killed,
+                recovery_time: settled_at - elected,
+                repair_ms: ms(back - killed),
+                engine_outage_ms: None,
+                lines: 0..0,
+            };
+            eprintln!(
+                "bench {name}: run {run}/{}: d{} killed: service gap {:.3} ms, new leader d{} in {:.1} ms, settled {:.1} ms later",
+                args.runs,
+                leader + 1,
+                ms(m.gap.outage()),
+                other + 1,
+                ms(m.reaction),
+                ms(m.recovery_time)
+            );
+            metrics.record(&m);
+            leader = other;
+        }
+        Ok(())
+    })();
+    let report = probe.stop();
+    for d in directors.iter_mut().flatten() {
+        let _ = d.kill();
+        let _ = d.wait();
+    }
+    drop(nodes);
+    drop(etcd);
+    if !args.keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result?;
+    let load = load_avg();
+    let out = object(&[
+        ("scenario", Value::from(name).to_string()),
+        ("runs", args.runs.to_string()),
+        ("outage_ms", summary_json(metrics.outage.summary())),
+        ("reaction_ms", summary_json(metrics.reaction.summary())),
+        ("recovery_ms", summary_json(metrics.recovery.summary())),
+        ("repair_ms", summary_json(metrics.repair.summary())),
+        ("load_avg", json!(load).to_string()),
+        ("counter_regressions", report.regressions.len().to_string()),
+    ]);
+    let lost = no_regressions(&report);
+    if args.json {
+        println!("{out}");
+        return lost;
+    }
+    println!(
+        "{:<18}{:>10}{:>10}{:>10}{:>10}",
+        "", "p50", "p90", "p99", "max"
+    );
+    let rows = [
+        (
+            "outage_ms",
+            &metrics.outage,
+            "probe: the service's gap across the kill",
+        ),
+        (
+            "reaction_ms",
+            &metrics.reaction,
+            "kill to the standby elected (new leader)",
+        ),
+        (
+            "recovery_ms",
+            &metrics.recovery,
+            "elected to the nodes joined and the cluster settled",
+        ),
+        (
+            "repair_ms",
+            &metrics.repair,
+            "kill to the restarted director campaigning",
+        ),
+    ];
+    for (label, metric, what) in rows {
+        if let Some(s) = metric.summary() {
+            println!(
+                "{label:<18}{:>10.3}{:>10.3}{:>10.3}{:>10.3}   {what}",
+                s.p50, s.p90, s.p99, s.max
+            );
+        }
+    }
+    println!(
+        "probe: {} answers, {} failed attempts, {} regressions; load average {}",
+        report.answered,
+        report.failures,
+        report.regressions.len(),
+        load.map_or("-".to_owned(), |l| format!("{l:.2}"))
+    );
+    lost
 }
