@@ -1,6 +1,8 @@
-//! The director: runs the engine for a cluster. Today that is the single-host runtime behind
-//! `nines run`: one in-process node agent per config node, one engine task, the event log,
-//! persisted admin states and the control socket, all under one state directory.
+//! The director: runs the engine for a cluster. Either the single-host runtime behind
+//! `nines run` (one in-process node agent per config node) or, with
+//! [`RunOptions::cluster`], the director of a cluster whose nodes run `nines agent` and join
+//! over the network (see [`cluster`]); either way one engine task, the event log, persisted
+//! admin states and the control socket, all under one state directory.
 //!
 //! ```text
 //!   agents (one per node) ──Report──▶ ┌─────────────┐ ──component actions──▶ agent of the node
