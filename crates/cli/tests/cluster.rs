@@ -566,3 +566,93 @@ fn a_killed_leader_director_is_replaced_without_restarting_or_interrupting_anyth
     assert!(report.regressions.is_empty(), "{:?}", report.regressions);
     drop(etcd);
 }
+
+#[test]
+fn an_etcd_member_lost_changes_nothing() {
+    let Some(mut c) = Cluster::start_with("etcd3", false) else {
+        return;
+    };
+    let mut etcd = c
+        .bed
+        .node(0)
+        .enter(|| nines_store::testing::EtcdCluster::start(3))
+        .expect("enter node 0")
+        .expect("a 3-member etcd starts");
+    let endpoints = etcd.endpoints().join(",");
+    let s1 = c.dir.0.join("d1").display().to_string();
+    let _d1 = c.spawn_director("d1", c.director_addr, &s1, &["--etcd", &endpoints]);
+    let key = c.key();
+    c.start_agent(1, &key);
+    c.start_agent(2, &key);
+    let before = {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = c.status_of(&s1) {
+                if settled(&s, "counter/sg/su-1", "counter/sg/su-2") && pids(&s).len() == 2 {
+                    break s;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no settled cluster\n{}",
+                c.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let probe = c.probe();
+    assert!(probe
+        .wait_answer_after(Instant::now(), Duration::from_secs(10))
+        .is_some());
+    std::thread::sleep(Duration::from_millis(200));
+    let killed = Instant::now();
+    etcd.kill(0);
+    // Longer than the director's lease (1 s) and than an etcd leader election.
+    std::thread::sleep(Duration::from_secs(3));
+    let after = c.status_of(&s1).expect("the director still answers");
+    assert!(settled(&after, "counter/sg/su-1", "counter/sg/su-2"));
+    assert_eq!(pids(&after), pids(&before), "nothing restarted");
+    let events = std::fs::read_to_string(Path::new(&s1).join("events.jsonl")).unwrap_or_default();
+    assert!(
+        !events.contains("\"event\":\"leadership-lost\""),
+        "the director kept its leadership\n{}",
+        c.logs()
+    );
+    let g = gap(&probe.take(), killed).expect("answers on both sides");
+    assert!(
+        g.outage() < Duration::from_millis(100),
+        "gap {:?}",
+        g.outage()
+    );
+    let report = probe.stop();
+    assert!(report.regressions.is_empty(), "{:?}", report.regressions);
+}
+
+#[test]
+fn a_slow_lossy_link_is_not_a_lost_node() {
+    let Some(mut c) = Cluster::start("slow") else {
+        return;
+    };
+    c.start_both();
+    // 40 ms each way and 5 % loss on node 1's link: heartbeats arrive late or not at all now
+    // and then, but never 200 ms apart.
+    c.bed
+        .set_link(1, Duration::from_millis(40), 5.0)
+        .expect("impair node 1's link");
+    std::thread::sleep(Duration::from_secs(2));
+    c.bed
+        .set_link(1, Duration::ZERO, 0.0)
+        .expect("restore node 1's link");
+    let names: Vec<String> = c
+        .events()
+        .iter()
+        .filter_map(|e| e["event"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        !names.iter().any(|n| n == "node-lost"),
+        "a slow link is not a lost node: {names:?}\n{}",
+        c.logs()
+    );
+    let s = c.status().expect("status");
+    assert!(settled(&s, "counter/sg/su-1", "counter/sg/su-2"));
+}

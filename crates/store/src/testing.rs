@@ -129,24 +129,14 @@ fn start_once(binary: &Path) -> io::Result<EtcdServer> {
     drop((client_probe, peer_probe));
     let client_url = format!("http://127.0.0.1:{client_port}");
     let peer_url = format!("http://127.0.0.1:{peer_port}");
-    let log = std::fs::File::create(dir.join("etcd.log"))?;
-    let child = Command::new(binary)
-        .arg("--name=nines-test")
-        .arg(format!("--data-dir={}", dir.join("data").display()))
-        .arg(format!("--listen-client-urls={client_url}"))
-        .arg(format!("--advertise-client-urls={client_url}"))
-        .arg(format!("--listen-peer-urls={peer_url}"))
-        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-        .arg(format!("--initial-cluster=nines-test={peer_url}"))
-        .arg("--initial-cluster-state=new")
-        .arg("--heartbeat-interval=50")
-        .arg("--election-timeout=500")
-        .arg("--logger=zap")
-        .arg("--log-outputs=stderr")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn();
+    let child = spawn_member(
+        binary,
+        &dir,
+        "nines-test",
+        &client_url,
+        &peer_url,
+        &format!("nines-test={peer_url}"),
+    );
     let child = match child {
         Ok(child) => child,
         Err(e) => {
@@ -187,6 +177,129 @@ fn start_once(binary: &Path) -> io::Result<EtcdServer> {
             ));
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// One etcd member: `name` serving clients on `client_url`, peers on `peer_url`, in the
+/// cluster `initial_cluster` (`name=peer_url,...`), with the fast raft timings; data and log
+/// under `dir` (`data-NAME/`, `NAME.log`; a single member uses `data/` and `etcd.log`).
+fn spawn_member(
+    binary: &Path,
+    dir: &Path,
+    name: &str,
+    client_url: &str,
+    peer_url: &str,
+    initial_cluster: &str,
+) -> io::Result<Child> {
+    let single = name == "nines-test";
+    let (data, log) = if single {
+        (dir.join("data"), dir.join("etcd.log"))
+    } else {
+        (
+            dir.join(format!("data-{name}")),
+            dir.join(format!("{name}.log")),
+        )
+    };
+    let log = std::fs::File::create(log)?;
+    Command::new(binary)
+        .arg(format!("--name={name}"))
+        .arg(format!("--data-dir={}", data.display()))
+        .arg(format!("--listen-client-urls={client_url}"))
+        .arg(format!("--advertise-client-urls={client_url}"))
+        .arg(format!("--listen-peer-urls={peer_url}"))
+        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+        .arg(format!("--initial-cluster={initial_cluster}"))
+        .arg("--initial-cluster-state=new")
+        .arg("--heartbeat-interval=50")
+        .arg("--election-timeout=500")
+        .arg("--logger=zap")
+        .arg("--log-outputs=stderr")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+}
+
+/// A throwaway etcd cluster of several members on loopback (feature `testing`), for tests of
+/// what a member's loss does (nothing, while a majority lives). Killed, reaped and deleted on
+/// drop.
+pub struct EtcdCluster {
+    members: Vec<Option<Child>>,
+    dir: PathBuf,
+    endpoints: Vec<String>,
+}
+
+impl EtcdCluster {
+    /// Starts `n` members and waits (bounded) until every one is healthy.
+    pub fn start(n: usize) -> io::Result<EtcdCluster> {
+        let binary = etcd_binary()?;
+        let dir = temp_dir()?;
+        let mut ports = Vec::new();
+        {
+            let probes: Vec<TcpListener> = (0..2 * n)
+                .map(|_| TcpListener::bind("127.0.0.1:0"))
+                .collect::<io::Result<_>>()?;
+            for p in &probes {
+                ports.push(p.local_addr()?.port());
+            }
+        }
+        let url = |port: u16| format!("http://127.0.0.1:{port}");
+        let initial: Vec<String> = (0..n)
+            .map(|i| format!("m{i}={}", url(ports[2 * i + 1])))
+            .collect();
+        let initial = initial.join(",");
+        let mut cluster = EtcdCluster {
+            members: Vec::new(),
+            dir,
+            endpoints: (0..n).map(|i| url(ports[2 * i])).collect(),
+        };
+        for i in 0..n {
+            let child = spawn_member(
+                &binary,
+                &cluster.dir,
+                &format!("m{i}"),
+                &url(ports[2 * i]),
+                &url(ports[2 * i + 1]),
+                &initial,
+            )?;
+            cluster.members.push(Some(child));
+        }
+        let started = Instant::now();
+        for i in 0..n {
+            let addr = SocketAddr::from(([127, 0, 0, 1], ports[2 * i]));
+            while !healthy(addr) {
+                if started.elapsed() > READY_TIMEOUT {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("etcd member m{i} was not healthy within {READY_TIMEOUT:?}"),
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// Every member's client URL.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// Kills member `i` (SIGKILL) and reaps it. Idempotent.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.members.get_mut(i).and_then(Option::take) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
