@@ -189,6 +189,33 @@ impl Cluster {
         self.status_of(&self.state())
     }
 
+    /// Starts both agents, waits until the director using `state` shows the counter settled
+    /// with both pids, and starts a probe that got an answer; returns that status.
+    fn agents_settled_under(&mut self, state: &str) -> (Value, Probe) {
+        let key = self.key();
+        self.start_agent(1, &key);
+        self.start_agent(2, &key);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let before = loop {
+            if let Some(s) = self.status_of(state) {
+                if settled(&s, "counter/sg/su-1", "counter/sg/su-2") && pids(&s).len() == 2 {
+                    break s;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no settled cluster\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let probe = self.probe();
+        assert!(probe
+            .wait_answer_after(Instant::now(), Duration::from_secs(10))
+            .is_some());
+        (before, probe)
+    }
+
     fn status_of(&self, state: &str) -> Option<Value> {
         let o = Command::new(EXE)
             .args(["status", "--json", "--state-dir", state])
@@ -498,29 +525,7 @@ fn a_killed_leader_director_is_replaced_without_restarting_or_interrupting_anyth
     }
     let _d2 = c.spawn_director("d2", a2, &s2, &["--etcd", &endpoint]);
     c.directors = format!("{a1},{a2}");
-    let key = c.key();
-    c.start_agent(1, &key);
-    c.start_agent(2, &key);
-    let before = {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(s) = c.status_of(&s1) {
-                if settled(&s, "counter/sg/su-1", "counter/sg/su-2") && pids(&s).len() == 2 {
-                    break s;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no settled cluster\n{}",
-                c.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
-    let probe = c.probe();
-    assert!(probe
-        .wait_answer_after(Instant::now(), Duration::from_secs(10))
-        .is_some());
+    let (before, probe) = c.agents_settled_under(&s1);
     std::thread::sleep(Duration::from_millis(300));
 
     let _ = d1.0.kill();
@@ -581,29 +586,7 @@ fn an_etcd_member_lost_changes_nothing() {
     let endpoints = etcd.endpoints().join(",");
     let s1 = c.dir.0.join("d1").display().to_string();
     let _d1 = c.spawn_director("d1", c.director_addr, &s1, &["--etcd", &endpoints]);
-    let key = c.key();
-    c.start_agent(1, &key);
-    c.start_agent(2, &key);
-    let before = {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(s) = c.status_of(&s1) {
-                if settled(&s, "counter/sg/su-1", "counter/sg/su-2") && pids(&s).len() == 2 {
-                    break s;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no settled cluster\n{}",
-                c.logs()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
-    let probe = c.probe();
-    assert!(probe
-        .wait_answer_after(Instant::now(), Duration::from_secs(10))
-        .is_some());
+    let (before, probe) = c.agents_settled_under(&s1);
     std::thread::sleep(Duration::from_millis(200));
     let killed = Instant::now();
     etcd.kill(0);
