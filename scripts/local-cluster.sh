@@ -48,8 +48,8 @@ up() {
     done
     head -c 32 /dev/urandom >"$DIR/cluster.key"
     chmod 600 "$DIR/cluster.key"
-    # Fencing a node = killing every process in its namespace.
-    local fence='ip netns pids nines-h${NINES_FENCE_NODE#node-} | xargs -r kill -KILL'
+    # Fencing a node = killing every process in its namespace, and confirming none is left.
+    local fence='n=nines-h${NINES_FENCE_NODE#node-}; for _ in $(seq 200); do p=$(ip netns pids $n); [ -z "$p" ] && exit 0; kill -KILL $p 2>/dev/null; sleep 0.01; done; exit 1'
     in_ns 0 setsid "$NINES" director "$config" --listen "$NET.1:$PORT" \
         --key "$DIR/cluster.key" --fence-command "$fence" --state-dir "$DIR/director" -v \
         >"$DIR/director.log" 2>&1 </dev/null &

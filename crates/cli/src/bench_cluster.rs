@@ -484,21 +484,16 @@ pub(crate) fn run_director_kill(args: &BenchArgs) -> Result<(), String> {
     );
     let config_path = dir.join("cluster.yaml");
     std::fs::write(&config_path, &config).map_err(|e| e.to_string())?;
-    let inits = dir.join("inits");
-    std::fs::create_dir_all(&inits).map_err(|e| e.to_string())?;
-    let write_inits = |nodes: &Nodes| -> Result<(), String> {
-        for i in 1..3 {
-            if let Some(pid) = nodes.bed.node(i).init_pid() {
-                std::fs::write(inits.join(format!("node-{i}")), pid.to_string())
-                    .map_err(|e| e.to_string())?;
-            }
-        }
-        Ok(())
-    };
-    write_inits(&nodes)?;
+    // The directors run in node 0's namespaces, outside the testbed's control: they fence a
+    // node by killing every process in its network namespace, and confirm none is left.
+    let netns: Vec<String> = (0..3)
+        .map(|i| nodes.bed.node(i).netns().to_owned())
+        .collect();
     let fence = format!(
-        "kill -KILL $(cat {}/$NINES_FENCE_NODE) 2>/dev/null; true",
-        inits.display()
+        "case $NINES_FENCE_NODE in node-1) n={};; node-2) n={};; *) exit 1;; esac; \
+         for _ in $(seq 500); do p=$(ip netns pids $n); [ -z \"$p\" ] && exit 0; \
+         kill -KILL $p 2>/dev/null; sleep 0.01; done; exit 1",
+        netns[1], netns[2]
     );
     let states = [dir.join("d1"), dir.join("d2")];
     let spawn_director = |k: usize| -> Result<std::process::Child, String> {

@@ -12,6 +12,7 @@ use nines_director::RunOptions;
 
 use crate::cluster_args::{duration, init_logging, LinkArgs};
 use crate::load_file;
+use crate::run::Served;
 use crate::state_dir::StateDirArg;
 
 #[derive(Args, Debug)]
@@ -65,6 +66,7 @@ pub(crate) fn director(args: &DirectorArgs) -> ExitCode {
     let Some(model) = load_file(&args.config) else {
         return ExitCode::FAILURE;
     };
+    let model = Arc::new(model);
     let config_text = match std::fs::read_to_string(&args.config) {
         Ok(t) => t,
         Err(e) => {
@@ -85,18 +87,33 @@ pub(crate) fn director(args: &DirectorArgs) -> ExitCode {
     let Some(rt) = crate::async_runtime() else {
         return ExitCode::FAILURE;
     };
-    rt.block_on(crate::run::serve(RunOptions {
-        model: Arc::new(model),
-        state_dir: args.state_dir.resolve(),
-        cluster: Some(ClusterOptions {
-            config_text,
-            name: args.name.clone(),
-            listener: Listen::At(args.listen),
-            etcd,
-            key,
-            link: args.link.link(),
-            fence,
-            join_timeout: args.join_timeout,
-        }),
-    }))
+    let run_once = || {
+        crate::run::serve(RunOptions {
+            model: model.clone(),
+            state_dir: args.state_dir.resolve(),
+            cluster: Some(ClusterOptions {
+                config_text: config_text.clone(),
+                name: args.name.clone(),
+                listener: Listen::At(args.listen),
+                etcd: etcd.clone(),
+                key: key.clone(),
+                link: args.link.link(),
+                fence: fence.clone(),
+                join_timeout: args.join_timeout,
+            }),
+        })
+    };
+    rt.block_on(async {
+        loop {
+            match run_once().await {
+                // A director of several that lost its leadership (its lease outlived by an
+                // etcd election, a partition from etcd) campaigns again: the nodes run on
+                // headless meanwhile and it resumes from them if it wins.
+                Served::Stopped if etcd.is_some() => {
+                    eprintln!("nines: no longer the leader; campaigning again");
+                }
+                other => return other.into(),
+            }
+        }
+    })
 }

@@ -34,10 +34,31 @@ pub(crate) fn run(args: &RunArgs) -> ExitCode {
         state_dir: args.state_dir.resolve(),
         cluster: None,
     }))
+    .into()
+}
+
+/// How [`serve`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Served {
+    /// Stopped by SIGINT or SIGTERM.
+    Signalled,
+    /// The runtime stopped by itself (a director that lost its leadership).
+    Stopped,
+    /// It could not start (the reason is printed).
+    Failed,
+}
+
+impl From<Served> for ExitCode {
+    fn from(s: Served) -> ExitCode {
+        match s {
+            Served::Signalled | Served::Stopped => ExitCode::SUCCESS,
+            Served::Failed => ExitCode::FAILURE,
+        }
+    }
 }
 
 /// Runs a director (single-host or cluster) until SIGINT/SIGTERM, printing its events.
-pub(crate) async fn serve(opts: RunOptions) -> ExitCode {
+pub(crate) async fn serve(opts: RunOptions) -> Served {
     // Signals first: a SIGTERM during start-up must still end in a clean shutdown.
     let (mut int, mut term) = match (
         signal(SignalKind::interrupt()),
@@ -46,7 +67,7 @@ pub(crate) async fn serve(opts: RunOptions) -> ExitCode {
         (Ok(i), Ok(t)) => (i, t),
         (Err(e), _) | (_, Err(e)) => {
             eprintln!("nines: cannot handle signals: {e}");
-            return ExitCode::FAILURE;
+            return Served::Failed;
         }
     };
     let cluster = opts.cluster.is_some();
@@ -54,7 +75,7 @@ pub(crate) async fn serve(opts: RunOptions) -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("nines: {e}");
-            return ExitCode::FAILURE;
+            return Served::Failed;
         }
     };
     eprintln!(
@@ -100,6 +121,11 @@ pub(crate) async fn serve(opts: RunOptions) -> ExitCode {
         _ = term.recv() => "SIGTERM",
         () = runtime.wait() => "the engine stopped",
     };
+    let served = if why == "the engine stopped" {
+        Served::Stopped
+    } else {
+        Served::Signalled
+    };
     if cluster {
         eprintln!("nines: {why}: stopping the director (the nodes keep their components)");
     } else {
@@ -112,5 +138,5 @@ pub(crate) async fn serve(opts: RunOptions) -> ExitCode {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), join).await;
     }
     eprintln!("nines: stopped");
-    ExitCode::SUCCESS
+    served
 }

@@ -163,6 +163,9 @@ pub(crate) struct ClusterCtx {
     pub join_timeout: Duration,
 }
 
+/// How long a director keeps trying to reach etcd before it gives up starting.
+pub const CONNECT_PATIENCE: Duration = Duration::from_secs(30);
+
 /// Campaigns for leadership (waiting as long as another director leads), logging when it
 /// starts and when it is elected.
 pub(crate) async fn lead(
@@ -171,9 +174,31 @@ pub(crate) async fn lead(
     log: &crate::event_log::EventLog,
     clock: Clock,
 ) -> Result<(nines_store::EtcdStore, nines_store::Leadership), crate::RunError> {
-    let store = nines_store::EtcdStore::connect(opts.clone())
-        .await
-        .map_err(|e| crate::RunError::Election(e.to_string()))?;
+    // A dead member among the endpoints can fail the connection; try each first in turn,
+    // for a while (etcd may be electing), before giving up.
+    let mut store = None;
+    let mut last = String::new();
+    let deadline = std::time::Instant::now() + CONNECT_PATIENCE;
+    'connect: while std::time::Instant::now() < deadline {
+        // etcd-client keeps sending some requests to a member that is down: give it the
+        // members that accept connections now.
+        let live = live_endpoints(&opts.endpoints).await;
+        for k in 0..live.len().max(1) {
+            let mut o = opts.clone();
+            o.endpoints = live.clone();
+            let shift = k.min(o.endpoints.len().saturating_sub(1));
+            o.endpoints.rotate_left(shift);
+            match nines_store::EtcdStore::connect(o).await {
+                Ok(s) => {
+                    store = Some(s);
+                    break 'connect;
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let store = store.ok_or(crate::RunError::Election(last))?;
     log.append(
         clock.now(),
         "campaigning",
@@ -196,6 +221,34 @@ pub(crate) async fn lead(
         ],
     );
     Ok((store, leadership))
+}
+
+/// The endpoints (`http://HOST:PORT`) that accept a TCP connection within 200 ms; all of
+/// them if none does (the error then comes from etcd-client, with its reason).
+async fn live_endpoints(endpoints: &[String]) -> Vec<String> {
+    let mut live = Vec::new();
+    for e in endpoints {
+        let hostport = e
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
+            .trim_end_matches('/');
+        let ok = matches!(
+            tokio::time::timeout(
+                Duration::from_millis(200),
+                tokio::net::TcpStream::connect(hostport)
+            )
+            .await,
+            Ok(Ok(_))
+        );
+        if ok {
+            live.push(e.clone());
+        }
+    }
+    if live.is_empty() {
+        endpoints.to_vec()
+    } else {
+        live
+    }
 }
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1 << 32);

@@ -298,6 +298,7 @@ impl EtcdStore {
             key.clone(),
             revision,
             lease,
+            ttl,
             Arc::clone(&lost),
         ));
         hold.tasks.push(watcher.abort_handle());
@@ -465,43 +466,66 @@ async fn keep_alive(
 }
 
 /// Watches the leader key from its creation on and records the leadership lost when the key is
-/// deleted, or when the watch fails (a deletion could then go unseen). Starting at the key's
-/// create revision replays a deletion that happened before the watch was set up.
+/// deleted. Starting at the key's create revision replays a deletion that happened before the
+/// watch was set up, so a watch that broke (the etcd member it was on died) is simply set up
+/// again; only a watch that cannot be re-established within the lease's TTL (a deletion could
+/// then go unseen for longer than the lease would have kept it) loses the leadership.
 async fn watch_leader_key(
     mut client: Client,
     key: String,
     revision: i64,
     lease: i64,
+    ttl: Duration,
     lost: LostSender,
 ) {
-    let options = WatchOptions::new().with_start_revision(revision);
-    let mut stream = match client.watch(key, Some(options)).await {
-        Ok(stream) => stream,
-        Err(e) => {
-            signal_lost(&lost, lease, LostReason::WatchFailed(e.to_string()));
-            return;
+    let mut broken_since: Option<Instant> = None;
+    let mut last_error = String::new();
+    let reason = 'outer: loop {
+        if let Some(since) = broken_since {
+            if since.elapsed() > ttl {
+                break LostReason::WatchFailed(last_error);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    };
-    let reason = loop {
-        match stream.message().await {
-            Ok(Some(resp)) => {
-                if resp
-                    .events()
-                    .iter()
-                    .any(|event| event.event_type() == EventType::Delete)
-                {
-                    break LostReason::KeyDeleted;
+        let options = WatchOptions::new().with_start_revision(revision);
+        let mut stream = match client.watch(key.clone(), Some(options)).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                last_error = e.to_string();
+                broken_since.get_or_insert_with(Instant::now);
+                continue;
+            }
+        };
+        loop {
+            match stream.message().await {
+                Ok(Some(resp)) => {
+                    if resp
+                        .events()
+                        .iter()
+                        .any(|event| event.event_type() == EventType::Delete)
+                    {
+                        break 'outer LostReason::KeyDeleted;
+                    }
+                    if resp.canceled() {
+                        // Compacted past the create revision, or refused: a deletion may be
+                        // unseen; do not guess.
+                        break 'outer LostReason::WatchFailed(format!(
+                            "etcd cancelled the watch: {}",
+                            resp.cancel_reason()
+                        ));
+                    }
                 }
-                if resp.canceled() {
-                    break LostReason::WatchFailed(format!(
-                        "etcd cancelled the watch: {}",
-                        resp.cancel_reason()
-                    ));
+                Ok(None) => {
+                    last_error = "etcd closed the watch".to_string();
+                    break;
+                }
+                Err(e) => {
+                    last_error = e.to_string();
+                    break;
                 }
             }
-            Ok(None) => break LostReason::WatchFailed("etcd closed the watch".to_string()),
-            Err(e) => break LostReason::WatchFailed(e.to_string()),
         }
+        broken_since = Some(Instant::now());
     };
     signal_lost(&lost, lease, reason);
 }
