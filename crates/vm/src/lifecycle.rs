@@ -53,12 +53,13 @@ pub enum Terminated {
 }
 
 /// Ends a running VM: `system_powerdown` and wait, then `quit` and wait, then SIGKILL and wait,
-/// each wait bounded by `timeouts`. `exited` is the caller's way of seeing QEMU's exit (e.g.
-/// its pidfd becoming readable); it is polled until it completes, and never after. Without a
-/// QMP connection (`None`, or one that fails) the QMP steps are skipped. The caller reaps.
-/// Errors only when QEMU survives SIGKILL for `timeouts.kill`, or the kill itself fails.
+/// each step bounded by `timeouts` (a step's command and its wait share the step's time, so
+/// the whole ladder takes at most the sum). `exited` is the caller's way of seeing QEMU's exit
+/// (e.g. its pidfd becoming readable); it is polled until it completes, and never after.
+/// Without a QMP connection (`None`, or one that fails) the QMP steps are skipped. The caller
+/// reaps. Errors only when QEMU survives SIGKILL for `timeouts.kill`, or the kill itself fails.
 pub async fn terminate<F>(
-    mut qmp: Option<&mut Qmp>,
+    qmp: Option<&mut Qmp>,
     pid: u32,
     exited: &mut F,
     timeouts: &TerminateTimeouts,
@@ -66,9 +67,27 @@ pub async fn terminate<F>(
 where
     F: Future<Output = ()> + Unpin,
 {
+    terminate_with(qmp, exited, timeouts, || sigkill(pid)).await
+}
+
+/// [`terminate`] with the last step's SIGKILL done by `kill`. For a caller whose own watcher
+/// reaps QEMU the moment it exits (the node agent): a pid is only safe to signal while it is
+/// unreaped, and only that caller knows whether it still is, so it signals through its own
+/// guard rather than by pid.
+pub async fn terminate_with<F, K>(
+    mut qmp: Option<&mut Qmp>,
+    exited: &mut F,
+    timeouts: &TerminateTimeouts,
+    kill: K,
+) -> Result<Terminated, Error>
+where
+    F: Future<Output = ()> + Unpin,
+    K: FnOnce() -> Result<(), Error>,
+{
     if let Some(q) = &mut qmp {
+        let deadline = tokio::time::Instant::now() + timeouts.powerdown;
         if q.system_powerdown(timeouts.powerdown).await.is_ok()
-            && tokio::time::timeout(timeouts.powerdown, &mut *exited)
+            && tokio::time::timeout_at(deadline, &mut *exited)
                 .await
                 .is_ok()
         {
@@ -76,19 +95,20 @@ where
         }
     }
     if let Some(q) = &mut qmp {
+        let deadline = tokio::time::Instant::now() + timeouts.quit;
         if q.quit(timeouts.quit).await.is_ok()
-            && tokio::time::timeout(timeouts.quit, &mut *exited)
+            && tokio::time::timeout_at(deadline, &mut *exited)
                 .await
                 .is_ok()
         {
             return Ok(Terminated::Quit);
         }
     }
-    sigkill(pid)?;
+    kill()?;
     match tokio::time::timeout(timeouts.kill, &mut *exited).await {
         Ok(()) => Ok(Terminated::Killed),
         Err(_) => Err(Error::Timeout {
-            what: format!("QEMU pid {pid} to exit after SIGKILL"),
+            what: "QEMU to exit after SIGKILL".to_string(),
             after: timeouts.kill,
         }),
     }
