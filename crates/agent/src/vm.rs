@@ -52,8 +52,9 @@ pub(crate) struct VmRun {
     /// What QEMU was started with (its socket and console paths).
     pub spec: VmSpec,
     /// The QMP connection, once made; taken by terminate. QEMU serves one client per socket,
-    /// so this is the only one.
-    pub qmp: tokio::sync::Mutex<Option<Qmp>>,
+    /// so this is the only one. (An `Arc` so that a task can hold the lock it took before it
+    /// was spawned.)
+    pub qmp: Arc<tokio::sync::Mutex<Option<Qmp>>>,
 }
 
 /// Longest a QMP command of the terminate ladder other than the power-down waits: `quit` is
@@ -220,7 +221,7 @@ pub(crate) fn spawn_incarnation(agent: &Arc<Agent>, comp: CompId, deadline: Inst
     let gen = agent.next_id();
     let run = Arc::new(VmRun {
         spec,
-        qmp: tokio::sync::Mutex::new(None),
+        qmp: Arc::new(tokio::sync::Mutex::new(None)),
     });
     agent.comps().insert(
         comp,
@@ -489,7 +490,7 @@ pub(crate) fn cleaned_up(agent: &Agent, comp: CompId, run: &VmRun) {
 pub(crate) fn adopted_run(agent: &Agent, comp: CompId) -> Option<Arc<VmRun>> {
     Some(Arc::new(VmRun {
         spec: spec_of(agent, comp)?,
-        qmp: tokio::sync::Mutex::new(None),
+        qmp: Arc::new(tokio::sync::Mutex::new(None)),
     }))
 }
 
@@ -497,12 +498,20 @@ pub(crate) fn adopted_run(agent: &Agent, comp: CompId) -> Option<Arc<VmRun>> {
 /// socket again (bounded by the instantiate timeout), then watches its events and probes it.
 /// Without QMP it is still watched by pidfd and probe, and terminate goes straight to SIGKILL.
 pub(crate) fn supervise_adopted(agent: &Arc<Agent>, comp: CompId, gen: u64, run: Arc<VmRun>) {
+    // Taken now and held while connecting, so a terminate that comes meanwhile waits for the
+    // connection (bounded by the same timeout) instead of going straight to SIGKILL. Nobody
+    // else holds it yet (the incarnation was recorded a moment ago), so this succeeds.
+    let taken = run.qmp.clone().try_lock_owned().ok();
     let a = agent.clone();
     tokio::spawn(async move {
         let m = a.comp(comp);
+        let mut slot = match taken {
+            Some(guard) => guard,
+            None => run.qmp.clone().lock_owned().await,
+        };
         let events = match Qmp::connect(&run.spec.qmp_socket, m.timeouts.instantiate).await {
             Ok((qmp, events)) => {
-                *run.qmp.lock().await = Some(qmp);
+                *slot = Some(qmp);
                 Some(events)
             }
             Err(e) => {
@@ -510,6 +519,7 @@ pub(crate) fn supervise_adopted(agent: &Arc<Agent>, comp: CompId, gen: u64, run:
                 None
             }
         };
+        drop(slot);
         let health = config(&a, comp).and_then(|v| v.health.clone());
         supervise(&a, comp, gen, events, health);
     });

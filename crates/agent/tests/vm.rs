@@ -304,3 +304,91 @@ fn a_guest_that_never_gets_healthy_times_out_and_a_bad_kernel_fails() {
         t.teardown().await;
     });
 }
+
+/// QEMU left running by an earlier agent of the node (as it would be after the agent
+/// crashed): the same files the agent uses, its own process group, and a record.
+struct Leftover(std::process::Child);
+
+impl Drop for Leftover {
+    fn drop(&mut self) {
+        // Not waited for: the agent in this process reaps it (it is a subreaper).
+        let _ = self.0.kill();
+    }
+}
+
+fn leftover_vm(image: &Image, dir: &TempDir, comp: CompId, port: u16) -> Leftover {
+    use std::os::unix::process::CommandExt;
+    // The agent's conventions (see the agent's `vm` module): what an adopting agent relies on.
+    let run = dir.path().join("agent.sock.vm");
+    std::fs::create_dir_all(&run).expect("run dir");
+    std::fs::create_dir_all(dir.path().join("logs")).expect("log dir");
+    let mut spec = vmimage::spec(image, "app.sg.su.c", &run, port);
+    spec.qmp_socket = run.join(format!("c{}.qmp", comp.0));
+    spec.serial_log =
+        nines_agent::log_file(&dir.path().join("logs"), "app/sg/su/c").with_extension("serial");
+    let mut cmd = nines_vm::command(&spec).expect("QEMU command");
+    cmd.process_group(0);
+    // SAFETY: only an async-signal-safe prctl between fork and exec: QEMU dies with the test.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(std::io::Error::from)
+        });
+    }
+    let child = cmd.spawn().expect("spawn QEMU");
+    let pid = child.id();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let start = stat[stat.rfind(')').expect("comm") + 1..]
+        .split_whitespace()
+        .nth(19)
+        .expect("start time")
+        .to_string();
+    let procs = dir.path().join("procs");
+    std::fs::create_dir_all(&procs).expect("procs dir");
+    std::fs::write(
+        procs.join("app%2Fsg%2Fsu%2Fc.pid"),
+        format!("app/sg/su/c\n{pid} {start}\n"),
+    )
+    .expect("record");
+    Leftover(child)
+}
+
+#[test]
+fn an_adopted_vm_is_supervised_and_terminated_through_qmp_again() {
+    vm_test(|image| async move {
+        let port = vmimage::free_port();
+        let yaml = vm_config(image, port, "60s", &[]);
+        let dir = TempDir::new("vm-adopt");
+        let c = match load(&yaml).find("app/sg/su/c") {
+            Some(nines_model::EntityRef::Comp(c)) => c,
+            other => panic!("{other:?}"),
+        };
+        let vm = leftover_vm(image, &dir, c, port);
+        let pid = vm.0.id();
+        // Up and serving before the new agent comes (the power button needs the guest's acpid).
+        let health = nines_vm::Probe::Http {
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            path: "/cgi-bin/health".into(),
+            expect: Some("healthy".into()),
+        };
+        nines_vm::wait_healthy(&health, PERIOD, TIMEOUT, BOOT)
+            .await
+            .expect("the leftover guest boots");
+
+        let mut t = TestAgent::start_in(dir, &yaml).await;
+        let adopted = t.handle.adopted().await;
+        assert_eq!(adopted.len(), 1, "{adopted:?}");
+        assert_eq!((adopted[0].comp, adopted[0].pid), (c, pid));
+        // At once, while the agent may still be connecting to QMP: the terminate waits for the
+        // connection and powers the guest down, rather than killing it.
+        t.handle.execute(&ActionKind::Terminate { comp: c });
+        let r = t
+            .expect(Duration::from_secs(10), is_done(c, Command::Terminate))
+            .await;
+        assert_eq!(outcome(&r.input), Outcome::Ok);
+        assert!(console(&t).contains("SVC-POWERDOWN"), "{}", console(&t));
+        assert!(!alive(pid));
+        drop(vm);
+        t.teardown().await;
+    });
+}
