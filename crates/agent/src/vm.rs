@@ -24,7 +24,8 @@
 //! bytes; fixed, so an agent that adopts the VM can connect again). The guest's serial
 //! console goes to `LOGDIR/ENTITY-PATH.serial` beside the component's log (QEMU's own output),
 //! or into the socket directory without a log directory. Both outlive the VM: the console is
-//! what tells why a guest died; a stale socket is removed before the next start.
+//! what tells why a guest died (the one before the latest start is kept as `.serial.1`); a
+//! stale socket is removed before the next start.
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -175,6 +176,19 @@ fn ensure_run_dir(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// QEMU truncates the console file when it starts, and a repair starts the next guest at
+/// once: the last console before it, which tells why the guest died, is kept as
+/// `NAME.serial.1`. Best effort.
+fn keep_previous_console(serial: &Path) {
+    let mut previous = serial.as_os_str().to_owned();
+    previous.push(".1");
+    match std::fs::rename(serial, &previous) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(file = %serial.display(), "cannot keep the previous console: {e}"),
+    }
+}
+
 /// Instantiate, second half, on the foreground spawner thread: start QEMU and record the
 /// incarnation, then hand the boot to a task. `deadline` ends the instantiate timeout,
 /// counted from when the action arrived.
@@ -200,6 +214,7 @@ pub(crate) fn spawn_incarnation(agent: &Arc<Agent>, comp: CompId, deadline: Inst
     if let Err(e) = nines_vm::cleanup(None, &spec) {
         return failed(e.to_string());
     }
+    keep_previous_console(&spec.serial_log);
     // Read here (the accelerator decision and the guest's TSC frequency), so the log says
     // which accelerator this node chose for `auto`.
     let facts = match HostFacts::probe() {

@@ -239,6 +239,13 @@ fn terminate_powers_the_guest_down_and_a_new_one_boots_on_the_same_port() {
             r.at.saturating_since(asked)
         );
         assert_ne!(t.pid(c), Some(pid));
+        // The first guest's console is kept beside the new one.
+        let serial = nines_agent::log_file(&t.dir.path().join("logs"), "app/sg/su/c")
+            .with_extension("serial");
+        let mut previous = serial.clone().into_os_string();
+        previous.push(".1");
+        let previous = std::fs::read_to_string(&previous).unwrap_or_default();
+        assert!(previous.contains("SVC-POWERDOWN"), "{previous}");
         t.teardown().await;
     });
 }
@@ -247,7 +254,11 @@ fn terminate_powers_the_guest_down_and_a_new_one_boots_on_the_same_port() {
 fn a_guest_panic_is_reported_once() {
     vm_test(|image| async move {
         let port = vmimage::free_port();
-        let yaml = vm_config(image, port, "60s", &["cmdline_extra: [svcpanic=2]"]);
+        // A panicking kernel prints its oops on the emulated serial line before it notifies
+        // QEMU, which can take longer than the test probe's timeout: whichever comes first is
+        // the failure. Here the probe waits long enough for the panic to be what is seen.
+        let yaml = vm_config(image, port, "60s", &["cmdline_extra: [svcpanic=2]"])
+            .replace(&format!("timeout: {}ms", TIMEOUT.as_millis()), "timeout: 20s");
         let (mut t, c, pid, _) = boot("vm-panic", &yaml).await;
         t.expect_failed(c, FaultKind::ErrorReport, Duration::from_secs(20))
             .await;

@@ -113,7 +113,8 @@ SG keys (apps.APP.sgs.SG):
     cleanup                      command that cleans up after a failure. Default: SIGKILL to
                                  the process group.
     monitor                      external monitor command. Default: none.
-    timeouts.instantiate         the start (or SA-aware registration) must finish within this.
+    timeouts.instantiate         the start (SA-aware: registration; vm: a healthy guest) must
+                                 finish within this.
                                  Default: {t_inst}.
     timeouts.terminate           graceful stop must finish within this, then it is killed.
                                  Default: {t_term}.
