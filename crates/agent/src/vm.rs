@@ -195,6 +195,8 @@ fn keep_previous_console(serial: &Path) {
 pub(crate) fn spawn_incarnation(agent: &Arc<Agent>, comp: CompId, deadline: Instant) {
     let m = agent.comp(comp);
     let failed = |why: String| {
+        // What is recorded is an earlier incarnation, already killed by `instantiate`.
+        agent.comps().remove(&comp);
         tracing::error!(component = %m.path, "cannot start the VM: {why}");
         lifecycle::done(agent, comp, Command::Instantiate, Outcome::Failed);
     };

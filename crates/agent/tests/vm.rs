@@ -257,8 +257,10 @@ fn a_guest_panic_is_reported_once() {
         // A panicking kernel prints its oops on the emulated serial line before it notifies
         // QEMU, which can take longer than the test probe's timeout: whichever comes first is
         // the failure. Here the probe waits long enough for the panic to be what is seen.
-        let yaml = vm_config(image, port, "60s", &["cmdline_extra: [svcpanic=2]"])
-            .replace(&format!("timeout: {}ms", TIMEOUT.as_millis()), "timeout: 20s");
+        let yaml = vm_config(image, port, "60s", &["cmdline_extra: [svcpanic=2]"]).replace(
+            &format!("timeout: {}ms", TIMEOUT.as_millis()),
+            "timeout: 20s",
+        );
         let (mut t, c, pid, _) = boot("vm-panic", &yaml).await;
         t.expect_failed(c, FaultKind::ErrorReport, Duration::from_secs(20))
             .await;
