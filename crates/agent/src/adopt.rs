@@ -5,9 +5,10 @@
 //! recorded process that is still the same process (pid and start time), still leads its
 //! process group, and is a component of this node is watched through a pidfd again (it is no
 //! longer our child: it was reparented, and its new parent reaps it). A process component runs
-//! on at once. An SA-aware one must register again (its client library reconnects when its
-//! agent goes away) within its instantiate timeout, and say which CSIs it holds: the engine
-//! resumes from the components' own account, never from a record that may be stale.
+//! on at once; so does a VM, whose QMP socket the agent connects to again. An SA-aware one
+//! must register again (its client library reconnects when its agent goes away) within its
+//! instantiate timeout, and say which CSIs it holds: the engine resumes from the components'
+//! own account, never from a record that may be stale.
 //! [`AgentHandle::adopted`](crate::AgentHandle::adopted) waits for that and kills what did not
 //! come back in time. Anything recorded that cannot be adopted (another node's, unknown to the
 //! config, or adoption disabled) is killed, whole group, if it is still the recorded process.
@@ -22,7 +23,7 @@ use rustix::process::{Pid, Signal};
 use crate::agent::{Agent, Incarnation, Phase};
 use crate::pidfd::{start_time, Proc};
 use crate::records::{Record, Records};
-use crate::{healthcheck, lifecycle};
+use crate::{healthcheck, lifecycle, vm};
 
 /// A component this agent adopted, as the engine's `Input::Resume` needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,7 +91,11 @@ fn take_over(agent: &Arc<Agent>, comp: CompId, rec: &Record) -> bool {
             return false;
         }
     };
-    let sa_aware = agent.comp(comp).kind == CompKind::SaAware;
+    let kind = agent.comp(comp).kind;
+    let sa_aware = kind == CompKind::SaAware;
+    let vm = (kind == CompKind::Vm)
+        .then(|| vm::adopted_run(agent, comp))
+        .flatten();
     let gen = agent.next_id();
     agent.comps().insert(
         comp,
@@ -105,6 +110,7 @@ fn take_over(agent: &Arc<Agent>, comp: CompId, rec: &Record) -> bool {
             failed: false,
             session: None,
             held: Vec::new(),
+            vm: vm.clone(),
         },
     );
     tracing::info!(component = %rec.comp, pid = rec.pid, "adopted");
@@ -113,7 +119,9 @@ fn take_over(agent: &Arc<Agent>, comp: CompId, rec: &Record) -> bool {
         let exit = proc.exited().await;
         lifecycle::on_exit(&a, comp, gen, exit);
     });
-    if !sa_aware {
+    if let Some(run) = vm {
+        vm::supervise_adopted(agent, comp, gen, run);
+    } else if !sa_aware {
         healthcheck::start_monitor(agent, comp, gen);
     }
     true

@@ -30,12 +30,13 @@ use crate::session::SessionLink;
 use crate::spawn;
 use crate::spawning::SpawningMap;
 use crate::vip::{self, NodeVip};
+use crate::vm::VmRun;
 use crate::Report;
 
 /// Where an incarnation is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Phase {
-    /// Spawned; an SA-aware component has not registered yet.
+    /// Spawned; an SA-aware component has not registered yet, a VM is not healthy yet.
     Instantiating,
     /// Adopted from a previous agent (see [`crate::adopt`]); an SA-aware component has not
     /// registered again yet.
@@ -66,6 +67,8 @@ pub(crate) struct Incarnation {
     pub session: Option<Arc<SessionLink>>,
     /// What an adopted SA-aware component said it holds when it registered again.
     pub held: Vec<(CsiId, HaState)>,
+    /// A VM component's QEMU spec and QMP connection.
+    pub vm: Option<Arc<VmRun>>,
 }
 
 /// Everything an agent's tasks share.

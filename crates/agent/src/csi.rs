@@ -2,7 +2,8 @@
 //!
 //! A process component has no way to take or drop work at run time (it got its CSI attributes
 //! in its environment), so its assignments are confirmed at once, and a quiescing one completes
-//! at once. An SA-aware component gets a `CsiSet`/`CsiRemove` with a fresh invocation; whichever
+//! at once. So are a VM's: the guest is not SA-aware (an application inside has its own
+//! cluster, if any). An SA-aware component gets a `CsiSet`/`CsiRemove` with a fresh invocation; whichever
 //! comes first, its `Response` (handled in [`crate::session`]) or the callback timeout, answers
 //! the engine, exactly once. A CSI with a floating IP ([`crate::vip`]) is answered once the
 //! address has followed the confirmed state.

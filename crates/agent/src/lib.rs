@@ -2,7 +2,7 @@
 //!
 //! The engine decides; the agent does. [`AgentHandle::execute`] takes the engine's
 //! [`ActionKind`]s for components of this node (instantiate, terminate, cleanup, CSI assignment
-//! and removal) and carries them out on real processes; every fact it observes comes back on the
+//! and removal) and carries them out on real processes (QEMU for a VM component); every fact it observes comes back on the
 //! [`Report`] channel as an engine [`Input`](nines_engine::Input), stamped with the [`Clock`]
 //! instant at which it was seen (an exit is stamped when its pidfd became readable, not when
 //! the report was sent).
@@ -13,8 +13,12 @@
 //! * `lifecycle`: instantiate / terminate / cleanup, one `CommandDone` each.
 //! * `spawner`, `spawning`: component processes are started on one background thread at
 //!   background CPU priority (restored once instantiated), so neither the engine's thread nor
-//!   the services being recovered wait for a repair's start; actions for a component whose
-//!   spawn is in flight wait for it and run in order.
+//!   the services being recovered wait for a repair's start; VMs on another thread at the
+//!   agent's priority (their boot is the repair); actions for a component whose spawn is in
+//!   flight wait for it and run in order.
+//! * `vm`: VM components (`nines-vm`): QEMU spawned as a component process, instantiated once
+//!   its guest is healthy, failed on its exit, on QMP's panic / shutdown / stop events and on a
+//!   missed health probe; terminated by power-down, quit, then SIGKILL.
 //! * `pidfd`, `reaper`: process groups watched through pidfds; the agent is a child subreaper
 //!   and reaps every child, tracked or orphaned.
 //! * `spawn`, `env`, `commands`: command lines, environment, logs, CLC commands with timeouts.
@@ -36,7 +40,9 @@
 //! * Every action that asks for an answer gets exactly one, and nothing is waited on forever:
 //!   every wait is bounded by a configured timeout (plus [`REAP_GRACE`] after a SIGKILL).
 //! * No polling: exits come from pidfds, orphans from SIGCHLD, answers from the socket, and
-//!   timeouts from timers.
+//!   timeouts from timers. The one periodic activity is what a component's configuration
+//!   asks for: healthchecks, the monitor command, a VM's health probe (which also paces the
+//!   wait for a booting guest).
 //! * The agent keeps components running and supervised when nobody reads its reports: the
 //!   [`Report`] receiver may be dropped.
 //! * Nothing a component sends can crash the agent: a bad frame ends that component's session.
@@ -75,6 +81,7 @@ mod spawn;
 mod spawner;
 mod spawning;
 mod vip;
+mod vm;
 mod wire;
 
 use std::io;

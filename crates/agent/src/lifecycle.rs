@@ -1,4 +1,5 @@
-//! Instantiate, terminate and cleanup of process and SA-aware components.
+//! Instantiate, terminate and cleanup of process, SA-aware and VM components (the VM-specific
+//! steps are in [`crate::vm`]).
 //!
 //! Every command gets exactly one `CommandDone`, and none waits forever: each step is bounded by
 //! the component's timeouts, plus [`REAP_GRACE`] for the kernel to take down a SIGKILLed group.
@@ -21,9 +22,9 @@ use crate::healthcheck;
 use crate::pidfd::{Exit, Proc};
 use crate::session::Pending;
 use crate::spawn;
-use crate::{spawner, spawning, vip};
+use crate::{spawner, spawning, vip, vm};
 
-fn done(agent: &Agent, comp: CompId, command: Command, outcome: Outcome) {
+pub(crate) fn done(agent: &Agent, comp: CompId, command: Command, outcome: Outcome) {
     agent.report(
         agent.clock.now(),
         Input::CommandDone {
@@ -35,13 +36,10 @@ fn done(agent: &Agent, comp: CompId, command: Command, outcome: Outcome) {
 }
 
 /// Start a component. Process components are instantiated once spawned; SA-aware ones once
-/// they register (see [`crate::session`]) within `timeouts.instantiate`.
+/// they register (see [`crate::session`]) within `timeouts.instantiate`; VMs once healthy
+/// (see [`crate::vm`]) within it.
 pub(crate) fn instantiate(agent: &Arc<Agent>, comp: CompId) {
     let m = agent.comp(comp);
-    if m.kind == CompKind::Vm {
-        tracing::error!(component = %m.path, "vm components need the VM driver (issue 5)");
-        return done(agent, comp, Command::Instantiate, Outcome::Failed);
-    }
     if *agent.stop.borrow() {
         tracing::warn!(component = %m.path, "not instantiating: the agent is shutting down");
         return done(agent, comp, Command::Instantiate, Outcome::Failed);
@@ -74,6 +72,16 @@ pub(crate) fn instantiate(agent: &Arc<Agent>, comp: CompId) {
     spawning::begin(agent, comp);
     drop(comps);
     let a = agent.clone();
+    if m.kind == CompKind::Vm {
+        // At the agent's priority: the guest's boot is the repair (see `crate::spawner`).
+        let deadline = tokio::time::Instant::now() + m.timeouts.instantiate;
+        spawner::run_foreground(move || {
+            let _runtime = a.rt.enter();
+            vm::spawn_incarnation(&a, comp, deadline);
+            spawning::end(&a, comp);
+        });
+        return;
+    }
     spawner::run(move || {
         let _runtime = a.rt.enter();
         spawn_incarnation(&a, comp);
@@ -126,6 +134,7 @@ fn spawn_incarnation(agent: &Arc<Agent>, comp: CompId) {
             failed: false,
             session: None,
             held: Vec::new(),
+            vm: None,
         },
     );
     drop(comps);
@@ -200,7 +209,12 @@ pub(crate) fn on_exit(agent: &Arc<Agent>, comp: CompId, gen: u64, exit: Exit) {
     vip::drop_comp(agent, comp);
     match phase {
         Phase::Instantiating => {
-            tracing::error!(component = %path, status = %exit.status, "exited before registering");
+            let before = if agent.comp(comp).kind == CompKind::Vm {
+                "exited before the VM was healthy"
+            } else {
+                "exited before registering"
+            };
+            tracing::error!(component = %path, status = %exit.status, "{before}");
             agent.report(
                 exit.at,
                 Input::CommandDone {
@@ -260,6 +274,7 @@ fn begin_stop(agent: &Arc<Agent>, comp: CompId, keep_session: bool) -> Option<In
         failed: inc.failed,
         session,
         held: Vec::new(),
+        vm: inc.vm.clone(),
     })
 }
 
@@ -286,6 +301,12 @@ pub(crate) async fn stop_gracefully(agent: &Arc<Agent>, comp: CompId) -> Outcome
     if proc.exit_now().is_some() {
         end_stop(agent, comp, inc.gen);
         return Outcome::Ok;
+    }
+    if let Some(run) = &inc.vm {
+        let outcome = vm::terminate(agent, comp, &proc, run).await;
+        end_stop(agent, comp, inc.gen);
+        tracing::info!(component = %m.path, ?outcome, "terminated");
+        return outcome;
     }
     let limit = m.timeouts.terminate;
     let deadline = tokio::time::Instant::now() + limit;
@@ -397,6 +418,9 @@ async fn clean_up(agent: &Arc<Agent>, comp: CompId) -> Outcome {
     if timeout(left, proc.exited()).await.is_err() {
         tracing::error!(component = %m.path, pid = proc.pid(), "cannot be reaped after SIGKILL");
         outcome = Outcome::TimedOut;
+    }
+    if let Some(run) = &inc.vm {
+        vm::cleaned_up(agent, comp, run);
     }
     end_stop(agent, comp, inc.gen);
     tracing::info!(component = %m.path, ?outcome, "cleaned up");

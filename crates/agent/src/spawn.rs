@@ -30,8 +30,19 @@ pub(crate) fn command(
         ));
     };
     let mut cmd = Command::new(program);
-    cmd.args(args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
+    cmd.args(args);
+    prepare(&mut cmd, env, log)?;
+    Ok(cmd)
+}
+
+/// Makes `cmd` (built here or elsewhere, e.g. QEMU's by `nines-vm`) a component process: `env`
+/// added, no stdin, its own process group, output to `log` or nowhere.
+pub(crate) fn prepare(
+    cmd: &mut Command,
+    env: &[(String, String)],
+    log: Option<&Path>,
+) -> io::Result<()> {
+    cmd.envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .process_group(0);
     match log {
@@ -43,5 +54,5 @@ pub(crate) fn command(
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
         }
     }
-    Ok(cmd)
+    Ok(())
 }

@@ -16,6 +16,11 @@
 //! agent's own priority back, so a started component never runs at a lower priority than
 //! the agent intended.
 //!
+//! VM components are the exception: booting a guest *is* the repair (seconds of CPU-bound
+//! emulation under TCG, during which the service is down), and at nice 19 it would take
+//! even longer on a busy host. They are spawned by [`run_foreground`], on a second thread that
+//! runs at the agent's own priority, so QEMU starts and stays there.
+//!
 //! Lowering a nice value again needs privilege (`CAP_SYS_NICE`, or `RLIMIT_NICE`). An agent
 //! without it cannot restore, so it does not lower either: [`background_allowed`] finds out
 //! once, on a throwaway thread, and without it components start at normal priority.
@@ -36,44 +41,71 @@ struct Spawner {
     jobs: Mutex<mpsc::Sender<Job>>,
 }
 
-fn spawner() -> &'static Spawner {
-    static SPAWNER: OnceLock<Spawner> = OnceLock::new();
-    SPAWNER.get_or_init(|| {
+impl Spawner {
+    /// A thread named `name` that runs jobs in order at nice value `nice` (`None`: inherited).
+    fn start(name: &str, nice: Option<i32>) -> Spawner {
         let (tx, rx) = mpsc::channel::<Job>();
-        let background = background_allowed();
-        let started = thread::Builder::new()
-            .name("nines-spawner".into())
-            .spawn(move || {
-                if background {
-                    // Only this thread's nice value changes (who = 0 is the calling thread).
-                    let _ = rustix::process::setpriority_process(None, BACKGROUND_NICE);
-                }
-                for job in rx {
-                    job();
-                }
-            });
+        let started = thread::Builder::new().name(name.into()).spawn(move || {
+            if let Some(nice) = nice {
+                // Only this thread's nice value changes (who = 0 is the calling thread).
+                let _ = rustix::process::setpriority_process(None, nice);
+            }
+            for job in rx {
+                job();
+            }
+        });
         if let Err(e) = started {
-            tracing::error!(error = %e, "cannot start the spawner thread; spawning inline");
+            tracing::error!(thread = name, error = %e, "cannot start a spawner thread; spawning inline");
         }
         Spawner {
             jobs: Mutex::new(tx),
         }
+    }
+
+    /// Queues `job`; runs it on the caller's thread if the spawner thread is gone (it could
+    /// not be started), so a spawn is never lost.
+    fn run(&self, job: Job) {
+        let sent = self
+            .jobs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(job);
+        if let Err(mpsc::SendError(job)) = sent {
+            job();
+        }
+    }
+}
+
+/// The spawner of process and SA-aware components, at [`BACKGROUND_NICE`] when allowed.
+fn background() -> &'static Spawner {
+    static SPAWNER: OnceLock<Spawner> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let nice = background_allowed().then_some(BACKGROUND_NICE);
+        Spawner::start("nines-spawner", nice)
     })
 }
 
-/// Runs `job` (which spawns a process and records it) on the spawner thread, after the jobs
-/// queued before it. Jobs run one at a time, in order. If the thread is gone (it could not be
-/// started), the job runs on the caller's thread, so a spawn is never lost.
+/// The spawner of VM components, at the agent's own priority. Set explicitly rather than
+/// inherited: the thread may be created from the background spawner (a deferred instantiate
+/// replayed there), whose nice value a new thread would inherit.
+fn foreground() -> &'static Spawner {
+    static SPAWNER: OnceLock<Spawner> = OnceLock::new();
+    SPAWNER.get_or_init(|| {
+        let nice = background_allowed().then(normal_nice);
+        Spawner::start("nines-vm-spawner", nice)
+    })
+}
+
+/// Runs `job` (which spawns a process and records it) on the background spawner thread, after
+/// the jobs queued before it. Jobs run one at a time, in order. If the thread is gone (it could
+/// not be started), the job runs on the caller's thread, so a spawn is never lost.
 pub(crate) fn run(job: impl FnOnce() + Send + 'static) {
-    let job: Job = Box::new(job);
-    let sent = spawner()
-        .jobs
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send(job);
-    if let Err(mpsc::SendError(job)) = sent {
-        job();
-    }
+    background().run(Box::new(job));
+}
+
+/// Like [`run`], on the foreground spawner: the spawned process keeps the agent's priority.
+pub(crate) fn run_foreground(job: impl FnOnce() + Send + 'static) {
+    foreground().run(Box::new(job));
 }
 
 /// Whether this process may start components at background priority: it must be able to
@@ -139,6 +171,23 @@ mod tests {
         assert!(got
             .iter()
             .all(|(_, n)| n.as_deref() == Some("nines-spawner")));
+    }
+
+    #[test]
+    fn the_foreground_spawner_runs_at_the_agents_priority() {
+        let (tx, rx) = mpsc::channel();
+        // Started from the background thread, whose nice value it must not inherit.
+        run(move || {
+            run_foreground(move || {
+                let name = thread::current().name().map(str::to_owned);
+                let _ = tx.send((name, rustix::process::getpriority_process(None).ok()));
+            });
+        });
+        let (name, nice) = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the job runs");
+        assert_eq!(name.as_deref(), Some("nines-vm-spawner"));
+        assert_eq!(nice, Some(normal_nice()));
     }
 
     #[test]

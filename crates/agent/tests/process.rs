@@ -325,19 +325,6 @@ async fn missing_binary_fails_to_instantiate() {
 }
 
 #[tokio::test]
-async fn vm_components_are_refused() {
-    tokio::time::timeout(TEST_LIMIT, async {
-        let yaml = config(&comp("c", "vm", &argv(&["/bin/true"]), &[]), "port: \"1\"");
-        let mut t = TestAgent::start("vm", &yaml).await;
-        let c = t.comp("app/sg/su/c");
-        assert_eq!(outcome(&t.instantiate(c).await.input), Outcome::Failed);
-        t.teardown().await;
-    })
-    .await
-    .expect("test timed out");
-}
-
-#[tokio::test]
 async fn orphans_are_reaped_and_leftovers_of_the_group_killed() {
     tokio::time::timeout(TEST_LIMIT, async {
         assert!(rustix::process::child_subreaper().is_ok());

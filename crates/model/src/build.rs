@@ -5,12 +5,25 @@
 //! when no error was reported.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
 
+use crate::decode::kind_name as comp_kind_name;
 use crate::defaults;
-use crate::entities::{App, Comp, Csi, Model, Node, Redundancy, Sg, Si, SiDependency, Su};
-use crate::error::Diagnostics;
+use crate::entities::{
+    App, Comp, CompKind, Csi, Model, Node, Redundancy, Sg, Si, SiDependency, Su, VmConfig, VmProbe,
+};
+use crate::error::{Diagnostics, Pos};
 use crate::ids::{AppId, CompId, CsiId, NodeId, SgId, SiId, SuId};
-use crate::raw::{Entry, RawApp, RawConfig, RawSg, RawSi, RedundancyKind};
+use crate::raw::{Entry, RawApp, RawComp, RawConfig, RawSg, RawSi, RawVm, RedundancyKind};
+
+/// One VM host port forward, for the per-node uniqueness check.
+struct PortUse {
+    node: NodeId,
+    port: u16,
+    pos: Pos,
+    /// Entity path of the VM component (`app/sg/su/comp`).
+    comp: String,
+}
 
 /// Builds the model, reporting every relation problem into `diag`.
 pub(crate) fn build(raw: &RawConfig, diag: &mut Diagnostics) -> Model {
@@ -52,6 +65,7 @@ pub(crate) fn build(raw: &RawConfig, diag: &mut Diagnostics) -> Model {
         node_ids,
         node_list,
     };
+    let mut ports = Vec::new();
     for (index, app) in raw.apps.iter().enumerate() {
         let app_id = AppId(index as u32);
         model.apps.push(App {
@@ -59,8 +73,9 @@ pub(crate) fn build(raw: &RawConfig, diag: &mut Diagnostics) -> Model {
             sgs: Vec::new(),
             sis: Vec::new(),
         });
-        ctx.app(&mut model, diag, app_id, app);
+        ctx.app(&mut model, diag, app_id, app, &mut ports);
     }
+    check_host_ports(&model, diag, &ports);
     for (index, su) in model.sus.iter().enumerate() {
         if let Some(node) = model.nodes.get_mut(su.node.index()) {
             node.sus.push(SuId(index as u32));
@@ -78,10 +93,17 @@ struct Ctx<'r> {
 }
 
 impl Ctx<'_> {
-    fn app(&self, model: &mut Model, diag: &mut Diagnostics, app_id: AppId, app: &Entry<RawApp>) {
+    fn app(
+        &self,
+        model: &mut Model,
+        diag: &mut Diagnostics,
+        app_id: AppId,
+        app: &Entry<RawApp>,
+        ports: &mut Vec<PortUse>,
+    ) {
         let mut sg_ids: HashMap<&str, SgId> = HashMap::new();
         for sg in &app.item.sgs {
-            let id = self.sg(model, diag, app_id, sg);
+            let id = self.sg(model, diag, app_id, sg, ports);
             sg_ids.insert(&sg.name, id);
             model.apps[app_id.index()].sgs.push(id);
         }
@@ -159,7 +181,14 @@ impl Ctx<'_> {
     }
 
     /// Adds one SG with its SUs and components; returns its id.
-    fn sg(&self, model: &mut Model, diag: &mut Diagnostics, app: AppId, sg: &Entry<RawSg>) -> SgId {
+    fn sg(
+        &self,
+        model: &mut Model,
+        diag: &mut Diagnostics,
+        app: AppId,
+        sg: &Entry<RawSg>,
+        ports: &mut Vec<PortUse>,
+    ) -> SgId {
         let id = SgId(model.sgs.len() as u32);
         let raw = &sg.item;
         let redundancy = self.redundancy(diag, sg);
@@ -185,14 +214,22 @@ impl Ctx<'_> {
                 },
                 None => NodeId(0),
             };
+            check_vm_overrides(diag, sg, unit);
             let mut comps = Vec::with_capacity(raw.components.len());
             for comp in &raw.components {
                 let comp_id = CompId(model.comps.len() as u32);
                 let c = &comp.item;
+                let path = format!("{}/{}", unit.path, comp.name);
+                let vm = if c.kind == CompKind::Vm {
+                    let over = unit.item.vm.iter().find(|o| o.name == comp.name);
+                    vm_config(diag, comp, over, &path, node, ports)
+                } else {
+                    None
+                };
                 model.comps.push(Comp {
                     su: su_id,
                     name: comp.name.clone(),
-                    path: format!("{}/{}", unit.path, comp.name),
+                    path,
                     kind: c.kind,
                     instantiate: c.instantiate.clone(),
                     terminate: c.terminate.clone(),
@@ -202,6 +239,7 @@ impl Ctx<'_> {
                     healthcheck: c.healthcheck,
                     recovery: c.recovery,
                     instantiation: c.instantiation,
+                    vm,
                 });
                 comps.push(comp_id);
             }
@@ -592,6 +630,182 @@ fn check_cycles(model: &Model, diag: &mut Diagnostics, app: &Entry<RawApp>, firs
                     );
                 }
                 Mark::Done => {}
+            }
+        }
+    }
+}
+
+/// Every `units.SU.vm.COMP` override must name a vm component of the SG.
+fn check_vm_overrides(diag: &mut Diagnostics, sg: &Entry<RawSg>, unit: &Entry<crate::raw::RawSu>) {
+    for over in &unit.item.vm {
+        match sg.item.components.iter().find(|c| c.name == over.name) {
+            None => diag.error(
+                over.pos,
+                &over.path,
+                format!(
+                    "`vm`: SG `{}` has no component `{}` (its components: {})",
+                    sg.path,
+                    over.name,
+                    none_if_empty(
+                        &sg.item
+                            .components
+                            .iter()
+                            .map(|c| c.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                ),
+            ),
+            Some(c) if c.item.kind != CompKind::Vm => diag.error(
+                over.pos,
+                &over.path,
+                format!(
+                    "`vm`: component `{}` is `{}`, not a vm component",
+                    over.name,
+                    comp_kind_name(c.item.kind)
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
+}
+
+/// The VM of one SU's instance of `comp` (at entity path `path`, on `node`): the component's
+/// `vm` block with the SU's override applied key by key, then the checks that need both (a
+/// kernel somewhere; the probe aimed at one of this VM's own forwards). Records the host
+/// ports for [`check_host_ports`]. `None` when the component's block is missing (reported).
+fn vm_config(
+    diag: &mut Diagnostics,
+    comp: &Entry<RawComp>,
+    over: Option<&Entry<RawVm>>,
+    path: &str,
+    node: NodeId,
+    ports: &mut Vec<PortUse>,
+) -> Option<VmConfig> {
+    let base = comp.item.vm.as_ref()?;
+    let over = over.map(|o| &o.item);
+    // The override's key if it has it, else the component's.
+    fn pick<'a, T>(
+        base: &'a RawVm,
+        over: Option<&'a RawVm>,
+        f: impl Fn(&'a RawVm) -> Option<T>,
+    ) -> Option<T> {
+        over.and_then(&f).or_else(|| f(base))
+    }
+    let kernel = pick(base, over, |v| v.kernel.as_ref());
+    if kernel.is_none() {
+        diag.error(
+            base.pos,
+            path,
+            "missing key `vm.kernel` (the guest kernel; in the component's `vm` block or in \
+             this SU's `vm` override)",
+        );
+    }
+    let forwards = pick(base, over, |v| v.forwards.as_ref())
+        .cloned()
+        .unwrap_or_default();
+    let mut hosts: Vec<u16> = Vec::new();
+    for f in &forwards {
+        if hosts.contains(&f.value.host) {
+            diag.error(
+                f.pos,
+                path,
+                format!(
+                    "`vm.forwards`: host port {} is forwarded twice",
+                    f.value.host
+                ),
+            );
+            continue;
+        }
+        hosts.push(f.value.host);
+        ports.push(PortUse {
+            node,
+            port: f.value.host,
+            pos: f.pos,
+            comp: path.to_string(),
+        });
+    }
+    let health = pick(base, over, |v| v.health.as_ref());
+    if let Some(h) = health {
+        if let Some(probe) = &h.value {
+            check_probe(diag, &probe.probe, h.pos, path, &hosts);
+        }
+    }
+    Some(VmConfig {
+        kernel: kernel.map(|k| k.value.clone()).unwrap_or_default(),
+        initrd: pick(base, over, |v| v.initrd.as_ref()).map(|i| i.value.clone()),
+        memory_mib: pick(base, over, |v| v.memory_mib).unwrap_or(defaults::VM_MEMORY_MIB),
+        cpus: pick(base, over, |v| v.cpus).unwrap_or(defaults::VM_CPUS),
+        accel: pick(base, over, |v| v.accel).unwrap_or(defaults::VM_ACCEL),
+        forwards: forwards.iter().map(|f| f.value).collect(),
+        health: health.and_then(|h| h.value.clone()),
+        cmdline_extra: pick(base, over, |v| v.cmdline_extra.clone()).unwrap_or_default(),
+    })
+}
+
+/// A VM's guest is reachable only through its own forwards, which QEMU binds on 127.0.0.1: a
+/// probe aimed elsewhere would judge another VM, or nothing. A TCP probe through a forward is
+/// accepted by QEMU itself whatever the guest does, so it is legal but warned about.
+fn check_probe(diag: &mut Diagnostics, probe: &VmProbe, pos: Pos, path: &str, hosts: &[u16]) {
+    let (addr, key) = match probe {
+        VmProbe::Http { addr, .. } => (addr, "vm.health.http"),
+        VmProbe::Tcp { addr } => (addr, "vm.health.tcp"),
+    };
+    let listed = hosts
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if addr.ip() != IpAddr::V4(Ipv4Addr::LOCALHOST) || !hosts.contains(&addr.port()) {
+        let forwards = if hosts.is_empty() {
+            "this VM forwards no port (add `vm.forwards`)".to_string()
+        } else {
+            format!("this VM's forwards listen on {listed}")
+        };
+        diag.error(
+            pos,
+            path,
+            format!(
+                "`{key}`: the probe goes to {addr}, but {forwards}; QEMU binds forwards on \
+                 127.0.0.1 only, so the probe must use one of them"
+            ),
+        );
+    }
+    if matches!(probe, VmProbe::Tcp { .. }) {
+        diag.warning(
+            pos,
+            path,
+            "a tcp probe through a port forward is answered by QEMU itself, so it does not \
+             notice a hung guest; an http probe does",
+        );
+    }
+}
+
+/// No two VMs of one node may forward the same host port: the second QEMU would fail to
+/// start. (VMs of different nodes may; nodes are different hosts.)
+fn check_host_ports(model: &Model, diag: &mut Diagnostics, ports: &[PortUse]) {
+    let mut first: HashMap<(NodeId, u16), &PortUse> = HashMap::new();
+    for p in ports {
+        match first.get(&(p.node, p.port)) {
+            Some(earlier) if earlier.comp != p.comp => {
+                let node = model
+                    .nodes
+                    .get(p.node.index())
+                    .map_or("?", |n| n.name.as_str());
+                diag.error(
+                    p.pos,
+                    &p.comp,
+                    format!(
+                        "`vm.forwards`: host port {} is also forwarded by `{}` on node `{node}`; \
+                         VMs of one node need their own host ports (give an SU its own with \
+                         `units.SU.vm.COMPONENT.forwards`)",
+                        p.port, earlier.comp
+                    ),
+                );
+            }
+            Some(_) => {}
+            None => {
+                first.insert((p.node, p.port), p);
             }
         }
     }

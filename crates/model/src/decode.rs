@@ -6,14 +6,19 @@
 //! would otherwise silently fall back to a default.
 
 use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::defaults;
 use crate::duration;
-use crate::entities::{CompKind, Healthcheck, InstantiationPolicy, Probation, Recovery, Timeouts};
+use crate::entities::{
+    CompKind, Healthcheck, InstantiationPolicy, Probation, Recovery, Timeouts, VmAccel, VmForward,
+    VmHealth, VmProbe,
+};
 use crate::error::{Diagnostics, Pos};
 use crate::raw::{
-    Entry, RawApp, RawComp, RawConfig, RawCsi, RawNode, RawSg, RawSi, RawSu, RedundancyKind, Sp,
+    Entry, RawApp, RawComp, RawConfig, RawCsi, RawNode, RawSg, RawSi, RawSu, RawVm, RedundancyKind,
+    Sp,
 };
 use crate::yaml::{Node, Value};
 
@@ -31,6 +36,13 @@ pub(crate) const KIND_NAMES: [(&str, CompKind); 3] = [
     ("sa-aware", CompKind::SaAware),
     ("process", CompKind::Process),
     ("vm", CompKind::Vm),
+];
+
+/// Config spellings of the VM accelerators.
+pub(crate) const ACCEL_NAMES: [(&str, VmAccel); 3] = [
+    ("tcg", VmAccel::Tcg),
+    ("kvm", VmAccel::Kvm),
+    ("auto", VmAccel::Auto),
 ];
 
 /// Names that would make an app's entity paths ambiguous with `node/NAME` and `cluster`.
@@ -54,7 +66,7 @@ const SG_KEYS: &[&str] = &[
 ];
 const SG_ESCALATION_KEYS: &[&str] = &["comp_restart", "su_restart"];
 const PROBATION_KEYS: &[&str] = &["max", "within"];
-const SU_KEYS: &[&str] = &["node", "rank", "locked_instantiation"];
+const SU_KEYS: &[&str] = &["node", "rank", "locked_instantiation", "vm"];
 const COMP_KEYS: &[&str] = &[
     "kind",
     "instantiate",
@@ -65,7 +77,20 @@ const COMP_KEYS: &[&str] = &[
     "healthcheck",
     "recovery",
     "instantiation",
+    "vm",
 ];
+const VM_KEYS: &[&str] = &[
+    "kernel",
+    "initrd",
+    "memory",
+    "cpus",
+    "accel",
+    "forwards",
+    "health",
+    "cmdline_extra",
+];
+const FORWARD_KEYS: &[&str] = &["host", "guest"];
+const VM_HEALTH_KEYS: &[&str] = &["http", "tcp", "expect", "period", "timeout"];
 const TIMEOUT_KEYS: &[&str] = &["instantiate", "terminate", "cleanup", "callback"];
 const HEALTHCHECK_KEYS: &[&str] = &["period", "max_duration"];
 const INSTANTIATION_KEYS: &[&str] = &["retries", "delayed_retries", "retry_delay"];
@@ -104,6 +129,56 @@ pub(crate) fn name_problem(name: &str) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// The config spelling of a component kind.
+pub(crate) fn kind_name(kind: CompKind) -> &'static str {
+    KIND_NAMES
+        .iter()
+        .find(|(_, k)| *k == kind)
+        .map_or("?", |(name, _)| *name)
+}
+
+/// `256M`, `256MiB`, `1G`, `1GiB` in MiB.
+pub(crate) fn parse_memory(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = t.split_at(digits);
+    let scale: u64 = match unit {
+        "M" | "MiB" => 1,
+        "G" | "GiB" => 1024,
+        "" => return Err(format!("`{text}` has no unit")),
+        other => return Err(format!("`{text}`: unknown unit `{other}`")),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size"))?;
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+/// `IP:PORT` (IPv6 as `[::1]:PORT`). Host names are refused: the agent would have to resolve
+/// them on every probe, and resolution is a way to hang.
+pub(crate) fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse::<SocketAddr>().map_err(|_| {
+        format!("`{text}` is not IP:PORT (like 127.0.0.1:18080; names are not resolved)")
+    })
+}
+
+/// `[http://]IP:PORT[/PATH]` into the address and the request path (`/` when absent).
+pub(crate) fn parse_http_target(text: &str) -> Result<(SocketAddr, String), String> {
+    let rest = text.strip_prefix("http://").unwrap_or(text);
+    let (addr, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].to_string()),
+        None => (rest, "/".to_string()),
+    };
+    let addr = parse_socket_addr(addr)?;
+    if path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "the path {path:?} contains whitespace or control characters"
+        ));
+    }
+    Ok((addr, path))
 }
 
 /// The keys of one YAML map that passed the unknown-key check.
@@ -755,6 +830,7 @@ impl Decoder<'_> {
             node: None,
             rank: defaults::SU_RANK,
             locked_instantiation: defaults::LOCKED_INSTANTIATION,
+            vm: Vec::new(),
         };
         match f.get("node") {
             Some(n) => {
@@ -772,6 +848,19 @@ impl Decoder<'_> {
                 .boolean(n, path, "locked_instantiation")
                 .unwrap_or(raw.locked_instantiation);
         }
+        if let Some(n) = f.get("vm") {
+            // Component names are checked against the SG's components in `build`.
+            for over in self.named(n, path, "vm", &|name| format!("{path}/{name}")) {
+                let comp_path = format!("{path}/{}", over.name);
+                let item = self.vm(over.node, &comp_path);
+                raw.vm.push(Entry {
+                    name: over.name,
+                    pos: over.pos,
+                    path: comp_path,
+                    item,
+                });
+            }
+        }
         raw
     }
 
@@ -787,6 +876,7 @@ impl Decoder<'_> {
             healthcheck: None,
             recovery: defaults::RECOVERY,
             instantiation: defaults::INSTANTIATION,
+            vm: None,
         };
         let kind = match f.get("kind") {
             Some(n) => self.choice(n, path, "kind", &KIND_NAMES),
@@ -803,22 +893,58 @@ impl Decoder<'_> {
         if let Some(kind) = kind {
             raw.kind = kind;
         }
-        match f.get("instantiate") {
-            Some(n) => raw.instantiate = self.argv(n, path, "instantiate").unwrap_or_default(),
-            None => self.error(
-                pos,
-                path,
-                "missing key `instantiate` (the command that starts the component, as a list)",
-            ),
-        }
-        if let Some(n) = f.get("terminate") {
-            raw.terminate = self.argv(n, path, "terminate");
-        }
-        if let Some(n) = f.get("cleanup") {
-            raw.cleanup = self.argv(n, path, "cleanup");
-        }
-        if let Some(n) = f.get("monitor") {
-            raw.monitor = self.argv(n, path, "monitor");
+        if kind == Some(CompKind::Vm) {
+            // The agent runs QEMU itself: a command line here would be ignored, so it is refused.
+            for (key, instead) in [
+                ("instantiate", "the agent starts QEMU from the `vm` block"),
+                ("terminate", "the agent powers the guest down through QEMU"),
+                ("cleanup", "the agent kills QEMU"),
+                ("monitor", "use `vm.health`"),
+            ] {
+                if let Some(n) = f.get(key) {
+                    self.error(
+                        n.pos,
+                        path,
+                        format!("`{key}` is not for vm components: {instead}"),
+                    );
+                }
+            }
+            match f.get("vm") {
+                Some(n) => raw.vm = Some(self.vm(n, path)),
+                None => self.error(
+                    pos,
+                    path,
+                    "missing key `vm` (the guest QEMU runs: kernel, memory, forwards, health, ...)",
+                ),
+            }
+        } else {
+            match f.get("instantiate") {
+                Some(n) => raw.instantiate = self.argv(n, path, "instantiate").unwrap_or_default(),
+                None => self.error(
+                    pos,
+                    path,
+                    "missing key `instantiate` (the command that starts the component, as a list)",
+                ),
+            }
+            if let Some(n) = f.get("terminate") {
+                raw.terminate = self.argv(n, path, "terminate");
+            }
+            if let Some(n) = f.get("cleanup") {
+                raw.cleanup = self.argv(n, path, "cleanup");
+            }
+            if let Some(n) = f.get("monitor") {
+                raw.monitor = self.argv(n, path, "monitor");
+            }
+            if let (Some(n), Some(kind)) = (f.get("vm"), kind) {
+                self.error(
+                    n.pos,
+                    path,
+                    format!(
+                        "`vm` is only for vm components (this one is `{}`)",
+                        kind_name(kind)
+                    ),
+                );
+            }
         }
         if let Some(n) = f.get("timeouts") {
             raw.timeouts = self.timeouts(n, path);
@@ -828,15 +954,17 @@ impl Decoder<'_> {
             match kind {
                 Some(CompKind::SaAware) => raw.healthcheck = hc,
                 Some(other) => {
-                    let name = KIND_NAMES
-                        .iter()
-                        .find(|(_, k)| *k == other)
-                        .map_or("?", |(name, _)| *name);
+                    let instead = if other == CompKind::Vm {
+                        "vm.health"
+                    } else {
+                        "monitor"
+                    };
                     self.error(
                         n.pos,
                         path,
                         format!(
-                            "`healthcheck` is only for sa-aware components (this one is `{name}`); use `monitor` instead"
+                            "`healthcheck` is only for sa-aware components (this one is `{}`); use `{instead}` instead",
+                            kind_name(other)
                         ),
                     );
                 }
@@ -852,6 +980,295 @@ impl Decoder<'_> {
             raw.instantiation = self.instantiation(n, path);
         }
         raw
+    }
+
+    /// A `vm` block of a component or an SU override: every key optional (see [`RawVm`]).
+    fn vm(&mut self, node: &Node, path: &str) -> RawVm {
+        let f = self.fields(node, path, "vm", VM_KEYS);
+        let mut raw = RawVm {
+            pos: node.pos,
+            ..RawVm::default()
+        };
+        let path_text = |d: &mut Self, key: &str| -> Option<Sp<String>> {
+            let n = f.get(key)?;
+            let key = qualify("vm", key);
+            let value = match d.string(n, path, &key) {
+                Some(v) if v.is_empty() => {
+                    d.error(n.pos, path, format!("`{key}` is empty"));
+                    String::new()
+                }
+                Some(v) if v.contains('\0') => {
+                    d.error(n.pos, path, format!("`{key}` contains a NUL character"));
+                    String::new()
+                }
+                Some(v) => v,
+                None => String::new(),
+            };
+            Some(Sp { value, pos: n.pos })
+        };
+        raw.kernel = path_text(self, "kernel");
+        raw.initrd = path_text(self, "initrd");
+        if let Some(n) = f.get("memory") {
+            raw.memory_mib = Some(self.memory(n, path).unwrap_or(defaults::VM_MEMORY_MIB));
+        }
+        if let Some(n) = f.get("cpus") {
+            let cpus = match self.count(n, path, "vm.cpus", 1) {
+                Some(c) if c > defaults::VM_MAX_CPUS => {
+                    self.error(
+                        n.pos,
+                        path,
+                        format!(
+                            "`vm.cpus` is {c}; at most {} are supported",
+                            defaults::VM_MAX_CPUS
+                        ),
+                    );
+                    None
+                }
+                c => c,
+            };
+            raw.cpus = Some(cpus.unwrap_or(defaults::VM_CPUS));
+        }
+        if let Some(n) = f.get("accel") {
+            raw.accel = Some(
+                self.choice(n, path, "vm.accel", &ACCEL_NAMES)
+                    .unwrap_or(defaults::VM_ACCEL),
+            );
+        }
+        if let Some(n) = f.get("forwards") {
+            raw.forwards = Some(self.forwards(n, path));
+        }
+        if let Some(n) = f.get("health") {
+            raw.health = Some(Sp {
+                value: self.vm_health(n, path),
+                pos: n.pos,
+            });
+        }
+        if let Some(n) = f.get("cmdline_extra") {
+            raw.cmdline_extra = Some(self.cmdline_words(n, path));
+        }
+        raw
+    }
+
+    /// Guest memory: a number with `M`/`MiB` or `G`/`GiB` (binary units). A bare number is
+    /// refused, as for durations: `512` could mean bytes, KiB or MiB.
+    fn memory(&mut self, node: &Node, path: &str) -> Option<u32> {
+        let result = match &node.value {
+            Value::Str(s) => parse_memory(s),
+            Value::Int(i) => Err(format!("`{i}` has no unit")),
+            other => Err(format!("found {}", other.kind())),
+        };
+        let mib = match result {
+            Ok(mib) => mib,
+            Err(why) => {
+                self.error(
+                    node.pos,
+                    path,
+                    format!("`vm.memory`: {why}; expected a size like 256M or 1G (MiB, GiB)"),
+                );
+                return None;
+            }
+        };
+        if mib < u64::from(defaults::VM_MIN_MEMORY_MIB) {
+            self.error(
+                node.pos,
+                path,
+                format!(
+                    "`vm.memory` must be at least {}M, found {mib}M",
+                    defaults::VM_MIN_MEMORY_MIB
+                ),
+            );
+            return None;
+        }
+        match u32::try_from(mib) {
+            Ok(m) => Some(m),
+            Err(_) => {
+                self.error(node.pos, path, format!("`vm.memory` is too large ({mib}M)"));
+                None
+            }
+        }
+    }
+
+    /// A TCP port, 1-65535.
+    fn port(&mut self, node: &Node, entity: &str, key: &str) -> Option<u16> {
+        let n = self.count(node, entity, key, 1)?;
+        match u16::try_from(n) {
+            Ok(p) => Some(p),
+            Err(_) => {
+                self.error(
+                    node.pos,
+                    entity,
+                    format!("`{key}` is not a TCP port ({n}; at most 65535)"),
+                );
+                None
+            }
+        }
+    }
+
+    fn forwards(&mut self, node: &Node, path: &str) -> Vec<Sp<VmForward>> {
+        let items = match &node.value {
+            Value::Seq(items) => items.as_slice(),
+            Value::Null => &[],
+            other => {
+                self.error(
+                    node.pos,
+                    path,
+                    format!(
+                        "`vm.forwards`: expected a list like [{{ host: 18080, guest: 80 }}], found {}",
+                        other.kind()
+                    ),
+                );
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for item in items {
+            let f = self.fields(item, path, "vm.forwards", FORWARD_KEYS);
+            let port = |d: &mut Self, key: &str| match f.get(key) {
+                Some(n) => d.port(n, path, &qualify("vm.forwards", key)),
+                None => {
+                    d.error(
+                        item.pos,
+                        path,
+                        format!("`vm.forwards`: missing key `{key}`"),
+                    );
+                    None
+                }
+            };
+            let host = port(self, "host");
+            let guest = port(self, "guest");
+            if let (Some(host), Some(guest)) = (host, guest) {
+                out.push(Sp {
+                    value: VmForward { host, guest },
+                    pos: item.pos,
+                });
+            }
+        }
+        out
+    }
+
+    /// `{ http: ADDR:PORT/PATH, expect: TEXT } | { tcp: ADDR:PORT }`, with `period` and
+    /// `timeout`. `None` when it is unusable (already reported).
+    fn vm_health(&mut self, node: &Node, path: &str) -> Option<VmHealth> {
+        let f = self.fields(node, path, "vm.health", VM_HEALTH_KEYS);
+        let mut ok = true;
+        let mut duration = |d: &mut Self, key: &str, default: Duration| match f.get(key) {
+            Some(n) => d
+                .positive_duration(n, path, &qualify("vm.health", key))
+                .unwrap_or_else(|| {
+                    ok = false;
+                    default
+                }),
+            None => default,
+        };
+        let period = duration(self, "period", defaults::VM_HEALTH_PERIOD);
+        let timeout = duration(self, "timeout", defaults::VM_HEALTH_TIMEOUT);
+        let expect = match f.get("expect") {
+            Some(n) => match self.text(n, path, "vm.health.expect") {
+                Some(e) if e.is_empty() => {
+                    self.error(n.pos, path, "`vm.health.expect` is empty");
+                    None
+                }
+                Some(e) => Some((e, n.pos)),
+                None => {
+                    ok = false;
+                    None
+                }
+            },
+            None => None,
+        };
+        let probe = match (f.get("http"), f.get("tcp")) {
+            (Some(n), None) => {
+                let target = self.string(n, path, "vm.health.http");
+                match target.map(|t| parse_http_target(&t)) {
+                    Some(Ok((addr, request))) => Some(VmProbe::Http {
+                        addr,
+                        path: request,
+                        expect: expect.map(|(e, _)| e),
+                    }),
+                    Some(Err(why)) => {
+                        self.error(n.pos, path, format!("`vm.health.http`: {why}"));
+                        None
+                    }
+                    None => None,
+                }
+            }
+            (None, Some(n)) => {
+                if let Some((_, pos)) = &expect {
+                    self.error(
+                        *pos,
+                        path,
+                        "`vm.health.expect` is only for http probes (a tcp probe reads no answer)",
+                    );
+                }
+                let target = self.string(n, path, "vm.health.tcp");
+                match target.map(|t| parse_socket_addr(&t)) {
+                    Some(Ok(addr)) => Some(VmProbe::Tcp { addr }),
+                    Some(Err(why)) => {
+                        self.error(n.pos, path, format!("`vm.health.tcp`: {why}"));
+                        None
+                    }
+                    None => None,
+                }
+            }
+            (Some(_), Some(n)) => {
+                self.error(
+                    n.pos,
+                    path,
+                    "`vm.health`: give either `http` or `tcp`, not both",
+                );
+                None
+            }
+            (None, None) => {
+                self.error(
+                    node.pos,
+                    path,
+                    "`vm.health`: missing the probe, `http: \"127.0.0.1:PORT/PATH\"` or `tcp: \"127.0.0.1:PORT\"`",
+                );
+                None
+            }
+        };
+        let probe = probe?;
+        ok.then_some(VmHealth {
+            probe,
+            period,
+            timeout,
+        })
+    }
+
+    /// Kernel command line words: each one word, no whitespace or control characters (the
+    /// line is joined with spaces, so a space would split a word in two).
+    fn cmdline_words(&mut self, node: &Node, path: &str) -> Vec<String> {
+        let Value::Seq(items) = &node.value else {
+            if node.value != Value::Null {
+                self.error(
+                    node.pos,
+                    path,
+                    format!(
+                        "`vm.cmdline_extra`: expected a list of words like [svcdebug=1], found {}",
+                        node.value.kind()
+                    ),
+                );
+            }
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for item in items {
+            let Some(word) = self.text(item, path, "vm.cmdline_extra") else {
+                continue;
+            };
+            if word.is_empty() || word.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                self.error(
+                    item.pos,
+                    path,
+                    format!(
+                        "`vm.cmdline_extra`: {word:?} must be one word (no spaces or control characters)"
+                    ),
+                );
+                continue;
+            }
+            out.push(word);
+        }
+        out
     }
 
     fn timeouts(&mut self, node: &Node, path: &str) -> Timeouts {

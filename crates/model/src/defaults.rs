@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::entities::{InstantiationPolicy, Probation, Recovery, Timeouts};
+use crate::entities::{InstantiationPolicy, Probation, Recovery, Timeouts, VmAccel};
 
 /// `sgs.*.fail_back`: leave work where it is after a repair; moving it back costs an outage of
 /// its own, so it is opt-in.
@@ -67,3 +67,33 @@ pub const NWAY_STANDBYS: u32 = 1;
 
 /// `sis.*.depends_on.*.tolerance`: a dependent SI is removed as soon as its sponsor is lost.
 pub const DEPENDENCY_TOLERANCE: Duration = Duration::ZERO;
+
+/// `components.*.vm.memory`: 128 MiB, plenty for a service guest (the image of
+/// `scripts/build-vm-image.sh` boots in less than 64 MiB).
+pub const VM_MEMORY_MIB: u32 = 128;
+
+/// The least `components.*.vm.memory` accepted, in MiB: less does not boot a Linux guest, and
+/// it is the driver's (`nines-vm`) own lower bound.
+pub const VM_MIN_MEMORY_MIB: u32 = 16;
+
+/// `components.*.vm.cpus`: one vCPU; under TCG each vCPU is a host thread, and a service guest
+/// rarely needs more.
+pub const VM_CPUS: u32 = 1;
+
+/// The most `components.*.vm.cpus` accepted (the driver's upper bound).
+pub const VM_MAX_CPUS: u32 = 64;
+
+/// `components.*.vm.accel`: KVM where the node really has it, TCG elsewhere (the agent
+/// decides when it starts the VM).
+pub const VM_ACCEL: VmAccel = VmAccel::Auto;
+
+/// `components.*.vm.health.period`: probe every 500 ms. The probe also paces the wait for a
+/// booting guest, so a longer period delays every repair by up to a period; a shorter one
+/// costs the guest a request more often. Measured with the service image under TCG: one
+/// probe (a CGI fork in the guest) costs about 17 ms of host CPU, so 500 ms is about 4 % of a
+/// core per VM, 200 ms about 7 %.
+pub const VM_HEALTH_PERIOD: Duration = Duration::from_millis(500);
+
+/// `components.*.vm.health.timeout`: a probe unanswered for 1 s is a missed healthcheck. A
+/// TCG guest on a busy host answers in tens of milliseconds; a hung one never does.
+pub const VM_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);

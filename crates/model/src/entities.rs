@@ -4,6 +4,7 @@
 //! which component of an SU serves which CSI), so the engine never parses or searches names.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::ids::{AppId, CompId, CsiId, NodeId, SgId, SiId, SuId};
@@ -259,6 +260,98 @@ pub struct Comp {
     pub recovery: Recovery,
     /// Instantiation retry rules.
     pub instantiation: InstantiationPolicy,
+    /// What the agent runs for a `vm` component (`Some` exactly when `kind` is
+    /// [`CompKind::Vm`]), with this SU's overrides applied. A vm component has no command
+    /// lines: `instantiate` is empty, `terminate`, `cleanup` and `monitor` are `None`.
+    pub vm: Option<VmConfig>,
+}
+
+/// How a VM's guest CPU runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmAccel {
+    /// QEMU's binary translator: slow, works everywhere.
+    Tcg,
+    /// Hardware virtualization through /dev/kvm.
+    Kvm,
+    /// KVM when the node's /dev/kvm is real, usable KVM, TCG otherwise. Decided by the agent
+    /// when it starts the VM, since only the node knows its hardware.
+    Auto,
+}
+
+impl VmAccel {
+    /// The name used in config files.
+    pub fn name(self) -> &'static str {
+        match self {
+            VmAccel::Tcg => "tcg",
+            VmAccel::Kvm => "kvm",
+            VmAccel::Auto => "auto",
+        }
+    }
+}
+
+/// One port forward of a VM's user-mode network: `127.0.0.1:host` on the node reaches
+/// `guest` in the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmForward {
+    /// TCP port on the node's loopback (unique among the VMs of one node).
+    pub host: u16,
+    /// TCP port in the guest.
+    pub guest: u16,
+}
+
+/// How the agent asks a running guest whether its service is alive.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmProbe {
+    /// `GET path` on `addr` must answer 200, and contain `expect` when set.
+    Http {
+        /// Where: `127.0.0.1` and one of the VM's forwarded host ports.
+        addr: SocketAddr,
+        /// The request path, starting with `/`.
+        path: String,
+        /// Text the answer's body must contain.
+        expect: Option<String>,
+    },
+    /// A TCP connect to `addr` must succeed. Through a user-mode forward QEMU itself accepts
+    /// the connection, so this does not see a hung guest (the loader warns).
+    Tcp {
+        /// Where: `127.0.0.1` and one of the VM's forwarded host ports.
+        addr: SocketAddr,
+    },
+}
+
+/// A VM's periodic health probe: what catches a hung guest while QEMU still runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmHealth {
+    /// The probe.
+    pub probe: VmProbe,
+    /// Interval between probes (also while the guest boots).
+    pub period: Duration,
+    /// A probe without a good answer within this is a missed healthcheck.
+    pub timeout: Duration,
+}
+
+/// A `vm` component: the guest QEMU runs and how its health is judged. Paths are not checked
+/// at load (the files live on the node that runs the VM, maybe not where the config is
+/// validated); the agent reports a bad one as a failed instantiation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmConfig {
+    /// The guest kernel (bzImage, or an ELF vmlinux with a PVH entry point).
+    pub kernel: String,
+    /// The initramfs, if any.
+    pub initrd: Option<String>,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Virtual CPUs.
+    pub cpus: u32,
+    /// The accelerator.
+    pub accel: VmAccel,
+    /// Port forwards of the guest's user-mode network.
+    pub forwards: Vec<VmForward>,
+    /// The health probe; `None`: the VM counts as instantiated once QEMU answers on its
+    /// control socket, and a hung guest is not detected.
+    pub health: Option<VmHealth>,
+    /// Words added to the guest kernel's command line.
+    pub cmdline_extra: Vec<String>,
 }
 
 /// A dependency of one SI on another (its sponsor).

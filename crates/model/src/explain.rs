@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use crate::decode::{KIND_NAMES, REDUNDANCY_NAMES, RESERVED_APP_NAMES};
+use crate::decode::{ACCEL_NAMES, KIND_NAMES, REDUNDANCY_NAMES, RESERVED_APP_NAMES};
 use crate::defaults as d;
 use crate::duration::{self, format as dur};
 use crate::entities::Probation;
@@ -91,21 +91,30 @@ SG keys (apps.APP.sgs.SG):
                                  keep config order (the SU written first is preferred).
     locked_instantiation         start locked for instantiation (not started until an operator
                                  unlocks it). Default: {locked}.
+    vm                           map from vm component name to keys of its `vm` block that
+                                 differ for this SU (see VM keys); each key given replaces the
+                                 component's whole key (a `health` given here is complete).
+                                 For what must differ per SU, such as host ports on one host:
+                                   vm: {{ web: {{ forwards: [{{ host: 18081, guest: 80 }}],
+                                     health: {{ http: \"127.0.0.1:18081/cgi-bin/health\" }} }} }}
   components                     required, at least one: map from component name to
                                  component. Every SU of the SG gets one of each.
     kind                         required. {kinds}
                                    sa-aware  links the client library: registers, takes CSI
                                              assignments, answers healthchecks
                                    process   a plain process, watched by pidfd
-                                   vm        a virtual machine
-    instantiate                  required. The command that starts it, as a list (argv):
-                                 [/usr/bin/prog, --port, \"7100\"]. Numbers and booleans in the
-                                 list are taken as text; quote anything else.
+                                   vm        a virtual machine: QEMU run by the agent from
+                                             the `vm` block (see VM keys); it has no
+                                             instantiate, terminate, cleanup or monitor
+    instantiate                  required, except for vm. The command that starts it, as a
+                                 list (argv): [/usr/bin/prog, --port, \"7100\"]. Numbers and
+                                 booleans in the list are taken as text; quote anything else.
     terminate                    command that stops it gracefully. Default: SIGTERM.
     cleanup                      command that cleans up after a failure. Default: SIGKILL to
                                  the process group.
     monitor                      external monitor command. Default: none.
-    timeouts.instantiate         the start (or SA-aware registration) must finish within this.
+    timeouts.instantiate         the start (SA-aware: registration; vm: a healthy guest) must
+                                 finish within this.
                                  Default: {t_inst}.
     timeouts.terminate           graceful stop must finish within this, then it is killed.
                                  Default: {t_term}.
@@ -130,6 +139,43 @@ SG keys (apps.APP.sgs.SG):
     instantiation.delayed_retries
                                  further retries, each after retry_delay. Default: {delayed}.
     instantiation.retry_delay    Default: {retry_delay}.
+    vm                           vm only, required there: the guest (see VM keys).
+
+VM keys (apps.APP.sgs.SG.components.COMP.vm, kind: vm; an SU may override any of them with
+units.SU.vm.COMP). Paths are not checked at load: they must exist on the node that runs the
+VM, and a missing one fails the instantiation there. The agent runs qemu-system-x86_64 (on
+PATH), microvm machine, user-mode network (outbound NAT plus the forwards), and watches it:
+QEMU's exit, a guest panic, a guest shutdown or a stop it did not ask for, and the health
+probe are failures. It is instantiated once the probe passes, within timeouts.instantiate;
+terminate is ACPI power-down, then QEMU quit, then SIGKILL, within timeouts.terminate.
+  kernel                         required. Path of the guest kernel (bzImage, or an ELF
+                                 vmlinux with a PVH entry point, which boots faster).
+  initrd                         path of the initramfs. Default: none.
+  memory                         guest memory with a binary unit: 256M, 512MiB, 1G, 2GiB (a
+                                 bare number is refused). At least {vm_min_mem}M.
+                                 Default: {vm_mem}M.
+  cpus                           virtual CPUs, 1 to {vm_max_cpus}. Default: {vm_cpus}.
+  accel                          {accels}. Default: {vm_accel}.
+                                   tcg   QEMU's binary translator: slow, works everywhere
+                                   kvm   hardware virtualization through /dev/kvm
+                                   auto  kvm when the node's /dev/kvm is real, usable KVM,
+                                         tcg otherwise (decided by the node's agent)
+  forwards                       list of {{ host: PORT, guest: PORT }}: 127.0.0.1:host on the
+                                 node reaches the guest's port. Host ports must differ among
+                                 the VMs of one node. Default: none.
+  health                         how a running guest is judged. Either
+                                   {{ http: \"127.0.0.1:PORT/PATH\", expect: TEXT }}
+                                 (GET PATH must answer 200, containing TEXT when given), or
+                                   {{ tcp: \"127.0.0.1:PORT\" }}
+                                 (a connect must succeed; QEMU itself accepts connections to
+                                 a forward, so this does not see a hung guest: a warning).
+                                 PORT must be one of the VM's forwarded host ports. Default:
+                                 none (instantiated once QEMU runs; a hung guest goes unseen).
+    period                       probe interval, also while the guest boots. Default: {vm_period}.
+    timeout                      a probe without a good answer within this is a missed
+                                 healthcheck. Default: {vm_timeout}.
+  cmdline_extra                  words added to the guest kernel command line, one word each:
+                                 [svcdebug=1]. Default: none.
 
 SI keys (apps.APP.sis.SI):
   sg                             required. The SG (of the same app) that protects it.
@@ -174,6 +220,14 @@ SI keys (apps.APP.sis.SI):
         si_rank = d::SI_RANK,
         nway_standbys = d::NWAY_STANDBYS,
         tolerance = dur(d::DEPENDENCY_TOLERANCE),
+        vm_min_mem = d::VM_MIN_MEMORY_MIB,
+        vm_mem = d::VM_MEMORY_MIB,
+        vm_max_cpus = d::VM_MAX_CPUS,
+        vm_cpus = d::VM_CPUS,
+        accels = names(&ACCEL_NAMES),
+        vm_accel = d::VM_ACCEL.name(),
+        vm_period = dur(d::VM_HEALTH_PERIOD),
+        vm_timeout = dur(d::VM_HEALTH_TIMEOUT),
     );
     out
 }
@@ -200,6 +254,9 @@ mod tests {
         }
         for (name, _) in KIND_NAMES {
             assert!(described(name), "kind {name}");
+        }
+        for (name, _) in ACCEL_NAMES {
+            assert!(described(name), "accel {name}");
         }
     }
 }

@@ -7,7 +7,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::entities::{CompKind, Healthcheck, InstantiationPolicy, Probation, Recovery, Timeouts};
+use crate::entities::{
+    CompKind, Healthcheck, InstantiationPolicy, Probation, Recovery, Timeouts, VmAccel, VmForward,
+    VmHealth,
+};
 use crate::error::Pos;
 
 /// A value and where it was written.
@@ -81,6 +84,9 @@ pub(crate) struct RawSu {
     pub node: Option<Sp<String>>,
     pub rank: u32,
     pub locked_instantiation: bool,
+    /// `vm:` overrides of this SU, by component name (checked against the SG's components in
+    /// `build`).
+    pub vm: Vec<Entry<RawVm>>,
 }
 
 #[derive(Clone, Debug)]
@@ -94,6 +100,27 @@ pub(crate) struct RawComp {
     pub healthcheck: Option<Healthcheck>,
     pub recovery: Recovery,
     pub instantiation: InstantiationPolicy,
+    /// The `vm` block (vm components only; a missing one is already reported).
+    pub vm: Option<RawVm>,
+}
+
+/// A `vm` block, of a component or of an SU's override: every key optional here, because an
+/// override gives only what differs. `build` merges the two (an override's key replaces the
+/// component's) and checks what the result must have. A key whose value was bad (already
+/// reported) is present with a placeholder, so no "missing key" follows the real error.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RawVm {
+    /// Where the block was written.
+    pub pos: Pos,
+    pub kernel: Option<Sp<String>>,
+    pub initrd: Option<Sp<String>>,
+    pub memory_mib: Option<u32>,
+    pub cpus: Option<u32>,
+    pub accel: Option<VmAccel>,
+    pub forwards: Option<Vec<Sp<VmForward>>>,
+    /// `None` inside: given, but bad.
+    pub health: Option<Sp<Option<VmHealth>>>,
+    pub cmdline_extra: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug)]

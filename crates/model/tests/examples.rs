@@ -109,3 +109,18 @@ fn sim_mix_has_everything_the_simulator_needs() {
     assert!(m.sgs.iter().any(|sg| !sg.fail_back));
     assert!(m.sgs.iter().any(|sg| sg.component_names.len() >= 2));
 }
+
+#[test]
+fn vm_2n() {
+    let m = example("vm-2n.yaml").model;
+    assert_eq!(m.sgs[0].redundancy, Redundancy::TwoN);
+    assert_eq!(m.comps.len(), 2);
+    let vms: Vec<_> = m.comps.iter().map(|c| c.vm.clone().expect("vm")).collect();
+    assert_ne!(m.sus[0].node, m.sus[1].node, "one VM per node");
+    // One host runs both nodes under `nines run`: each VM has its own host port, probed.
+    assert_ne!(vms[0].forwards[0].host, vms[1].forwards[0].host);
+    for vm in &vms {
+        assert!(vm.health.is_some());
+        assert!(vm.kernel.ends_with("vmlinux"));
+    }
+}

@@ -219,7 +219,7 @@ apps:
           u3: { node: n3, rank: 3 }
         components:
           c:
-            kind: vm
+            kind: process
             instantiate: [qemu, -m, 512, --snapshot, true]
             terminate: [stop]
             cleanup: [kill]
@@ -282,7 +282,7 @@ apps:
     assert_eq!(sg.component_names, ["c", "d"]);
     assert!(m.sus[1].locked_instantiation && !m.sus[0].locked_instantiation);
     let c = &m.comps[0];
-    assert_eq!(c.kind, CompKind::Vm);
+    assert_eq!(c.kind, CompKind::Process);
     assert_eq!(c.instantiate, ["qemu", "-m", "512", "--snapshot", "true"]);
     assert_eq!(c.terminate.as_deref(), Some(&["stop".to_string()][..]));
     assert_eq!(c.cleanup.as_deref(), Some(&["kill".to_string()][..]));

@@ -274,8 +274,13 @@ fn missing_required_keys() {
     let sg = "g:
   redundancy: 2n
   units: { u1: { node: n1 }, u2: { node: n2 } }
-  components: { c: { kind: vm } }   # <-";
+  components: { c: { kind: process } }   # <-";
     reject(&app(sg, SI_S), "a/g/*/c", &["missing key `instantiate`"]);
+    let sg = "g:
+  redundancy: 2n
+  units: { u1: { node: n1 }, u2: { node: n2 } }
+  components: { c: { kind: vm } }   # <-";
+    reject(&app(sg, SI_S), "a/g/*/c", &["missing key `vm`"]);
     reject(
         &app(SG_2N, "s: { csis: { x: { component: c } } }   # <-"),
         "a/s",

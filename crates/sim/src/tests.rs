@@ -96,6 +96,7 @@ pub(crate) fn model(nodes: usize, sgs: &[(Redundancy, usize, usize)]) -> Model {
                     delayed_retries: 1,
                     retry_delay: Duration::from_secs(1),
                 },
+                vm: None,
             });
             m.sus.push(Su {
                 sg: sg_id,

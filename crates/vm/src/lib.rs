@@ -64,7 +64,8 @@ mod qmp;
 
 pub use error::Error;
 pub use lifecycle::{
-    cleanup, probe, terminate, wait_healthy, Health, Probe, TerminateTimeouts, Terminated,
+    cleanup, probe, terminate, terminate_with, wait_healthy, Health, Probe, TerminateTimeouts,
+    Terminated,
 };
 pub use qemu::{
     command, command_with, Accel, HostFacts, Network, PortForward, VmSpec, DEFAULT_QEMU,

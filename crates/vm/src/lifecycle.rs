@@ -53,12 +53,13 @@ pub enum Terminated {
 }
 
 /// Ends a running VM: `system_powerdown` and wait, then `quit` and wait, then SIGKILL and wait,
-/// each wait bounded by `timeouts`. `exited` is the caller's way of seeing QEMU's exit (e.g.
-/// its pidfd becoming readable); it is polled until it completes, and never after. Without a
-/// QMP connection (`None`, or one that fails) the QMP steps are skipped. The caller reaps.
-/// Errors only when QEMU survives SIGKILL for `timeouts.kill`, or the kill itself fails.
+/// each step bounded by `timeouts` (a step's command and its wait share the step's time, so
+/// the whole ladder takes at most the sum). `exited` is the caller's way of seeing QEMU's exit
+/// (e.g. its pidfd becoming readable); it is polled until it completes, and never after.
+/// Without a QMP connection (`None`, or one that fails) the QMP steps are skipped. The caller
+/// reaps. Errors only when QEMU survives SIGKILL for `timeouts.kill`, or the kill itself fails.
 pub async fn terminate<F>(
-    mut qmp: Option<&mut Qmp>,
+    qmp: Option<&mut Qmp>,
     pid: u32,
     exited: &mut F,
     timeouts: &TerminateTimeouts,
@@ -66,9 +67,27 @@ pub async fn terminate<F>(
 where
     F: Future<Output = ()> + Unpin,
 {
+    terminate_with(qmp, exited, timeouts, || sigkill(pid)).await
+}
+
+/// [`terminate`] with the last step's SIGKILL done by `kill`. For a caller whose own watcher
+/// reaps QEMU the moment it exits (the node agent): a pid is only safe to signal while it is
+/// unreaped, and only that caller knows whether it still is, so it signals through its own
+/// guard rather than by pid.
+pub async fn terminate_with<F, K>(
+    mut qmp: Option<&mut Qmp>,
+    exited: &mut F,
+    timeouts: &TerminateTimeouts,
+    kill: K,
+) -> Result<Terminated, Error>
+where
+    F: Future<Output = ()> + Unpin,
+    K: FnOnce() -> Result<(), Error>,
+{
     if let Some(q) = &mut qmp {
+        let deadline = tokio::time::Instant::now() + timeouts.powerdown;
         if q.system_powerdown(timeouts.powerdown).await.is_ok()
-            && tokio::time::timeout(timeouts.powerdown, &mut *exited)
+            && tokio::time::timeout_at(deadline, &mut *exited)
                 .await
                 .is_ok()
         {
@@ -76,19 +95,20 @@ where
         }
     }
     if let Some(q) = &mut qmp {
+        let deadline = tokio::time::Instant::now() + timeouts.quit;
         if q.quit(timeouts.quit).await.is_ok()
-            && tokio::time::timeout(timeouts.quit, &mut *exited)
+            && tokio::time::timeout_at(deadline, &mut *exited)
                 .await
                 .is_ok()
         {
             return Ok(Terminated::Quit);
         }
     }
-    sigkill(pid)?;
+    kill()?;
     match tokio::time::timeout(timeouts.kill, &mut *exited).await {
         Ok(()) => Ok(Terminated::Killed),
         Err(_) => Err(Error::Timeout {
-            what: format!("QEMU pid {pid} to exit after SIGKILL"),
+            what: "QEMU to exit after SIGKILL".to_string(),
             after: timeouts.kill,
         }),
     }
@@ -213,9 +233,20 @@ async fn probe_inner(p: &Probe) -> Result<(), String> {
     }
 }
 
-/// Probes every `period` (each probe bounded by `timeout`) until one is healthy, and returns
-/// how long that took; gives up after `within` with the last probe's verdict. What an agent
-/// waits on after spawning a VM, before it reports it instantiated.
+/// Most probes [`wait_healthy`] keeps in flight at once: only a guard against a period far
+/// shorter than the timeout; with any sensible pair a probe starts every period.
+const MAX_PROBES_IN_FLIGHT: usize = 64;
+
+/// Starts a probe every `period` (each bounded by `timeout`) until one is healthy, and returns
+/// how long that took; gives up after `within` with the last verdict. What an agent waits on
+/// after spawning a VM, before it reports it instantiated.
+///
+/// Probes overlap: one starts every `period` however long the earlier ones take (at most
+/// [`MAX_PROBES_IN_FLIGHT`] at once). Through a user-mode port forward, a probe sent before
+/// the guest's network is up is accepted by QEMU and then hangs until QEMU's user-mode TCP
+/// retransmits its SYN to the guest (measured: 4-6 s), while one sent once the guest serves is
+/// answered in milliseconds. Waiting for each in turn would delay every boot by up to a
+/// `timeout`; with overlapping probes the answer comes about a `period` after the guest is up.
 pub async fn wait_healthy(
     p: &Probe,
     period: Duration,
@@ -224,24 +255,91 @@ pub async fn wait_healthy(
 ) -> Result<Duration, Error> {
     let start = tokio::time::Instant::now();
     let deadline = start + within;
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut next = start;
+    let mut last = String::from("no probe finished");
     loop {
-        let started = tokio::time::Instant::now();
-        let left = deadline.saturating_duration_since(started);
-        let verdict = probe(p, timeout.min(left.max(Duration::from_millis(1)))).await;
-        if verdict.is_healthy() {
-            return Ok(start.elapsed());
+        let may_start = next < deadline && in_flight.len() < MAX_PROBES_IN_FLIGHT;
+        tokio::select! {
+            () = tokio::time::sleep_until(next), if may_start => {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let bound = timeout.min(left).max(Duration::from_millis(1));
+                let p = p.clone();
+                in_flight.spawn(async move { probe(&p, bound).await });
+                next += period;
+            }
+            Some(done) = in_flight.join_next(), if !in_flight.is_empty() => match done {
+                Ok(Health::Healthy) => return Ok(start.elapsed()),
+                Ok(Health::Unhealthy(why)) => last = why,
+                Err(e) => last = format!("probe task: {e}"),
+            },
+            else => break,
         }
-        let next = started + period;
-        if next >= deadline {
-            let why = match verdict {
-                Health::Unhealthy(why) => why,
-                Health::Healthy => String::new(),
-            };
-            return Err(Error::Timeout {
-                what: format!("guest healthy ({p:?}); last probe: {why}"),
-                after: within,
-            });
+    }
+    Err(Error::Timeout {
+        what: format!("guest healthy ({p:?}); last probe: {last}"),
+        after: within,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    /// A server like a port forward of a booting guest: the first connections are accepted and
+    /// never answered; later ones are.
+    async fn booting_guest(stalled: usize) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            for n in 0.. {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                if n < stalled {
+                    held.push(s);
+                    continue;
+                }
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 512];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nhealthy vm1\n").await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn http(addr: SocketAddr, expect: &str) -> Probe {
+        Probe::Http {
+            addr,
+            path: "/cgi-bin/health".into(),
+            expect: Some(expect.into()),
         }
-        tokio::time::sleep_until(next).await;
+    }
+
+    #[tokio::test]
+    async fn a_hanging_early_probe_does_not_delay_the_answer() {
+        let addr = booting_guest(2).await;
+        let ms = Duration::from_millis;
+        let took = wait_healthy(&http(addr, "healthy"), ms(50), ms(5000), ms(10_000))
+            .await
+            .expect("healthy");
+        // The third probe answers, about two periods in, not after a 5 s timeout.
+        assert!(took < ms(1000), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn it_gives_up_in_time_with_the_last_verdict() {
+        let addr = booting_guest(0).await;
+        let ms = Duration::from_millis;
+        let started = std::time::Instant::now();
+        let err = wait_healthy(&http(addr, "nope"), ms(20), ms(100), ms(300))
+            .await
+            .expect_err("never healthy");
+        assert!(started.elapsed() < ms(1000));
+        assert!(err.to_string().contains("lacks \"nope\""), "{err}");
     }
 }

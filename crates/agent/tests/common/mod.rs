@@ -188,6 +188,18 @@ impl TestAgent {
         limit: Duration,
         then_quiet: Duration,
     ) {
+        self.expect_failed(comp, nines_engine::FaultKind::HealthcheckMissed, limit)
+            .await;
+        self.expect_silence(then_quiet).await;
+    }
+
+    /// Expect the next failure report, within `limit`, to be `comp`'s, of `kind`.
+    pub async fn expect_failed(
+        &mut self,
+        comp: CompId,
+        kind: nines_engine::FaultKind,
+        limit: Duration,
+    ) -> Report {
         let r = self
             .expect(limit, |i| matches!(i, Input::ComponentFailed { .. }))
             .await;
@@ -195,11 +207,32 @@ impl TestAgent {
             r.input,
             Input::ComponentFailed {
                 comp,
-                kind: nines_engine::FaultKind::HealthcheckMissed,
+                kind,
                 recommended: None
             }
         );
-        self.expect_silence(then_quiet).await;
+        r
+    }
+
+    /// Clean `comp` up and expect `CommandDone { Cleanup, Ok }`.
+    pub async fn cleanup_ok(&mut self, comp: CompId) {
+        self.handle
+            .execute(&nines_engine::ActionKind::Cleanup { comp });
+        let r = self
+            .expect(Duration::from_secs(5), |i| {
+                matches!(i, Input::CommandDone { comp: c, command: nines_engine::Command::Cleanup, .. } if *c == comp)
+            })
+            .await;
+        assert!(
+            matches!(
+                r.input,
+                Input::CommandDone {
+                    outcome: nines_engine::Outcome::Ok,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
     }
 
     /// Instantiate and wait for the answer.

@@ -3,7 +3,8 @@
 #![allow(dead_code)]
 
 use nines_model::{
-    load, AppId, CompId, ConfigError, CsiId, EntityRef, Loaded, Model, NodeId, SgId, SiId, SuId,
+    load, AppId, CompId, CompKind, ConfigError, CsiId, EntityRef, Loaded, Model, NodeId, SgId,
+    SiId, SuId,
 };
 
 /// Indents every non-empty line of `text` by `n` spaces.
@@ -190,7 +191,9 @@ pub fn check_invariants(m: &Model) {
             assert_eq!(comp.su, id);
             assert_eq!(comp.name, sg.component_names[slot]);
             assert_eq!(comp.path, format!("{}/{}", su.path, comp.name));
-            assert!(!comp.instantiate.is_empty());
+            // A vm component is run from its `vm` block, every other kind by its command.
+            assert_eq!(comp.instantiate.is_empty(), comp.kind == CompKind::Vm);
+            assert_eq!(comp.vm.is_some(), comp.kind == CompKind::Vm);
         }
     }
     for (i, node) in m.nodes.iter().enumerate() {

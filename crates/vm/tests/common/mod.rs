@@ -23,24 +23,29 @@ pub struct Image {
     pub initrd: PathBuf,
 }
 
-/// The image, or `None` (after printing why) when this machine cannot run guests and we are
-/// not in CI. In CI (`CI` set) a missing QEMU is a failure, not a skip.
+/// The image, or `None` (after printing why) when this machine cannot run guests (no QEMU, or
+/// the image cannot be built: its Debian packages are missing) and we are not in CI. In CI
+/// (`CI` set) either is a failure, not a skip.
+///
+/// Also used by the agent's VM tests (`crates/agent/tests/vm.rs`). A process that runs a
+/// node agent must call it before starting one: the agent reaps every child it did not spawn
+/// itself, the build script's shell included.
 pub fn image() -> Option<&'static Image> {
     static IMAGE: OnceLock<Option<Image>> = OnceLock::new();
     IMAGE.get_or_init(build_image).as_ref()
 }
 
+/// Skips outside CI (with `why` printed), fails in CI.
+fn skip(why: &str) -> Option<Image> {
+    let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
+    assert!(!ci, "{why}, and CI is set");
+    eprintln!("SKIPPED: {why}");
+    None
+}
+
 fn build_image() -> Option<Image> {
     if !on_path("qemu-system-x86_64") {
-        let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty());
-        assert!(
-            !ci,
-            "qemu-system-x86_64 is not installed, and CI is set: install the Debian package qemu-system-x86"
-        );
-        eprintln!(
-            "SKIPPED: qemu-system-x86_64 not found (install the Debian package qemu-system-x86)"
-        );
-        return None;
+        return skip("qemu-system-x86_64 not found (install the Debian package qemu-system-x86)");
     }
     let out = image_dir();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-vm-image.sh");
@@ -48,14 +53,18 @@ fn build_image() -> Option<Image> {
     let status = std::process::Command::new("bash")
         .arg(&script)
         .arg(&out)
-        .status()
-        .expect("run scripts/build-vm-image.sh");
-    assert!(
-        status.success(),
-        "{} {} failed: {status}",
-        script.display(),
-        out.display()
-    );
+        .status();
+    match status {
+        Ok(s) if s.success() => {}
+        other => {
+            return skip(&format!(
+                "{} {} failed ({other:?}; it says why above: install busybox-static \
+                 linux-image-cloud-amd64 cpio lz4)",
+                script.display(),
+                out.display()
+            ))
+        }
+    }
     eprintln!("image ready in {:?}", started.elapsed());
     // The uncompressed PVH kernel boots faster; the script makes it when it can.
     let pvh = out.join("vmlinux");
