@@ -120,7 +120,7 @@ pub struct RunStats {
     pub injected: u64,
     /// `ComponentFailed` inputs injected.
     pub component_faults: u64,
-    /// Nodes killed by the world.
+    /// Node faults the world injected: nodes killed, and nodes cut off (alive until fenced).
     pub node_downs: u64,
     /// Simulated driver restarts (the engine resumed from what ran).
     pub driver_restarts: u64,

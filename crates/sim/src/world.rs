@@ -968,6 +968,7 @@ impl<'m, E: SimEngine> World<'m, E> {
     /// The node is cut off but keeps running (a partition): membership loses it 1–100 ms
     /// later and the engine must fence it before its work runs anywhere else.
     fn cut_off(&mut self, node: NodeId) {
+        self.stats.node_downs += 1;
         self.stats.injected += 1;
         if self.mode != Mode::Fast {
             let what = format!(
