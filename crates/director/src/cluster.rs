@@ -314,6 +314,10 @@ async fn join(link: Link<ToAgent, ToDirector>, ctx: Arc<ClusterCtx>) {
     let mut adopted: Vec<Adopted> = Vec::new();
     for r in &running {
         match r.to_adopted(&ctx.model) {
+            Ok(a) if !owns(&ctx.model, node, a.comp) => {
+                tracing::error!(node = %name, comp = a.comp.0, "a node reports another node's component; closed");
+                return;
+            }
             Ok(a) => adopted.push(a),
             Err(e) => {
                 tracing::error!(node = %name, "bad running report: {e}; closed");
@@ -339,6 +343,9 @@ async fn join(link: Link<ToAgent, ToDirector>, ctx: Arc<ClusterCtx>) {
                             now.as_nanos().saturating_sub(age_ns),
                         );
                         match fact.to_input(&model) {
+                            Ok(input) if !input_owned(&model, node, &input) => {
+                                tracing::error!(node = ?node, "a report about another node's component dropped");
+                            }
                             Ok(input) => {
                                 let report = Report { at, input };
                                 if reader_ctx.tx.send(Msg::Report { node, gen: conn, report }).is_err() {
@@ -407,6 +414,26 @@ async fn join(link: Link<ToAgent, ToDirector>, ctx: Arc<ClusterCtx>) {
     }
 }
 
+/// Whether `comp` runs on `node` (a node speaks for its own components only).
+fn owns(model: &Model, node: NodeId, comp: nines_model::CompId) -> bool {
+    model
+        .comps
+        .get(comp.index())
+        .is_some_and(|c| model.sus[c.su.index()].node == node)
+}
+
+/// Whether an agent's fact is about a component of `node`.
+fn input_owned(model: &Model, node: NodeId, input: &Input) -> bool {
+    match input {
+        Input::CommandDone { comp, .. }
+        | Input::ComponentFailed { comp, .. }
+        | Input::CsiAssigned { comp, .. }
+        | Input::CsiRemoved { comp, .. }
+        | Input::QuiescingComplete { comp, .. } => owns(model, node, *comp),
+        _ => false,
+    }
+}
+
 /// Runs a fence method for `node` (in the background) and reports the outcome.
 pub(crate) fn run_fence(ctx: &Arc<ClusterCtx>, node: NodeId, addr: Option<SocketAddr>) {
     let name = ctx.model.nodes[node.index()].name.clone();
@@ -470,6 +497,9 @@ impl EngineLoop {
         let mut later = Vec::new();
         let nodes = self.model.nodes.len();
         while adopted.len() < nodes {
+            if self.deposed.as_ref().is_some_and(|d| d.borrow().is_some()) {
+                break; // no longer the leader; the loop stops on the Shutdown that follows
+            }
             let msg = match tokio::time::timeout_at(deadline, self.rx.recv()).await {
                 Ok(Some(m)) => m,
                 Ok(None) | Err(_) => break,
@@ -632,6 +662,17 @@ impl EngineLoop {
             return;
         };
         let path = self.model.path(EntityRef::Node(node));
+        if let Some(reason) = self.deposed.as_ref().and_then(|d| d.borrow().clone()) {
+            // Another director may lead (and have taken the node over): never fence for it.
+            self.log_director(
+                "fence-skipped",
+                vec![
+                    ("node", json!(path)),
+                    ("reason", json!(format!("no longer the leader: {reason}"))),
+                ],
+            );
+            return;
+        }
         let slot = &mut self.agents.slots[node.index()];
         // Whatever the method does, this director stops talking to the node: its later
         // reports are void, and closing the link makes a surviving node join again, clean.

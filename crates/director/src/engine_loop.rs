@@ -51,6 +51,8 @@ pub(crate) struct EngineLoop {
     pub accept_task: Option<JoinHandle<()>>,
     /// Checkpoint writes relayed between nodes (cluster directors).
     pub replication: crate::replication::Replication,
+    /// A cluster director's leadership (etcd): once lost it must not fence anyone.
+    pub deposed: Option<tokio::sync::watch::Receiver<Option<nines_store::LostReason>>>,
 }
 
 impl EngineLoop {
@@ -80,6 +82,7 @@ impl EngineLoop {
             fence_tasks: Vec::new(),
             accept_task: None,
             replication: Default::default(),
+            deposed: None,
         }
     }
 
@@ -145,6 +148,9 @@ impl EngineLoop {
             let now = self.clock.now();
             self.feed(now, resume);
         }
+        // A cluster node that did not join is lost before anything starts, so that no SI it
+        // could still be serving is given to another node before it is fenced.
+        self.lose_absent();
         let now = self.clock.now();
         self.feed(now, Input::Start);
     }

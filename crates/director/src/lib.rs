@@ -147,6 +147,9 @@ pub struct Runtime {
     control_task: JoinHandle<()>,
     stop_control: watch::Sender<bool>,
     stopped: watch::Receiver<bool>,
+    /// Holds the etcd leadership (and watches it); aborted on shutdown, which lets the lease
+    /// go so that another director can lead at once.
+    leader_task: Option<JoinHandle<()>>,
     _lock: StateLock,
 }
 
@@ -342,15 +345,31 @@ impl Runtime {
                     run,
                 );
                 engine_loop.accept_task = Some(task);
+                engine_loop.deposed = leadership.as_ref().map(|l| l.subscribe());
                 // Every node that joins in time says what it runs; the engine resumes from
                 // that, so a director that replaces another restarts nothing healthy.
                 let (adopted, later) = engine_loop.gather_joins().await;
-                engine_loop.log_adopted(&adopted);
-                engine_loop.boot(resume_of(&adopted));
-                for msg in later {
-                    engine_loop.on_msg(msg);
+                let deposed = engine_loop
+                    .deposed
+                    .as_ref()
+                    .is_some_and(|d| d.borrow().is_some());
+                if deposed {
+                    // Lost the lease while waiting for the nodes: another director may lead
+                    // already. Start nothing; the loop stops on the Shutdown that follows.
+                    engine_loop.log_director(
+                        "boot-skipped",
+                        vec![(
+                            "reason",
+                            json!("lost the leadership while the nodes joined"),
+                        )],
+                    );
+                } else {
+                    engine_loop.log_adopted(&adopted);
+                    engine_loop.boot(resume_of(&adopted));
+                    for msg in later {
+                        engine_loop.on_msg(msg);
+                    }
                 }
-                engine_loop.lose_absent();
                 engine_loop
             }
         };
@@ -359,11 +378,12 @@ impl Runtime {
             engine_loop.run().await;
             let _ = stopped_tx.send(true);
         });
+        let mut leader_task = None;
         if let Some(leadership) = leadership {
             // A deposed leader stops at once (its writes would be refused anyway: the store
             // checks the leadership token); the nodes go on headless and join the next one.
             let (tx, log) = (tx.clone(), log.clone());
-            tokio::spawn(async move {
+            leader_task = Some(tokio::spawn(async move {
                 let why = leadership.lost().await;
                 log.append(
                     clock.now(),
@@ -372,7 +392,7 @@ impl Runtime {
                 );
                 let (done, _) = oneshot::channel();
                 let _ = tx.send(Msg::Shutdown { done });
-            });
+            }));
         }
 
         let (stop_control, stop_rx) = watch::channel(false);
@@ -395,6 +415,7 @@ impl Runtime {
             control_task,
             stop_control,
             stopped,
+            leader_task,
             _lock: lock,
         })
     }
@@ -447,6 +468,10 @@ impl Runtime {
             let _ = done_rx.await;
         }
         let _ = self.engine_task.await;
+        if let Some(t) = self.leader_task {
+            t.abort();
+            let _ = t.await;
+        }
         if let Ok(entries) = std::fs::read_dir(&self.agents_dir) {
             for e in entries.flatten() {
                 if e.path().extension().is_some_and(|x| x == "sock") {

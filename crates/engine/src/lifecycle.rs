@@ -412,9 +412,22 @@ impl Engine {
             None,
             RecoveryStep::NodeFailover,
             affected,
-            sus,
+            sus.clone(),
             Some(node),
         );
+        // Nothing is known of what a lost node runs (a driver that restarted may never have
+        // heard from it): every SI its SUs could serve waits for the fence, not only those
+        // assigned there.
+        let m = self.model.clone();
+        for &su in &sus {
+            for &si in &m.sgs[m.sus[su.index()].sg.index()].sis {
+                let rt = &mut self.sis[si.index()];
+                if rt.fenced_on.is_none() {
+                    rt.fenced_on = Some(node);
+                }
+                self.mark_dirty(m.sus[su.index()].sg);
+            }
+        }
         self.fence(node);
     }
 

@@ -260,3 +260,43 @@ fn disagreeing_components_of_an_su_claim_nothing() {
     assert!(first_assign.is_none_or(|f| last_remove.is_some_and(|r| r < f)));
     w.assert_never_two_actives();
 }
+
+/// A restarted director whose node n1 did not come back in time: n1 may still run the active
+/// it had (nobody heard from it). Lost before Start, it is fenced before anything of its SG
+/// is assigned elsewhere: su-2 is made active only after the fence.
+#[test]
+fn a_node_lost_before_start_is_fenced_before_its_work_moves() {
+    let before = World::start(CONFIG);
+    let (running, held) = snapshot(&before);
+    let mut w = World::new(CONFIG);
+    w.auto = false;
+    let n1 = w.node("node/n1");
+    let gone: Vec<CompId> = vec![w.comp("app/sg/su-1/c")];
+    let running: Vec<CompId> = running.into_iter().filter(|c| !gone.contains(c)).collect();
+    let held: Vec<_> = held
+        .into_iter()
+        .filter(|(c, _, _)| !gone.contains(c))
+        .collect();
+    w.feed(Input::Resume { running, held });
+    let lost = w.feed(Input::NodeLost { node: n1 });
+    assert!(
+        lost.iter()
+            .any(|a| matches!(a.kind, ActionKind::Fence { node } if node == n1)),
+        "{lost:#?}"
+    );
+    let started = w.feed(Input::Start);
+    let c2 = w.comp("app/sg/su-2/c");
+    let promoted = |actions: &[nines_engine::Action]| {
+        actions.iter().any(|a| {
+            matches!(a.kind, ActionKind::AssignCsi { comp, ha_state: HaState::Active, .. } if comp == c2)
+        })
+    };
+    assert!(
+        !promoted(&started),
+        "no active before the fence: {started:#?}"
+    );
+    // The fence completes (the driver's answer): now the work moves.
+    w.auto = true;
+    w.run();
+    assert_eq!(w.active("app/si-a"), ["app/sg/su-2"]);
+}

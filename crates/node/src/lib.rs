@@ -106,9 +106,15 @@ pub async fn run(opts: NodeOptions, mut stop: watch::Receiver<bool>) -> Result<(
         let link = tokio::select! {
             r = connect_any::<ToDirector, ToAgent>(&opts.directors, &opts.key, &opts.name, &opts.connect) => match r {
                 Ok(l) => l,
-                Err(e @ ConnectError::Refused { .. }) => break Err(NodeError::Refused(e)),
+                // Refused before anything runs here: a configuration error, say so and stop.
+                Err(e @ ConnectError::Refused { .. }) if local.is_none() => {
+                    break Err(NodeError::Refused(e))
+                }
+                // Refused with components running (a director restarted with another key or
+                // version): never stop them for that; keep trying.
                 Err(e) => {
-                    tracing::warn!("no director: {e}");
+                    tracing::error!("no director admits this node: {e}; components keep running");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
             },
@@ -189,17 +195,14 @@ async fn session(
             l.handle.kill().await;
         }
     }
-    let mut running_now: Vec<nines_agent::Adopted> = Vec::new();
+    let running_now: Vec<nines_agent::Adopted>;
     let running: Vec<RunningComp> = match local {
         Some(l) => {
             // Facts about what the previous director ordered are history now; the snapshot
             // below is what the director resumes from.
             while l.reports.try_recv().is_ok() {}
-            l.handle
-                .running()
-                .iter()
-                .map(RunningComp::from_adopted)
-                .collect()
+            running_now = l.handle.running();
+            running_now.iter().map(RunningComp::from_adopted).collect()
         }
         None => {
             let model = match nines_model::load(&config, "director config") {
@@ -254,6 +257,9 @@ async fn session(
         return Ok(Ended::Lost("closed while reporting".into()));
     }
     let (out_tx, mut out_rx) = mpsc::unbounded_channel();
+    // Connected first, then the snapshot: a write made in between is queued before the
+    // snapshot, which already holds it, so nothing is missed and nothing goes back.
+    replicator.connected(out_tx.clone());
     // The checkpoints of what this node serves actively go first: a director that did not
     // relay them (a new leader), and the standbys it relays to, must have the newest state.
     for write in catch_up(&l.model, &l.handle, &running_now) {
@@ -263,7 +269,7 @@ async fn session(
             wait: false,
         });
     }
-    replicator.connected(out_tx);
+    drop(out_tx);
     let mut pids: Vec<(u32, u32)> = l.handle.pids().iter().map(|(c, p)| (c.0, *p)).collect();
     let _ = tx.try_send(&ToDirector::Pids(pids.clone()));
     loop {
@@ -281,13 +287,21 @@ async fn session(
                     Err(e) => tracing::error!("refused an order from the director: {e}"),
                 },
                 Some(ToAgent::Replica { origin, seq, write }) => {
-                    if let Some(w) = write {
-                        if let Err(e) = l.handle.apply_replica(w.into()) {
-                            tracing::error!("cannot store a replicated checkpoint write: {e}");
+                    let stored = match write {
+                        Some(w) => l.handle.apply_replica(w.into()),
+                        None => Ok(()),
+                    };
+                    match stored {
+                        // Acknowledged only when stored: a write this node refused must not
+                        // count as on the standby (its writer times out instead).
+                        Ok(()) if origin != CATCH_UP => {
+                            if tx.send(&ToDirector::ReplicaAck { origin, seq }).await.is_err() {
+                                let why = lost.get().map(|l| l.reason).unwrap_or(LostReason::Closed);
+                                return Ok(Ended::Lost(why.to_string()));
+                            }
                         }
-                    }
-                    if origin != CATCH_UP {
-                        let _ = tx.try_send(&ToDirector::ReplicaAck { origin, seq });
+                        Ok(()) => {}
+                        Err(e) => tracing::error!("cannot store a replicated checkpoint write: {e}"),
                     }
                 }
                 Some(ToAgent::CheckpointAck { seq, result }) => replicator.acked(seq, result),

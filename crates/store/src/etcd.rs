@@ -499,6 +499,8 @@ async fn watch_leader_key(
         loop {
             match stream.message().await {
                 Ok(Some(resp)) => {
+                    // The watch works again: a later break gets a full TTL to recover.
+                    broken_since = None;
                     if resp
                         .events()
                         .iter()
@@ -525,7 +527,7 @@ async fn watch_leader_key(
                 }
             }
         }
-        broken_since = Some(Instant::now());
+        broken_since.get_or_insert_with(Instant::now);
     };
     signal_lost(&lost, lease, reason);
 }
