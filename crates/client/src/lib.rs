@@ -75,12 +75,18 @@ pub use nines_proto::{HaState, Recovery};
 /// Also the send timeout: a write that cannot go out within it ends the session.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How many times a request is sent before it fails with `Disconnected`, when the agent went
+/// away under it (each attempt first waits for a restarted agent, within the reconnect window).
+const REQUEST_ATTEMPTS: usize = 4;
+
 /// How long a session whose agent went away keeps trying to register again, at
 /// [`RECONNECT_RETRY`] intervals, before it closes. The component keeps its work meanwhile:
 /// the agent (or the `nines run` around it) may be restarting, and a restarted agent adopts
-/// components that come back instead of starting duplicates of them. Requests in flight when
-/// the agent went away fail with [`ClientError::Disconnected`]; requests made while it is away
-/// wait for the new agent (up to this window) and go to it.
+/// components that come back instead of starting duplicates of them. Requests made while it
+/// is away (including those whose write failed because it just went) wait for the new agent
+/// (up to this window) and go to it; checkpoint writes, reads and flushes in flight when it
+/// went away are sent again too (they can be repeated safely); other requests in flight fail
+/// with [`ClientError::Disconnected`].
 pub const RECONNECT_WINDOW: Duration = Duration::from_secs(10);
 
 /// Pause between two attempts to reach a restarted agent.
@@ -530,7 +536,7 @@ impl Session {
             sync,
         };
         if sync {
-            acked(self.inner.request(write)?, "checkpoint write")?;
+            acked(self.inner.request_idempotent(write)?, "checkpoint write")?;
         } else {
             self.inner.send_unanswered(write)?;
         }
@@ -549,7 +555,7 @@ impl Session {
     pub fn checkpoint_flush(&self) -> Result<(), ClientError> {
         let reply = self
             .inner
-            .request(|request| ToAgent::CheckpointFlush { request });
+            .request_idempotent(|request| ToAgent::CheckpointFlush { request });
         // The agent sends the refusal of an earlier write before the flush's answer, and the
         // reader thread handles frames in order: any refusal is recorded by now.
         self.inner.take_async_refusal()?;
@@ -572,10 +578,12 @@ impl Session {
         if let Some(sections) = lock(&self.inner.delivered).remove(checkpoint) {
             return Ok(sections);
         }
-        let reply = self.inner.request(|request| ToAgent::CheckpointRead {
-            request,
-            checkpoint: checkpoint.to_owned(),
-        })?;
+        let reply = self
+            .inner
+            .request_idempotent(|request| ToAgent::CheckpointRead {
+                request,
+                checkpoint: checkpoint.to_owned(),
+            })?;
         match reply {
             Reply::Data(sections) => Ok(sections),
             Reply::Ack { ok: false, reason } => Err(ClientError::Agent(
@@ -793,34 +801,66 @@ impl Inner {
         }
     }
 
-    /// Send a request and wait for the reply routed back by the reader thread.
-    fn request(&self, build: impl FnOnce(u64) -> ToAgent) -> Result<Reply, ClientError> {
-        self.await_connected()?;
-        let (tx, rx) = mpsc::channel();
-        let id = {
-            let mut r = lock(&self.requests);
-            if r.closed {
-                return Err(ClientError::Closed);
+    /// Send a request and wait for the reply routed back by the reader thread. A request the
+    /// agent cannot have seen (the write failed, or the connection was already down) goes to
+    /// the restarted agent instead; one lost in flight fails with `Disconnected`.
+    fn request(&self, build: impl Fn(u64) -> ToAgent) -> Result<Reply, ClientError> {
+        self.request_with(build, false)
+    }
+
+    /// As [`request`](Self::request), for a request that may be repeated safely (a checkpoint
+    /// write, read or flush): one lost in flight is sent again to the restarted agent too.
+    fn request_idempotent(&self, build: impl Fn(u64) -> ToAgent) -> Result<Reply, ClientError> {
+        self.request_with(build, true)
+    }
+
+    fn request_with(
+        &self,
+        build: impl Fn(u64) -> ToAgent,
+        repeat_in_flight: bool,
+    ) -> Result<Reply, ClientError> {
+        // Each attempt waits for a (re)connected agent first; a few cover a connection that
+        // drops again while it registers.
+        for _ in 0..REQUEST_ATTEMPTS {
+            self.await_connected()?;
+            let (tx, rx) = mpsc::channel();
+            let id = {
+                let mut r = lock(&self.requests);
+                if r.closed {
+                    return Err(ClientError::Closed);
+                }
+                r.last += 1;
+                let id = r.last;
+                r.waiting.insert(id, tx);
+                id
+            };
+            match self.send(&build(id)) {
+                Ok(()) => {}
+                // Never reached the agent whole: the restarted one gets it.
+                Err(ClientError::Disconnected) => {
+                    lock(&self.requests).waiting.remove(&id);
+                    continue;
+                }
+                Err(e) => {
+                    lock(&self.requests).waiting.remove(&id);
+                    return Err(e);
+                }
             }
-            r.last += 1;
-            let id = r.last;
-            r.waiting.insert(id, tx);
-            id
-        };
-        if let Err(e) = self.send(&build(id)) {
-            lock(&self.requests).waiting.remove(&id);
-            return Err(e);
-        }
-        match rx.recv_timeout(REQUEST_TIMEOUT) {
-            Ok(reply) => Ok(reply),
-            Err(RecvTimeoutError::Timeout) => {
-                lock(&self.requests).waiting.remove(&id);
-                Err(ClientError::Timeout)
+            match rx.recv_timeout(REQUEST_TIMEOUT) {
+                Ok(reply) => return Ok(reply),
+                Err(RecvTimeoutError::Timeout) => {
+                    lock(&self.requests).waiting.remove(&id);
+                    return Err(ClientError::Timeout);
+                }
+                // `close` dropped our sender, or the connection was lost with the request on it.
+                Err(RecvTimeoutError::Disconnected) if self.is_closed() => {
+                    return Err(ClientError::Closed)
+                }
+                Err(RecvTimeoutError::Disconnected) if repeat_in_flight => continue,
+                Err(RecvTimeoutError::Disconnected) => return Err(ClientError::Disconnected),
             }
-            // `close` dropped our sender, or the connection was lost with the request on it.
-            Err(RecvTimeoutError::Disconnected) if self.is_closed() => Err(ClientError::Closed),
-            Err(RecvTimeoutError::Disconnected) => Err(ClientError::Disconnected),
         }
+        Err(ClientError::Disconnected)
     }
 
     /// Hand a reply to the thread waiting for it, if it still is.

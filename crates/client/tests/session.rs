@@ -554,16 +554,19 @@ fn a_hang_up_fails_requests_at_once_and_without_an_agent_the_session_closes() {
     let window = Duration::from_millis(300);
     let (session, mut conn) = agent.start_reconnecting(Scripted::default(), window);
     let s = session.clone();
-    let reader = thread::spawn(move || s.checkpoint_read("app/si"));
+    // Not one to repeat (unlike a checkpoint read or write): it fails when lost in flight.
+    let starter = thread::spawn(move || {
+        s.healthcheck_start("hc", Duration::from_secs(1), Duration::from_millis(500))
+    });
     let s = session.clone();
     let waiter = thread::spawn(move || s.wait());
-    assert!(matches!(conn.recv(), ToAgent::CheckpointRead { .. }));
+    assert!(matches!(conn.recv(), ToAgent::HealthcheckStart { .. }));
     let hung_up = Instant::now();
     // The agent goes away for good: its socket with it.
     drop(conn);
     drop(agent);
     assert!(matches!(
-        reader.join().unwrap(),
+        starter.join().unwrap(),
         Err(ClientError::Disconnected)
     ));
     assert!(
@@ -692,6 +695,29 @@ fn a_request_made_while_the_agent_is_away_goes_to_the_new_agent() {
             sections: vec![("s".into(), b"v".to_vec())],
         }),
         other => panic!("expected the read, got {other:?}"),
+    }
+    assert_eq!(
+        read.join().unwrap().expect("answered by the new agent"),
+        vec![("s".to_string(), b"v".to_vec())]
+    );
+}
+
+#[test]
+fn a_checkpoint_read_lost_in_flight_is_sent_again_to_the_new_agent() {
+    let agent = FakeAgent::new();
+    let (session, mut conn) = agent.start(Scripted::default());
+    let s = session.clone();
+    let read = thread::spawn(move || s.checkpoint_read("app/si"));
+    // The old agent got the read and went away without answering.
+    assert!(matches!(conn.recv(), ToAgent::CheckpointRead { .. }));
+    drop(conn);
+    let (mut conn, _) = agent.accept_registration();
+    match conn.recv() {
+        ToAgent::CheckpointRead { request, .. } => conn.send(&ToComponent::CheckpointData {
+            request,
+            sections: vec![("s".into(), b"v".to_vec())],
+        }),
+        other => panic!("expected the read again, got {other:?}"),
     }
     assert_eq!(
         read.join().unwrap().expect("answered by the new agent"),
