@@ -10,7 +10,6 @@ use std::time::Duration;
 use clap::Args;
 use nines_link::ConnectOptions;
 use nines_node::NodeOptions;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
 use crate::cluster_args::{init_logging, LinkArgs};
@@ -72,15 +71,8 @@ pub(crate) fn agent(args: &AgentArgs) -> ExitCode {
         return ExitCode::FAILURE;
     };
     rt.block_on(async move {
-        let (mut int, mut term) = match (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) {
-            (Ok(i), Ok(t)) => (i, t),
-            (Err(e), _) | (_, Err(e)) => {
-                eprintln!("nines: cannot handle signals: {e}");
-                return ExitCode::FAILURE;
-            }
+        let Some((mut int, mut term)) = crate::stop_signals() else {
+            return ExitCode::FAILURE;
         };
         let (stop, stop_rx) = watch::channel(false);
         let node = tokio::spawn(nines_node::run(opts, stop_rx));

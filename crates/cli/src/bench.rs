@@ -944,6 +944,27 @@ impl Rng {
     }
 }
 
+/// The percentile table of the human-readable report: one row per metric, `-` where it
+/// has no sample.
+pub(crate) fn print_table(rows: &[(&str, &Metric, &str)]) {
+    println!(
+        "{:<18}{:>10}{:>10}{:>10}{:>10}",
+        "", "p50", "p90", "p99", "max"
+    );
+    for (label, metric, what) in rows {
+        match metric.summary() {
+            Some(s) => println!(
+                "{label:<18}{:>10.3}{:>10.3}{:>10.3}{:>10.3}   {what}",
+                s.p50, s.p90, s.p99, s.max
+            ),
+            None => println!(
+                "{label:<18}{:>10}{:>10}{:>10}{:>10}   {what}",
+                "-", "-", "-", "-"
+            ),
+        }
+    }
+}
+
 /// Fails (with the first regression) if the counter ever went back: the numbers of a run
 /// that lost increments are still worth seeing, never worth trusting.
 pub(crate) fn no_regressions(report: &probe::ProbeReport) -> Result<(), String> {
@@ -1198,10 +1219,6 @@ fn run_bench(args: &BenchArgs) -> Result<(), String> {
         elapsed.as_secs_f64(),
         load.map_or("-".to_owned(), |l| format!("{l:.2}"))
     );
-    println!(
-        "{:<18}{:>10}{:>10}{:>10}{:>10}",
-        "", "p50", "p90", "p99", "max"
-    );
     let rows = [
         (
             "outage_ms",
@@ -1225,18 +1242,7 @@ fn run_bench(args: &BenchArgs) -> Result<(), String> {
             "engine: failure to service recovered",
         ),
     ];
-    for (label, metric, what) in rows {
-        match metric.summary() {
-            Some(s) => println!(
-                "{label:<18}{:>10.3}{:>10.3}{:>10.3}{:>10.3}   {what}",
-                s.p50, s.p90, s.p99, s.max
-            ),
-            None => println!(
-                "{label:<18}{:>10}{:>10}{:>10}{:>10}   {what}",
-                "-", "-", "-", "-"
-            ),
-        }
-    }
+    print_table(&rows);
     if args.scenario == Scenario::Escalation {
         for (i, l) in ladders.iter().enumerate() {
             println!("run {}: {} steps: {}", i + 1, l.len(), l.join(" -> "));

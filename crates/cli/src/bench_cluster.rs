@@ -22,8 +22,9 @@ use nines_testbed::{Process, Testbed};
 use serde_json::{json, Value};
 
 use crate::bench::{
-    counter_config, load_avg, ms, no_regressions, object, self_exe, settled, summary_json,
-    BenchArgs, CounterConfig, Harness, Measured, Metrics, Rng, Scenario, COUNTER_SI, MAX_PHASE,
+    counter_config, load_avg, ms, no_regressions, object, print_table, self_exe, settled,
+    summary_json, BenchArgs, CounterConfig, Harness, Measured, Metrics, Rng, Scenario, COUNTER_SI,
+    MAX_PHASE,
 };
 
 /// The counter's port on both nodes.
@@ -98,6 +99,24 @@ fn write_key(path: &Path) -> Result<(), String> {
     std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A counter probe in node 0's network that tries `addrs` in turn, with short timeouts so
+/// that a dead node holds it up only briefly.
+fn probe_from_node0(bed: &Testbed, addrs: &[SocketAddr], spacing_us: u64) -> Result<Probe, String> {
+    let (first, others) = addrs.split_first().ok_or("no address to probe")?;
+    bed.node(0)
+        .enter(|| {
+            Probe::start(ProbeOptions {
+                others: others.to_vec(),
+                connect_timeout: Duration::from_millis(20),
+                timeout: Duration::from_millis(50),
+                spacing: Duration::from_micros(spacing_us),
+                ..ProbeOptions::new(*first, Mode::Counter)
+            })
+        })
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot start the probe: {e}"))
 }
 
 /// The testbed node running SU `su-N`.
@@ -195,20 +214,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<(), String> {
             SocketAddr::from((nodes.bed.node(2).addr(), PORT)),
         ]
     };
-    let probe = nodes
-        .bed
-        .node(0)
-        .enter(|| {
-            Probe::start(ProbeOptions {
-                others: addrs[1..].to_vec(),
-                connect_timeout: Duration::from_millis(20),
-                timeout: Duration::from_millis(50),
-                spacing: Duration::from_micros(args.spacing_us),
-                ..ProbeOptions::new(addrs[0], Mode::Counter)
-            })
-        })
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("cannot start the probe: {e}"))?;
+    let probe = probe_from_node0(&nodes.bed, &addrs, args.spacing_us)?;
     if probe.wait_answer_after(Instant::now(), MILESTONE).is_none() {
         return Err("the probe on node 0 never reached the counter".into());
     }
@@ -271,10 +277,6 @@ pub(crate) fn run(args: &BenchArgs) -> Result<(), String> {
         started.elapsed().as_secs_f64(),
         load.map_or("-".to_owned(), |l| format!("{l:.2}"))
     );
-    println!(
-        "{:<18}{:>10}{:>10}{:>10}{:>10}",
-        "", "p50", "p90", "p99", "max"
-    );
     let rows = [
         (
             "outage_ms",
@@ -302,14 +304,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<(), String> {
             "engine: detection to service recovered",
         ),
     ];
-    for (label, metric, what) in rows {
-        if let Some(s) = metric.summary() {
-            println!(
-                "{label:<18}{:>10.3}{:>10.3}{:>10.3}{:>10.3}   {what}",
-                s.p50, s.p90, s.p99, s.max
-            );
-        }
-    }
+    print_table(&rows);
     println!(
         "probe: {} answers, {} failed attempts, {} regressions of the counter",
         report.answered,
@@ -563,23 +558,11 @@ pub(crate) fn run_director_kill(args: &BenchArgs) -> Result<(), String> {
         nodes.start_agent_to(i, &joined)?;
     }
     wait_for("the cluster settled under d1", &|| ready(0).is_some())?;
-    let probe = nodes
-        .bed
-        .node(0)
-        .enter(|| {
-            Probe::start(ProbeOptions {
-                others: vec![SocketAddr::from((nodes.bed.node(2).addr(), PORT))],
-                connect_timeout: Duration::from_millis(20),
-                timeout: Duration::from_millis(50),
-                spacing: Duration::from_micros(args.spacing_us),
-                ..ProbeOptions::new(
-                    SocketAddr::from((nodes.bed.node(1).addr(), PORT)),
-                    Mode::Counter,
-                )
-            })
-        })
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("cannot start the probe: {e}"))?;
+    let counters = [
+        SocketAddr::from((nodes.bed.node(1).addr(), PORT)),
+        SocketAddr::from((nodes.bed.node(2).addr(), PORT)),
+    ];
+    let probe = probe_from_node0(&nodes.bed, &counters, args.spacing_us)?;
     probe
         .wait_answer_after(Instant::now(), MILESTONE)
         .ok_or("the probe never reached the counter")?;
@@ -680,10 +663,6 @@ pub(crate) fn run_director_kill(args: &BenchArgs) -> Result<(), String> {
         println!("{out}");
         return lost;
     }
-    println!(
-        "{:<18}{:>10}{:>10}{:>10}{:>10}",
-        "", "p50", "p90", "p99", "max"
-    );
     let rows = [
         (
             "outage_ms",
@@ -706,14 +685,7 @@ pub(crate) fn run_director_kill(args: &BenchArgs) -> Result<(), String> {
             "kill to the restarted director campaigning",
         ),
     ];
-    for (label, metric, what) in rows {
-        if let Some(s) = metric.summary() {
-            println!(
-                "{label:<18}{:>10.3}{:>10.3}{:>10.3}{:>10.3}   {what}",
-                s.p50, s.p90, s.p99, s.max
-            );
-        }
-    }
+    print_table(&rows);
     println!(
         "probe: {} answers, {} failed attempts, {} regressions; load average {}",
         report.answered,

@@ -99,6 +99,22 @@ pub(crate) fn async_runtime() -> Option<tokio::runtime::Runtime> {
     }
 }
 
+/// SIGINT and SIGTERM, the signals that stop the long-running commands; `None` after
+/// printing why they cannot be handled.
+pub(crate) fn stop_signals() -> Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)> {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(i), Ok(t)) => Some((i, t)),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("nines: cannot handle signals: {e}");
+            None
+        }
+    }
+}
+
 /// Reads and validates one config file, printing its warnings or errors. `None` means the
 /// problem was already reported.
 pub(crate) fn load_file(path: &Path) -> Option<Model> {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use clap::Args;
 use nines_director::{format, RunOptions, Runtime};
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::load_file;
@@ -60,15 +59,8 @@ impl From<Served> for ExitCode {
 /// Runs a director (single-host or cluster) until SIGINT/SIGTERM, printing its events.
 pub(crate) async fn serve(opts: RunOptions) -> Served {
     // Signals first: a SIGTERM during start-up must still end in a clean shutdown.
-    let (mut int, mut term) = match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(i), Ok(t)) => (i, t),
-        (Err(e), _) | (_, Err(e)) => {
-            eprintln!("nines: cannot handle signals: {e}");
-            return Served::Failed;
-        }
+    let Some((mut int, mut term)) = crate::stop_signals() else {
+        return Served::Failed;
     };
     let cluster = opts.cluster.is_some();
     let runtime = match Runtime::start(opts).await {

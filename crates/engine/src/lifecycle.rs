@@ -350,15 +350,7 @@ impl Engine {
         let m = self.model.clone();
         let sus = m.nodes[node.index()].sus.clone();
         if new_fault {
-            let affected = self.active_sis_of(&sus);
-            self.open_fault(
-                EntityRef::Node(node),
-                None,
-                RecoveryStep::NodeFailover,
-                affected,
-                sus.clone(),
-                Some(node),
-            );
+            self.open_node_fault(node, &sus);
         }
         let n = &mut self.nodes[node.index()];
         n.up = false;
@@ -397,6 +389,19 @@ impl Engine {
         }
     }
 
+    /// Opens the fault of a lost node: its SUs are the faulty ones, its actives the affected.
+    fn open_node_fault(&mut self, node: NodeId, sus: &[SuId]) {
+        let affected = self.active_sis_of(sus);
+        self.open_fault(
+            EntityRef::Node(node),
+            None,
+            RecoveryStep::NodeFailover,
+            affected,
+            sus.to_vec(),
+            Some(node),
+        );
+    }
+
     /// Heartbeats stopped: open the node's fault now, fence, and fail over once fenced.
     pub(crate) fn on_node_lost(&mut self, node: NodeId) {
         let Some(n) = self.nodes.get(node.index()) else {
@@ -406,15 +411,7 @@ impl Engine {
             return; // already down, or a fence (with its fault) is under way
         }
         let sus = self.model.nodes[node.index()].sus.clone();
-        let affected = self.active_sis_of(&sus);
-        self.open_fault(
-            EntityRef::Node(node),
-            None,
-            RecoveryStep::NodeFailover,
-            affected,
-            sus.clone(),
-            Some(node),
-        );
+        self.open_node_fault(node, &sus);
         // Nothing is known of what a lost node runs (a driver that restarted may never have
         // heard from it): every SI its SUs could serve waits for the fence, not only those
         // assigned there.
