@@ -495,8 +495,17 @@ impl EngineLoop {
         let deadline = tokio::time::Instant::now() + ctx.join_timeout;
         let mut adopted: HashMap<NodeId, Vec<Adopted>> = HashMap::new();
         let mut later = Vec::new();
-        let nodes = self.model.nodes.len();
-        while adopted.len() < nodes {
+        // Guests (nodes that are VMs' guests) cannot join before their VMs run, which is what
+        // booting starts: only physical nodes are waited for. A guest that joins meanwhile
+        // (its VM survived a director change) is taken like any node.
+        let model = self.model.clone();
+        let physical = |a: &HashMap<NodeId, Vec<Adopted>>| {
+            a.keys()
+                .filter(|n| model.nodes[n.index()].vm.is_none())
+                .count()
+        };
+        let needed = model.nodes.iter().filter(|n| n.vm.is_none()).count();
+        while physical(&adopted) < needed {
             if self.deposed.as_ref().is_some_and(|d| d.borrow().is_some()) {
                 break; // no longer the leader; the loop stops on the Shutdown that follows
             }

@@ -73,6 +73,37 @@ pub fn event_fields(model: &Model, event: &Event, detection: Detection) -> (&'st
                 ("to", json!(to.name())),
             ],
         ),
+        Event::GuestHeld {
+            fault,
+            node,
+            vm,
+            affected,
+        } => (
+            "guest-held",
+            vec![
+                ("fault", json!(fault)),
+                ("node", path(EntityRef::Node(*node))),
+                ("vm", path(EntityRef::Comp(*vm))),
+                (
+                    "affected",
+                    Value::Array(affected.iter().map(|&si| path(EntityRef::Si(si))).collect()),
+                ),
+            ],
+        ),
+        Event::GuestReset {
+            fault,
+            node,
+            vm,
+            recovery,
+        } => (
+            "guest-reset",
+            vec![
+                ("fault", json!(fault)),
+                ("node", path(EntityRef::Node(*node))),
+                ("vm", path(EntityRef::Comp(*vm))),
+                ("recovery", json!(recovery.name())),
+            ],
+        ),
         Event::ServiceRecovered { fault, outage } => (
             "service-recovered",
             vec![("fault", json!(fault)), ("outage_ms", json!(ms(*outage)))],

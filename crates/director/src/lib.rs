@@ -49,7 +49,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use nines_agent::Clock;
-use nines_model::Model;
+use nines_model::{EntityRef, Model};
 use serde_json::json;
 use tokio::net::UnixListener;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -109,6 +109,15 @@ pub enum RunError {
         /// How it was noticed.
         why: String,
     },
+    /// The config has guest nodes (nodes that are VMs), whose agents join over the network,
+    /// but this is a single-host run, whose agents are all in this process.
+    #[error("node/{node} is the guest of VM {vm}: a nested cluster needs `nines director` (its guests' agents join over TCP) and one `nines agent` per host; `nines run` has only in-process agents")]
+    GuestsNeedDirector {
+        /// The guest node.
+        node: String,
+        /// Its VM component's path.
+        vm: String,
+    },
     /// The leader election (etcd) failed.
     #[error("cannot become the leader: {0}")]
     Election(String),
@@ -162,6 +171,17 @@ impl Runtime {
     /// subreaper (the agents reap every child of the process), so code sharing the process
     /// must not wait for its own children with `std::process`.
     pub async fn start(opts: RunOptions) -> Result<Runtime, RunError> {
+        if opts.cluster.is_none() {
+            if let Some(n) = opts.model.nodes.iter().find(|n| n.vm.is_some()) {
+                return Err(RunError::GuestsNeedDirector {
+                    node: n.name.clone(),
+                    vm: n
+                        .vm
+                        .map(|c| opts.model.path(EntityRef::Comp(c)))
+                        .unwrap_or_default(),
+                });
+            }
+        }
         let dir = opts.state_dir;
         std::fs::DirBuilder::new()
             .recursive(true)

@@ -112,6 +112,30 @@ pub enum Event {
         /// What is done.
         to: RecoveryStep,
     },
+    /// A guest node's VM is stopping (or was lost): the guest's work is held until the VM is
+    /// gone and then fails over, as part of `fault` (which now also counts the guest's SIs).
+    GuestHeld {
+        /// The fault that stops the VM.
+        fault: FaultId,
+        /// The guest node.
+        node: NodeId,
+        /// Its VM component.
+        vm: CompId,
+        /// SIs the guest held active.
+        affected: Vec<SiId>,
+    },
+    /// A guest node is isolated by recovering its VM (the guest was lost, or a fault in it
+    /// escalated to its node).
+    GuestReset {
+        /// Fault id.
+        fault: FaultId,
+        /// The guest node.
+        node: NodeId,
+        /// Its VM component.
+        vm: CompId,
+        /// The VM's recovery, after the VM's escalation.
+        recovery: RecoveryStep,
+    },
     /// Every SI the fault affected is active again.
     ServiceRecovered {
         /// Fault id.

@@ -56,11 +56,26 @@ impl Engine {
         step: RecoveryStep,
         comp: CompId,
     ) {
-        let m = self.model.clone();
+        let su = self.model.comps[comp.index()].su;
+        let node = self.model.sus[su.index()].node;
+        let scope = self.scope_of(step, comp);
+        let affected = match step {
+            // A switchover moves the healthy SUs' work gracefully; only the faulty SU's is lost.
+            RecoveryStep::NodeSwitchover => self.active_sis_of(&[su]),
+            _ => self.active_sis_of(&scope),
+        };
+        let repaired_node = matches!(step, RecoveryStep::NodeFailfast).then_some(node);
+        self.open_fault_with_id(fault, entity, kind, step, affected, vec![su], repaired_node);
+        self.carry_out(fault, step, comp, &scope);
+    }
+
+    /// The SUs a recovery step for a failure of `comp` acts on.
+    pub(crate) fn scope_of(&self, step: RecoveryStep, comp: CompId) -> Vec<SuId> {
+        let m = &self.model;
         let su = m.comps[comp.index()].su;
         let node = m.sus[su.index()].node;
         let app = m.sgs[m.sus[su.index()].sg.index()].app;
-        let scope: Vec<SuId> = match step {
+        match step {
             RecoveryStep::ComponentRestart | RecoveryStep::SuRestart | RecoveryStep::SuFailover => {
                 vec![su]
             }
@@ -73,14 +88,20 @@ impl Engine {
                 .flat_map(|sg| m.sgs[sg.index()].sus.iter().copied())
                 .collect(),
             RecoveryStep::ClusterReset => (0..m.sus.len() as u32).map(SuId).collect(),
-        };
-        let affected = match step {
-            // A switchover moves the healthy SUs' work gracefully; only the faulty SU's is lost.
-            RecoveryStep::NodeSwitchover => self.active_sis_of(&[su]),
-            _ => self.active_sis_of(&scope),
-        };
-        let repaired_node = matches!(step, RecoveryStep::NodeFailfast).then_some(node);
-        self.open_fault_with_id(fault, entity, kind, step, affected, vec![su], repaired_node);
+        }
+    }
+
+    /// Does what `step` says for a failure of `comp` (fault `fault`) over `scope`.
+    pub(crate) fn carry_out(
+        &mut self,
+        fault: FaultId,
+        step: RecoveryStep,
+        comp: CompId,
+        scope: &[SuId],
+    ) {
+        let m = self.model.clone();
+        let su = m.comps[comp.index()].su;
+        let node = m.sus[su.index()].node;
         match step {
             RecoveryStep::ComponentRestart => self.restart_comps(&[comp], false),
             RecoveryStep::SuRestart => {
@@ -90,14 +111,21 @@ impl Engine {
             RecoveryStep::SuFailover => self.take_out(su, true),
             RecoveryStep::NodeSwitchover => {
                 self.take_out(su, true);
-                for &other in &scope {
+                for &other in scope {
                     if other != su {
                         self.switch_over_su(other);
                     }
                 }
             }
+            // A guest node is failed over by resetting its VM (UC9): that also ends whatever
+            // in the guest kept failing.
+            RecoveryStep::NodeFailover | RecoveryStep::NodeFailfast
+                if m.nodes[node.index()].vm.is_some() =>
+            {
+                self.reset_guest(node, fault)
+            }
             RecoveryStep::NodeFailover => {
-                for &s in &scope {
+                for &s in scope {
                     if self.sus[s.index()].oper == OperState::Enabled {
                         self.take_out(s, true);
                     }
@@ -105,7 +133,7 @@ impl Engine {
             }
             RecoveryStep::NodeFailfast => self.fence(node),
             RecoveryStep::ApplicationRestart | RecoveryStep::ClusterReset => {
-                for &s in &scope {
+                for &s in scope {
                     self.drop_assignments(s);
                     let comps = m.sus[s.index()].comps.clone();
                     self.restart_comps(&comps, false);

@@ -10,6 +10,7 @@ mod action;
 mod admin;
 mod escalation;
 mod fault;
+mod guest;
 mod input;
 mod lifecycle;
 mod metrics;
@@ -216,6 +217,7 @@ impl Engine {
             return;
         }
         self.started = true;
+        self.guests_down_at_start();
         for su in 0..self.sus.len() {
             self.converge_su(SuId(su as u32));
         }

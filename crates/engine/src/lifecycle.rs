@@ -4,7 +4,7 @@
 
 use nines_model::{CompId, EntityRef, NodeId, SuId};
 
-use crate::action::{ActionKind, Event, RecoveryStep};
+use crate::action::{ActionKind, Event, FaultId, RecoveryStep};
 use crate::input::{Command, Outcome, Timer};
 use crate::states::{AdminState, HaState, OperState, Presence, Readiness};
 use crate::Engine;
@@ -72,9 +72,11 @@ impl Engine {
     }
 
     pub(crate) fn set_presence(&mut self, comp: CompId, presence: Presence) {
-        if self.comps[comp.index()].presence != presence {
+        let old = self.comps[comp.index()].presence;
+        if old != presence {
             self.comps[comp.index()].presence = presence;
             self.record(Event::Presence { comp, presence });
+            self.guest_follows(comp, old, presence);
         }
     }
 
@@ -387,10 +389,11 @@ impl Engine {
                 self.mark_dirty(m.sis[si].sg);
             }
         }
+        self.guests_of_node_down(node);
     }
 
     /// Opens the fault of a lost node: its SUs are the faulty ones, its actives the affected.
-    fn open_node_fault(&mut self, node: NodeId, sus: &[SuId]) {
+    pub(crate) fn open_node_fault(&mut self, node: NodeId, sus: &[SuId]) -> FaultId {
         let affected = self.active_sis_of(sus);
         self.open_fault(
             EntityRef::Node(node),
@@ -399,7 +402,7 @@ impl Engine {
             affected,
             sus.to_vec(),
             Some(node),
-        );
+        )
     }
 
     /// Heartbeats stopped: open the node's fault now, fence, and fail over once fenced.
@@ -411,7 +414,7 @@ impl Engine {
             return; // already down, or a fence (with its fault) is under way
         }
         let sus = self.model.nodes[node.index()].sus.clone();
-        self.open_node_fault(node, &sus);
+        let fault = self.open_node_fault(node, &sus);
         // Nothing is known of what a lost node runs (a driver that restarted may never have
         // heard from it): every SI its SUs could serve waits for the fence, not only those
         // assigned there.
@@ -425,17 +428,21 @@ impl Engine {
                 self.mark_dirty(m.sus[su.index()].sg);
             }
         }
-        self.fence(node);
+        if m.nodes[node.index()].vm.is_some() {
+            self.reset_guest(node, fault); // a guest is fenced by resetting its VM
+        } else {
+            self.fence(node);
+        }
     }
 
     pub(crate) fn on_node_up(&mut self, node: NodeId) {
         let Some(n) = self.nodes.get_mut(node.index()) else {
             return;
         };
-        if n.up {
+        if n.up || !self.guest_may_join(node) {
             return;
         }
-        n.up = true;
+        self.nodes[node.index()].up = true;
         self.record(Event::Node { node, up: true });
         for su in self.model.nodes[node.index()].sus.clone() {
             self.converge_su(su);
@@ -444,11 +451,18 @@ impl Engine {
 
     /// Asks for a node to be fenced; its SIs stay put until the fence is done.
     pub(crate) fn fence(&mut self, node: NodeId) {
-        let n = &mut self.nodes[node.index()];
+        let n = &self.nodes[node.index()];
         if !n.up || n.fencing {
             return;
         }
-        n.fencing = true;
+        self.hold_node(node);
+        self.emit(ActionKind::Fence { node });
+    }
+
+    /// Holds a node's work where it is (its SIs wait, its assignments are void) until the node
+    /// is known to be down: the half of fencing that does not depend on how it is done.
+    pub(crate) fn hold_node(&mut self, node: NodeId) {
+        self.nodes[node.index()].fencing = true;
         let m = self.model.clone();
         for &su in &m.nodes[node.index()].sus {
             for si in self.model.sgs[m.sus[su.index()].sg.index()].sis.clone() {
@@ -459,7 +473,6 @@ impl Engine {
             self.drop_assignments(su);
             self.mark_dirty(m.sus[su.index()].sg);
         }
-        self.emit(ActionKind::Fence { node });
     }
 
     pub(crate) fn on_fence_done(&mut self, node: NodeId, outcome: Outcome) {

@@ -10,7 +10,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use crate::decode::kind_name as comp_kind_name;
 use crate::defaults;
 use crate::entities::{
-    App, Comp, CompKind, Csi, Model, Node, Redundancy, Sg, Si, SiDependency, Su, VmConfig, VmProbe,
+    App, Comp, CompKind, Csi, EntityRef, Model, Node, Redundancy, Sg, Si, SiDependency, Su,
+    VmConfig, VmProbe,
 };
 use crate::error::{Diagnostics, Pos};
 use crate::ids::{AppId, CompId, CsiId, NodeId, SgId, SiId, SuId};
@@ -52,6 +53,7 @@ pub(crate) fn build(raw: &RawConfig, diag: &mut Diagnostics) -> Model {
             name: node.name.clone(),
             su_failover: node.item.su_failover,
             sus: Vec::new(),
+            vm: None,
         });
     }
     let node_list = model
@@ -81,7 +83,90 @@ pub(crate) fn build(raw: &RawConfig, diag: &mut Diagnostics) -> Model {
             node.sus.push(SuId(index as u32));
         }
     }
+    link_guests(&mut model, diag, raw);
     model
+}
+
+/// Resolves each node's `vm` (the VM component whose guest the node is): it must name a `vm`
+/// component, no VM can be two nodes, and no node can run inside itself, not even through a
+/// chain of VMs (its VM runs on a node that is, in the end, its own guest).
+fn link_guests(model: &mut Model, diag: &mut Diagnostics, raw: &RawConfig) {
+    for node in &raw.nodes {
+        let Some(vm) = &node.item.vm else { continue };
+        // (A name listed twice is reported already; the first one is the node.)
+        let Some(id) = model.nodes.iter().position(|n| n.name == node.name) else {
+            continue;
+        };
+        let field = format!("{}: vm", node.path);
+        let comp = match model.find(&vm.value) {
+            Some(EntityRef::Comp(c)) => c,
+            _ => {
+                diag.error(
+                    vm.pos,
+                    &field,
+                    format!(
+                        "`{}` is not a component (expected the path APP/SG/SU/COMP of a `kind: vm` component)",
+                        vm.value
+                    ),
+                );
+                continue;
+            }
+        };
+        let c = &model.comps[comp.index()];
+        if c.kind != CompKind::Vm {
+            diag.error(
+                vm.pos,
+                &field,
+                format!(
+                    "`{}` is a {} component; only a `kind: vm` component has a guest that can be a node",
+                    vm.value,
+                    comp_kind_name(c.kind)
+                ),
+            );
+            continue;
+        }
+        if let Some(other) = c.guest {
+            diag.error(
+                vm.pos,
+                &field,
+                format!(
+                    "`{}` is already the VM of node/{}; one VM is one node",
+                    vm.value,
+                    model.nodes[other.index()].name
+                ),
+            );
+            continue;
+        }
+        let me = NodeId(id as u32);
+        // Walk down: the node the VM runs on, that node's VM's node, ... must never be `me`.
+        let mut host = model.sus[c.su.index()].node;
+        let mut steps = 0;
+        let cyclic = loop {
+            if host == me {
+                break true;
+            }
+            match model.nodes[host.index()].vm {
+                Some(up) if steps < model.nodes.len() => {
+                    host = model.sus[model.comps[up.index()].su.index()].node;
+                    steps += 1;
+                }
+                _ => break false,
+            }
+        };
+        if cyclic {
+            diag.error(
+                vm.pos,
+                &field,
+                format!(
+                    "`{}` runs on node/{} itself (directly or through other VMs); a node cannot run inside its own guest",
+                    vm.value, node.name
+                ),
+            );
+            continue;
+        }
+        model.comps[comp.index()].guest = Some(me);
+        model.nodes[id].vm = Some(comp);
+    }
 }
 
 /// What every app needs to see of the whole file.
@@ -240,6 +325,7 @@ impl Ctx<'_> {
                     recovery: c.recovery,
                     instantiation: c.instantiation,
                     vm,
+                    guest: None,
                 });
                 comps.push(comp_id);
             }

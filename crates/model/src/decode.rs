@@ -49,7 +49,7 @@ pub(crate) const ACCEL_NAMES: [(&str, VmAccel); 3] = [
 pub(crate) const RESERVED_APP_NAMES: [&str; 2] = ["node", "cluster"];
 
 const TOP_KEYS: &[&str] = &["cluster", "nodes", "apps"];
-const NODE_KEYS: &[&str] = &["escalation"];
+const NODE_KEYS: &[&str] = &["escalation", "vm"];
 const NODE_ESCALATION_KEYS: &[&str] = &["su_failover"];
 const APP_KEYS: &[&str] = &["sgs", "sis"];
 const SG_KEYS: &[&str] = &[
@@ -633,6 +633,7 @@ impl Decoder<'_> {
     fn nodes(&mut self, node: &Node) -> Vec<Entry<RawNode>> {
         let default = || RawNode {
             su_failover: defaults::SU_FAILOVER,
+            vm: None,
         };
         match &node.value {
             Value::Seq(items) => {
@@ -667,6 +668,14 @@ impl Decoder<'_> {
                                 "escalation.su_failover",
                                 defaults::SU_FAILOVER,
                             );
+                        }
+                    }
+                    if let Some(v) = f.get("vm") {
+                        if let Some(text) = self.string(v, &path, "vm") {
+                            item.vm = Some(Sp {
+                                value: text,
+                                pos: v.pos,
+                            });
                         }
                     }
                     out.push(Entry {

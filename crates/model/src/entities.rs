@@ -48,6 +48,11 @@ pub struct Node {
     pub su_failover: Probation,
     /// SUs configured on this node.
     pub sus: Vec<SuId>,
+    /// The `vm` component whose guest *is* this node (a nested cluster: the app inside the
+    /// VM is managed here like on any node, the VM by the node that runs it). The VM's life
+    /// is the node's: the node is held while the VM stops and down once it is cleaned up, and
+    /// fencing it means restarting that VM, never a fence command.
+    pub vm: Option<CompId>,
 }
 
 /// An application.
@@ -264,6 +269,8 @@ pub struct Comp {
     /// [`CompKind::Vm`]), with this SU's overrides applied. A vm component has no command
     /// lines: `instantiate` is empty, `terminate`, `cleanup` and `monitor` are `None`.
     pub vm: Option<VmConfig>,
+    /// The node this VM component's guest is (the inverse of [`Node::vm`]).
+    pub guest: Option<NodeId>,
 }
 
 /// How a VM's guest CPU runs.

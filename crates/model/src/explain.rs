@@ -54,6 +54,13 @@ nodes                            required, at least one. Either a list of node n
                                    nodes: {{ node-1: {{ escalation: ... }}, node-2: ~ }}
   NODE.escalation.su_failover    SU failovers tolerated on this node before the whole node is
                                  failed over. Default: {su_failover}.
+  NODE.vm                        the path APP/SG/SU/COMP of a `kind: vm` component whose guest
+                                 is this node (a nested cluster: the guest's nines agent joins
+                                 as this node). The node lives and dies with that VM: when the
+                                 VM stops its work is held, and once the VM is cleaned up it
+                                 fails over; a lost guest is fenced by restarting its VM, and
+                                 an escalation to node failover of the guest restarts the VM.
+                                 Default: none (a physical node).
 
 apps                             map from app name to app. Default: none. An app may not be
                                  named {reserved}.

@@ -44,6 +44,9 @@ pub(crate) struct RawConfig {
 #[derive(Clone, Debug)]
 pub(crate) struct RawNode {
     pub su_failover: Probation,
+    /// `vm`: the entity path of the VM component whose guest is this node, and where it was
+    /// written.
+    pub vm: Option<Sp<String>>,
 }
 
 #[derive(Clone, Debug, Default)]

@@ -45,6 +45,9 @@ pub const ADMIN_REPLY: &str = "admin-reply";
 pub const BAD_OUTPUT: &str = "bad-output";
 /// The engine panicked while handling an input.
 pub const ENGINE_PANIC: &str = "engine-panic";
+/// A guest node (a VM's guest) is isolated through its VM, never with a fence command: the
+/// engine must not emit `Fence` for it.
+pub const GUEST_FENCED: &str = "guest-fenced";
 /// The world never became quiet: the engine keeps producing work without faults.
 pub const LIVELOCK: &str = "livelock";
 

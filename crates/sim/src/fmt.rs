@@ -190,6 +190,33 @@ pub fn event(m: &Model, e: &Event) -> String {
         Event::Escalated { fault, from, to } => {
             format!("Escalated #{} {} -> {}", fault, from.name(), to.name())
         }
+        Event::GuestHeld {
+            fault,
+            node,
+            vm,
+            affected,
+        } => {
+            let a: Vec<&str> = affected.iter().map(|s| si(m, *s)).collect();
+            format!(
+                "GuestHeld #{} {} (vm {}) holds [{}]",
+                fault,
+                m.path(EntityRef::Node(*node)),
+                comp(m, *vm),
+                a.join(", ")
+            )
+        }
+        Event::GuestReset {
+            fault,
+            node,
+            vm,
+            recovery,
+        } => format!(
+            "GuestReset #{} {} by {} of {}",
+            fault,
+            m.path(EntityRef::Node(*node)),
+            recovery.name(),
+            comp(m, *vm)
+        ),
         Event::ServiceRecovered { fault, outage } => format!(
             "ServiceRecovered #{} outage {}",
             fault,

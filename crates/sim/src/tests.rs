@@ -38,6 +38,7 @@ pub(crate) fn model(nodes: usize, sgs: &[(Redundancy, usize, usize)]) -> Model {
                 name: format!("n{}", i + 1),
                 su_failover: probation(2, 60),
                 sus: Vec::new(),
+                vm: None,
             })
             .collect(),
         apps: Vec::new(),
@@ -97,6 +98,7 @@ pub(crate) fn model(nodes: usize, sgs: &[(Redundancy, usize, usize)]) -> Model {
                     retry_delay: Duration::from_secs(1),
                 },
                 vm: None,
+                guest: None,
             });
             m.sus.push(Su {
                 sg: sg_id,

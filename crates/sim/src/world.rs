@@ -206,7 +206,8 @@ impl<'m, E: SimEngine> World<'m, E> {
             queue: BinaryHeap::new(),
             seq: 0,
             non_timers: 0,
-            alive: vec![true; m.nodes.len()],
+            // A guest node is not there until its VM booted.
+            alive: m.nodes.iter().map(|n| n.vm.is_none()).collect(),
             rebooting: vec![false; m.nodes.len()],
             fifo: vec![Instant::ZERO; m.comps.len()],
             healing: false,
@@ -346,6 +347,12 @@ impl<'m, E: SimEngine> World<'m, E> {
             Pending::NodeDown(node) => Input::NodeDown { node },
             Pending::NodeLost(node) => Input::NodeLost { node },
             Pending::NodeUp(node) => {
+                if let Some(vm) = self.m.nodes[node.index()].vm {
+                    if !self.running[vm.index()] {
+                        self.rebooting[node.index()] = false;
+                        return Ok(true); // the VM stopped before its guest joined
+                    }
+                }
                 self.alive[node.index()] = true;
                 self.rebooting[node.index()] = false;
                 Input::NodeUp { node }
@@ -587,7 +594,7 @@ impl<'m, E: SimEngine> World<'m, E> {
                     if outcome == Outcome::Ok {
                         self.running[comp.index()] = true;
                     }
-                    self.answer(
+                    let done = self.answer(
                         comp,
                         d,
                         Input::CommandDone {
@@ -596,6 +603,13 @@ impl<'m, E: SimEngine> World<'m, E> {
                             outcome,
                         },
                     );
+                    // A VM's guest boots and joins as its node some time after the VM runs.
+                    if let (Outcome::Ok, Some(guest)) = (outcome, m.comps[comp.index()].guest) {
+                        let boot = Duration::from_nanos(self.rng.range(200 * MS, 3 * SEC));
+                        self.cancel_reboot(guest);
+                        self.rebooting[guest.index()] = true;
+                        self.push(done + boot, Pending::NodeUp(guest));
+                    }
                 }
             }
             ActionKind::Terminate { comp } | ActionKind::Cleanup { comp } => {
@@ -680,6 +694,15 @@ impl<'m, E: SimEngine> World<'m, E> {
                     self.answer(comp, d, Input::CsiRemoved { comp, csi, outcome });
                 }
             }
+            ActionKind::Fence { node } if m.nodes[node.index()].vm.is_some() => {
+                return Err(Found::new(
+                    check::GUEST_FENCED,
+                    format!(
+                        "Fence for {}, a VM's guest (it must be isolated through its VM)",
+                        m.path(EntityRef::Node(node))
+                    ),
+                ));
+            }
             ActionKind::Fence { node } => {
                 self.mark_node(node);
                 self.stats.fences += 1;
@@ -756,10 +779,21 @@ impl<'m, E: SimEngine> World<'m, E> {
         }
     }
 
-    /// A component's process is gone, and with it the work it held.
+    /// A component's process is gone, and with it the work it held. A VM takes its guest
+    /// node with it; the guest's link drops, which membership reports 1–100 ms later.
     fn stopped(&mut self, comp: CompId) {
         self.running[comp.index()] = false;
         self.held[comp.index()].clear();
+        if let Some(guest) = self.m.comps[comp.index()].guest {
+            if self.rebooting[guest.index()] {
+                self.cancel_reboot(guest);
+            }
+            if self.alive[guest.index()] {
+                self.kill(guest);
+                let seen = self.now + Duration::from_nanos(self.rng.range(MS, 100 * MS));
+                self.push(seen, Pending::NodeLost(guest));
+            }
+        }
     }
 
     fn cancel_reboot(&mut self, node: NodeId) {
@@ -1009,6 +1043,12 @@ impl<'m, E: SimEngine> World<'m, E> {
         }
         self.kill(node);
         let seen = self.now + Duration::from_nanos(self.rng.range(MS, 100 * MS));
+        if self.m.nodes[node.index()].vm.is_some() {
+            // A guest that dies (a hung or crashed kernel under a running VM) only goes
+            // silent; only resetting its VM brings it back.
+            self.push(seen, Pending::NodeLost(node));
+            return Ok(());
+        }
         // Membership either knows the node is dead (a confirmed power-off) or only that it
         // went silent, and then the engine fences it first.
         let notice = if self.rng.chance(500) {
