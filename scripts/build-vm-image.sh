@@ -24,10 +24,12 @@
 # ACPI power button (QMP `system_powerdown`) -> the guest powers off.
 # When ready, init prints "SVC-READY name=NAME ip=ADDR boot_id=BOOTID" on ttyS0.
 #
-# Hooks for what runs inside later (the nested cluster of issue 5; not used yet):
-#   NINES_AGENT_BIN=/path/to/nines   copied into the image as /usr/bin/nines, with the shared
-#                                    libraries `ldd` names (or build it static with
-#                                    RUSTFLAGS="-C target-feature=+crt-static").
+# The nines agent inside the guest (nested clusters; scripts/build-guest-image.sh does both):
+#   NINES_AGENT_BIN=/path/to/nines   copied into the image as /usr/bin/nines (stripped), with
+#                                    the shared libraries `ldd` names (none for a static build,
+#                                    RUSTFLAGS="-C target-feature=+crt-static"), and started at
+#                                    boot as `nines agent` when the VM's node appended
+#                                    /etc/nines/{node,director,key} to the initrd.
 #   VM_IMAGE_OVERLAY=/path/to/dir    copied over the image root as is (e.g. etc/svc.d/50-agent).
 #   At boot, init runs every executable /etc/svc.d/* in name order, after the network is up and
 #   before SVC-READY, with the svc* variables in its environment; a script there is how
@@ -79,7 +81,7 @@ MODDIR=/lib/modules/$KVER
 
 # The drivers the guest needs; their dependencies come from modules.dep, loaded deepest first
 # (virtio_ring before virtio before the transports: a wrong order gives "Unknown symbol").
-WANTED="virtio_mmio virtio_pci virtio_net pvpanic-mmio button evdev"
+WANTED="virtio_mmio virtio_pci virtio_net virtio-rng pvpanic-mmio button evdev"
 MODULES=()
 add_module() { # relative path from modules.dep
     local m
@@ -147,9 +149,28 @@ say "modules: $(tr '\n' ' ' <"$ROOT/lib/modules/order")"
 
 # --- the agent hook ---------------------------------------------------------------------------
 if [ -n "$AGENT" ]; then
-    cp "$AGENT" "$ROOT/usr/bin/nines"
+    # Without its debug info: the image is unpacked into guest RAM at every boot.
+    if command -v strip >/dev/null 2>&1; then
+        strip -o "$ROOT/usr/bin/nines" "$AGENT"
+    else
+        cp "$AGENT" "$ROOT/usr/bin/nines"
+    fi
+    # Started at boot when the VM's node appended /etc/nines (crates/agent/src/vm_guest.rs):
+    # the guest then joins the cluster as that node. Its log goes to the serial console.
+    cat >"$ROOT/etc/svc.d/50-nines-agent" <<'HOOK'
+#!/bin/sh
+[ -f /etc/nines/node ] || exit 0
+chmod 600 /etc/nines/key
+mkdir -p /run/nines
+echo "SVC-AGENT node=$(cat /etc/nines/node) director=$(cat /etc/nines/director) uptime=$(cut -d' ' -f1 /proc/uptime)"
+verbose=""
+[ "${svcdebug:-0}" = 1 ] && verbose=-v
+exec nines agent --node "$(cat /etc/nines/node)" --director "$(cat /etc/nines/director)" \
+    --key /etc/nines/key --state-dir /run/nines $verbose
+HOOK
+    chmod 755 "$ROOT/etc/svc.d/50-nines-agent"
     # Shared libraries (none for a +crt-static build): copy each to the path ldd names.
-    if ldd "$AGENT" >/dev/null 2>&1; then
+    if ldd "$AGENT" 2>&1 | grep -q "=>"; then
         ldd "$AGENT" | grep -oE '/[^ ]+' | sort -u | while read -r lib; do
             [ -f "$lib" ] || continue
             mkdir -p "$ROOT$(dirname "$lib")"

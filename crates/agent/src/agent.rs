@@ -96,6 +96,8 @@ pub(crate) struct Agent {
     pub stop: watch::Sender<bool>,
     /// Carries checkpoint writes to other nodes (cluster nodes only).
     pub replicator: std::sync::OnceLock<Arc<dyn crate::checkpoint::Replicator>>,
+    /// How the guests of this node's VMs join (a cluster node sets it; see `vm_guest`).
+    pub guest_join: std::sync::OnceLock<crate::vm_guest::GuestJoin>,
     /// The floating IPs this node's components could hold (CSIs with a `vip` attribute).
     pub vips: Vec<NodeVip>,
 }
@@ -138,6 +140,7 @@ impl Agent {
             records,
             stop: watch::channel(false).0,
             replicator: std::sync::OnceLock::new(),
+            guest_join: std::sync::OnceLock::new(),
         }
     }
 

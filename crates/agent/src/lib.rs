@@ -82,6 +82,7 @@ mod spawner;
 mod spawning;
 mod vip;
 mod vm;
+mod vm_guest;
 mod wire;
 
 use std::io;
@@ -103,6 +104,7 @@ pub use session::OUTBOX;
 pub use socket::REGISTER_WAIT;
 pub use spawn::log_file;
 pub use vip::{VIP_ATTR, VIP_TIMEOUT};
+pub use vm_guest::GuestJoin;
 
 use crate::agent::{Agent, Phase};
 
@@ -254,6 +256,13 @@ impl AgentHandle {
     /// return false.
     pub fn set_replicator(&self, replicator: Arc<dyn Replicator>) -> bool {
         self.agent.replicator.set(replicator).is_ok()
+    }
+
+    /// Tell the agent how the guests of its VMs join the cluster (the directors and the key),
+    /// so that a VM whose guest is a node boots as that node. Without it (a single-host run)
+    /// such a VM fails to instantiate. Set once; later calls are ignored and return false.
+    pub fn set_guest_join(&self, join: GuestJoin) -> bool {
+        self.agent.guest_join.set(join).is_ok()
     }
 
     /// Store a checkpoint write another node's active made, so that a standby here (or a

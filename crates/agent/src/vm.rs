@@ -204,12 +204,30 @@ pub(crate) fn spawn_incarnation(agent: &Arc<Agent>, comp: CompId, deadline: Inst
         tracing::warn!(component = %m.path, "not instantiating: the agent is shutting down");
         return lifecycle::done(agent, comp, Command::Instantiate, Outcome::Failed);
     }
-    let Some(spec) = spec_of(agent, comp) else {
+    let Some(mut spec) = spec_of(agent, comp) else {
         return failed("the component has no vm configuration".into());
     };
     let dir = run_dir(&agent.socket);
     if let Err(e) = ensure_run_dir(&dir) {
         return failed(format!("socket directory {}: {e}", dir.display()));
+    }
+    if let Some(guest) = m.guest {
+        let node = &agent.model.nodes[guest.index()].name;
+        let Some(join) = agent.guest_join.get() else {
+            return failed(format!(
+                "its guest is node/{node}, but this agent knows no director for it to join (run it under `nines agent`)"
+            ));
+        };
+        let Some(base) = spec.initrd.clone() else {
+            return failed(format!(
+                "its guest is node/{node}, which needs an initrd (the image of scripts/build-vm-image.sh with a nines binary)"
+            ));
+        };
+        let out = dir.join(format!("c{}.initrd", comp.index()));
+        match crate::vm_guest::write_initrd(&base, &out, node, join) {
+            Ok(p) => spec.initrd = Some(p),
+            Err(e) => return failed(format!("the guest's initrd {}: {e}", out.display())),
+        }
     }
     // A socket a killed QEMU left would only be replaced by the new one, but an agent that
     // connected in between would wait on a dead file: start clean.

@@ -59,6 +59,10 @@ pub(crate) struct BenchArgs {
     /// for the CPU (sa-kill, hang, error-report: isolates the cost of the failover itself).
     #[arg(long)]
     pub(crate) manual_repair: bool,
+    /// vm-*: the guest image (scripts/build-guest-image.sh) [default:
+    /// target/tmp/nines-guest-image].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) image: Option<std::path::PathBuf>,
 }
 
 /// The benchmark's fault scenarios.
@@ -86,6 +90,15 @@ pub(crate) enum Scenario {
     /// SIGKILL the leading director of two (elected in etcd); the standby takes over, the
     /// nodes join it, and the service must not notice.
     DirectorKill,
+    /// Nested cluster (2N counter in two TCG guests, each the node of a VM on a host node):
+    /// SIGKILL the QEMU of the active's guest; the other guest takes over, the VM reboots.
+    VmKill,
+    /// As vm-kill, but SIGSTOP the QEMU: the guest hangs, its heartbeats stop, and the VM is
+    /// reset (killed and booted again).
+    VmHang,
+    /// UC9: the counter in a guest reports errors until its node's SU failovers escalate to
+    /// a reset of that guest's VM.
+    VmEscalation,
 }
 
 impl Scenario {
@@ -100,6 +113,9 @@ impl Scenario {
             Scenario::Partition => "partition",
             Scenario::Vip => "vip",
             Scenario::DirectorKill => "director-kill",
+            Scenario::VmKill => "vm-kill",
+            Scenario::VmHang => "vm-hang",
+            Scenario::VmEscalation => "vm-escalation",
         }
     }
 
@@ -168,7 +184,7 @@ impl CounterConfig {
 }
 
 /// A YAML scalar for `s`: JSON's double-quoted strings are valid YAML, escapes included.
-fn yaml_str(s: &str) -> String {
+pub(crate) fn yaml_str(s: &str) -> String {
     Value::from(s).to_string()
 }
 
@@ -1005,6 +1021,12 @@ pub(crate) fn bench(args: &BenchArgs) -> ExitCode {
 }
 
 fn run_bench(args: &BenchArgs) -> Result<(), String> {
+    if matches!(
+        args.scenario,
+        Scenario::VmKill | Scenario::VmHang | Scenario::VmEscalation
+    ) {
+        return crate::bench_vm::run(args);
+    }
     if args.scenario.is_cluster() {
         return crate::bench_cluster::run(args);
     }
@@ -1061,9 +1083,13 @@ fn run_bench(args: &BenchArgs) -> Result<(), String> {
             Inject::Kill,
         ),
         Scenario::ProcessKill => (echo_config(&exe, port), Mode::Echo, 0, Inject::Kill),
-        Scenario::NodeKill | Scenario::Partition | Scenario::Vip | Scenario::DirectorKill => {
-            return Err(format!("{name} runs on the cluster testbed"))
-        }
+        Scenario::NodeKill
+        | Scenario::Partition
+        | Scenario::Vip
+        | Scenario::DirectorKill
+        | Scenario::VmKill
+        | Scenario::VmHang
+        | Scenario::VmEscalation => return Err(format!("{name} runs on the cluster testbed")),
     };
     let si = match args.scenario {
         Scenario::ProcessKill => "echo/si",

@@ -87,7 +87,7 @@ impl Nodes {
     }
 }
 
-fn write_key(path: &Path) -> Result<(), String> {
+pub(crate) fn write_key(path: &Path) -> Result<(), String> {
     let mut bytes = [0u8; 32];
     let t = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -14,6 +14,7 @@ mod adm;
 mod agent;
 mod bench;
 mod bench_cluster;
+mod bench_vm;
 mod cluster_args;
 mod demo;
 mod director;

@@ -413,6 +413,13 @@ impl Engine {
         if !n.up || n.fencing {
             return; // already down, or a fence (with its fault) is under way
         }
+        if !self.guest_may_join(node) {
+            // A guest whose VM does not run was never there (a director that starts before
+            // the VMs boot): down, without a fault.
+            self.nodes[node.index()].up = false;
+            self.record(Event::Node { node, up: false });
+            return;
+        }
         let sus = self.model.nodes[node.index()].sus.clone();
         let fault = self.open_node_fault(node, &sus);
         // Nothing is known of what a lost node runs (a driver that restarted may never have

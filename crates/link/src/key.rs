@@ -61,6 +61,12 @@ impl ClusterKey {
         Self::checked(bytes.into(), "bytes".into())
     }
 
+    /// The secret itself, to hand on to someone who must hold the same key (the guest of a
+    /// VM this node starts, which joins the cluster as a node of its own).
+    pub fn secret(&self) -> &[u8] {
+        &self.0
+    }
+
     /// The key in a file: its whole content, less one trailing newline, so a key written by
     /// `echo` or `base64` works as is. The file must not be group- or world-readable (as with
     /// ssh keys): a secret every local user can read authenticates nobody.

@@ -229,6 +229,10 @@ async fn session(
             .await
             .map_err(NodeError::Agent)?;
             handle.set_replicator(replicator.clone());
+            handle.set_guest_join(nines_agent::GuestJoin {
+                directors: opts.directors.clone(),
+                key: opts.key.secret().to_vec(),
+            });
             let adopted = if keep {
                 handle.adopted().await
             } else {

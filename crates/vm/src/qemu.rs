@@ -260,6 +260,18 @@ fn args(spec: &VmSpec, host: &HostFacts) -> Result<Vec<OsString>, Error> {
             a.extend(["-device".into(), device.into()]);
         }
     }
+    // Entropy from the host (virtio-rng): a fresh guest's kernel otherwise takes many seconds
+    // under TCG to seed its random generator, and getrandom(2) (every Rust HashMap, TLS, the
+    // nines agent inside a guest) blocks until it has.
+    push(
+        &mut a,
+        &[
+            "-object",
+            "rng-random,id=rng0,filename=/dev/urandom",
+            "-device",
+            "virtio-rng-device,rng=rng0",
+        ],
+    );
     // A guest panic (pvpanic) makes QEMU exit with status 1; a guest reboot is an exit too:
     // either way the agent sees the process end and the engine decides what happens next.
     push(
@@ -421,6 +433,7 @@ mod tests {
              -kernel /img/vmlinuz -initrd /img/initramfs.cpio.gz \
              -append console=ttyS0 quiet tsc_early_khz=2596146 tsc=reliable lpj=10384584 pci=off cryptomgr.notests svcname=vm1 \
              -netdev user,id=n0,hostfwd=tcp:127.0.0.1:18080-:80 -device virtio-net-device,netdev=n0 \
+             -object rng-random,id=rng0,filename=/dev/urandom -device virtio-rng-device,rng=rng0 \
              -device pvpanic -action panic=exit-failure -no-reboot \
              -serial file:/run/x/vm1.serial -qmp unix:/run/x/vm1.qmp,server=on,wait=off"
         );
