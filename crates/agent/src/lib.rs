@@ -18,7 +18,9 @@
 //!   flight wait for it and run in order.
 //! * `vm`: VM components (`nines-vm`): QEMU spawned as a component process, instantiated once
 //!   its guest is healthy, failed on its exit, on QMP's panic / shutdown / stop events and on a
-//!   missed health probe; terminated by power-down, quit, then SIGKILL.
+//!   missed health probe; terminated by power-down, quit, then SIGKILL. `vm_libvirt`
+//!   (feature `libvirt`): the same for `driver: libvirt`, the domain run by libvirtd and its
+//!   QEMU watched through a pidfd and libvirt's lifecycle events.
 //! * `pidfd`, `reaper`: process groups watched through pidfds; the agent is a child subreaper
 //!   and reaps every child, tracked or orphaned.
 //! * `spawn`, `env`, `commands`: command lines, environment, logs, CLC commands with timeouts.
@@ -83,6 +85,8 @@ mod spawning;
 mod vip;
 mod vm;
 mod vm_guest;
+#[cfg(feature = "libvirt")]
+mod vm_libvirt;
 mod wire;
 
 use std::io;

@@ -420,7 +420,7 @@ async fn clean_up(agent: &Arc<Agent>, comp: CompId) -> Outcome {
         outcome = Outcome::TimedOut;
     }
     if let Some(run) = &inc.vm {
-        vm::cleaned_up(agent, comp, run);
+        vm::cleaned_up(agent, comp, run).await;
     }
     end_stop(agent, comp, inc.gen);
     tracing::info!(component = %m.path, ?outcome, "cleaned up");

@@ -118,6 +118,9 @@ pub(crate) struct Proc {
     /// Whether the leader has been reaped; held while signalling so a reap cannot interleave.
     reaped: Mutex<bool>,
     exit: watch::Receiver<Option<Exit>>,
+    /// For a process that does not lead its own group ([`Proc::watch_foreign`]): a pidfd to
+    /// signal it, and it alone, through. Then no group is ever signalled.
+    only: Option<OwnedFd>,
 }
 
 impl Proc {
@@ -134,6 +137,7 @@ impl Proc {
             pid,
             reaped: Mutex::new(false),
             exit: rx,
+            only: None,
         });
         let guard = WatchGuard {
             proc: proc.clone(),
@@ -184,14 +188,8 @@ impl Proc {
         clock: Clock,
         live: &Arc<Live>,
     ) -> io::Result<Arc<Proc>> {
-        let fd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;
+        let fd = open_checked(pid, expected_start)?;
         let raw = pid.as_raw_nonzero().get().unsigned_abs();
-        if start_time(raw) != Some(expected_start) {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("pid {raw} is another process now"),
-            ));
-        }
         let group = rustix::process::getpgid(Some(pid))?;
         if group != pid {
             return Err(io::Error::new(
@@ -199,11 +197,24 @@ impl Proc {
                 format!("pid {raw} no longer leads its own process group"),
             ));
         }
+        Self::watch_unowned(pid, fd, None, clock, live)
+    }
+
+    /// Starts watching a process that is not our child through its pidfd `fd`; `only`: see
+    /// [`Proc::watch_foreign`].
+    fn watch_unowned(
+        pid: Pid,
+        fd: OwnedFd,
+        only: Option<OwnedFd>,
+        clock: Clock,
+        live: &Arc<Live>,
+    ) -> io::Result<Arc<Proc>> {
         let (tx, rx) = watch::channel(None);
         let proc = Arc::new(Proc {
             pid,
             reaped: Mutex::new(false),
             exit: rx,
+            only,
         });
         // SAFETY: as in `spawn`: the `AsyncFd` owns the descriptor from here on.
         let afd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }?;
@@ -218,6 +229,31 @@ impl Proc {
         Ok(proc)
     }
 
+    /// Watch a process neither this agent nor its process group owns: the QEMU a libvirt
+    /// daemon runs for a VM component (libvirt starts it in a session of its own, led by an
+    /// intermediate that is gone). Like [`Proc::adopt`] (`expected_start` is checked once the
+    /// pidfd pins the process), but without the group check, and every signal goes to this
+    /// one process through a pidfd, so none can reach a reused pid or group.
+    #[cfg(feature = "libvirt")]
+    pub(crate) fn watch_foreign(
+        pid: Pid,
+        expected_start: u64,
+        clock: Clock,
+        live: &Arc<Live>,
+    ) -> io::Result<Arc<Proc>> {
+        let fd = open_checked(pid, expected_start)?;
+        let only = fd.try_clone()?;
+        Self::watch_unowned(pid, fd, Some(only), clock, live)
+    }
+
+    /// SIGKILL to the group, or to the process alone for a [`Proc::watch_foreign`] one.
+    fn kill_all(&self) {
+        let _ = match &self.only {
+            Some(fd) => rustix::process::pidfd_send_signal(fd, Signal::KILL),
+            None => rustix::process::kill_process_group(self.pid, Signal::KILL),
+        };
+    }
+
     /// The leader's pid, which is also the process group's id.
     pub(crate) fn leader(&self) -> Pid {
         self.pid
@@ -230,7 +266,11 @@ impl Proc {
         if *reaped {
             return false;
         }
-        match rustix::process::kill_process_group(self.pid, sig) {
+        let sent = match &self.only {
+            Some(fd) => rustix::process::pidfd_send_signal(fd, sig),
+            None => rustix::process::kill_process_group(self.pid, sig),
+        };
+        match sent {
             Ok(()) => true,
             Err(rustix::io::Errno::SRCH) => false,
             Err(e) => {
@@ -260,6 +300,20 @@ impl Proc {
     }
 }
 
+/// A pidfd on `pid`, once it pins the process: refused if the pid is no longer the process
+/// that started at `expected_start` (it was reused).
+fn open_checked(pid: Pid, expected_start: u64) -> io::Result<OwnedFd> {
+    let fd = rustix::process::pidfd_open(pid, PidfdFlags::empty())?;
+    let raw = pid.as_raw_nonzero().get().unsigned_abs();
+    if start_time(raw) != Some(expected_start) {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("pid {raw} is another process now"),
+        ));
+    }
+    Ok(fd)
+}
+
 /// Owns the pidfd and the exit publisher; reaps on drop if the watcher never saw the exit.
 struct WatchGuard {
     proc: Arc<Proc>,
@@ -278,7 +332,10 @@ impl WatchGuard {
         let fd = self.fd.as_ref()?;
         let mut reaped = self.proc.reaped.lock().unwrap_or_else(|e| e.into_inner());
         // The leader is a zombie and pins the group id: safe to kill the rest of the group.
-        let _ = rustix::process::kill_process_group(self.proc.pid, Signal::KILL);
+        // (A foreign process has no group of ours; it has exited, which is all there is.)
+        if self.proc.only.is_none() {
+            let _ = rustix::process::kill_process_group(self.proc.pid, Signal::KILL);
+        }
         // An adopted process is normally someone else's child (ECHILD: nothing to reap); if
         // it happens to be ours (this process spawned it before it had an agent), reap it.
         let status = match reaper::reap_tracked(fd.get_ref().as_fd(), self.proc.pid) {
@@ -310,7 +367,7 @@ impl Drop for WatchGuard {
         {
             let reaped = self.proc.reaped.lock().unwrap_or_else(|e| e.into_inner());
             if !*reaped {
-                let _ = rustix::process::kill_process_group(self.proc.pid, Signal::KILL);
+                self.proc.kill_all();
             }
         }
         let fd = self.fd.take().map(AsyncFd::into_inner);

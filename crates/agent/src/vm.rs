@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nines_engine::{Command, FaultKind, Outcome};
-use nines_model::{Comp, CompId, VmAccel, VmConfig, VmHealth, VmProbe};
+use nines_model::{Comp, CompId, VmAccel, VmConfig, VmDriver, VmHealth, VmProbe};
 use nines_vm::{
     Accel, HostFacts, Network, PortForward, Probe, Qmp, QmpEvent, QmpEventKind, TerminateTimeouts,
     Terminated, VmSpec,
@@ -56,6 +56,10 @@ pub(crate) struct VmRun {
     /// so this is the only one. (An `Arc` so that a task can hold the lock it took before it
     /// was spawned.)
     pub qmp: Arc<tokio::sync::Mutex<Option<Qmp>>>,
+    /// The libvirt domain, for `driver: libvirt` (then QMP is libvirt's, and `qmp` stays
+    /// empty).
+    #[cfg(feature = "libvirt")]
+    pub libvirt: Option<Arc<crate::vm_libvirt::Domain>>,
 }
 
 /// Longest a QMP command of the terminate ladder other than the power-down waits: `quit` is
@@ -143,7 +147,7 @@ pub(crate) fn probe_of(health: &VmHealth) -> Probe {
 }
 
 /// The model's VM of `comp` (only called for vm components, which always have one).
-fn config(agent: &Agent, comp: CompId) -> Option<&VmConfig> {
+pub(crate) fn config(agent: &Agent, comp: CompId) -> Option<&VmConfig> {
     agent.comp(comp).vm.as_ref()
 }
 
@@ -179,7 +183,7 @@ fn ensure_run_dir(dir: &Path) -> std::io::Result<()> {
 /// QEMU truncates the console file when it starts, and a repair starts the next guest at
 /// once: the last console before it, which tells why the guest died, is kept as
 /// `NAME.serial.1`. Best effort.
-fn keep_previous_console(serial: &Path) {
+pub(crate) fn keep_previous_console(serial: &Path) {
     let mut previous = serial.as_os_str().to_owned();
     previous.push(".1");
     match std::fs::rename(serial, &previous) {
@@ -241,6 +245,9 @@ pub(crate) fn spawn_incarnation(agent: &Arc<Agent>, comp: CompId, deadline: Inst
         Ok(f) => f,
         Err(e) => return failed(e.to_string()),
     };
+    if m.vm.as_ref().map(|v| v.driver) == Some(VmDriver::Libvirt) {
+        return start_libvirt(agent, comp, spec, &facts, deadline, failed);
+    }
     let mut cmd = match nines_vm::command_with(&spec, &facts) {
         Ok(cmd) => cmd,
         Err(e) => return failed(e.to_string()),
@@ -253,11 +260,34 @@ pub(crate) fn spawn_incarnation(agent: &Arc<Agent>, comp: CompId, deadline: Inst
         Ok(proc) => proc,
         Err(e) => return failed(format!("{}: {e}", spec.qemu.display())),
     };
-    let gen = agent.next_id();
     let run = Arc::new(VmRun {
         spec,
         qmp: Arc::new(tokio::sync::Mutex::new(None)),
+        #[cfg(feature = "libvirt")]
+        libvirt: None,
     });
+    let gen = record_incarnation(agent, comp, &proc, run.clone());
+    let accel = match (m.vm.as_ref().map(|v| v.accel), facts.kvm_usable) {
+        (Some(VmAccel::Auto), true) => "kvm (tcg if it fails)",
+        (Some(VmAccel::Auto), false) => "tcg (no usable KVM here)",
+        (Some(a), _) => a.name(),
+        (None, _) => "?",
+    };
+    tracing::info!(component = %m.path, pid = proc.pid(), accel, "VM started");
+    let a = agent.clone();
+    tokio::spawn(async move { boot(&a, comp, gen, run, proc, deadline).await });
+}
+
+/// Records a started VM as `comp`'s instantiating incarnation (and in the records, for a later
+/// agent) and reports its QEMU's exit through [`lifecycle::on_exit`]; its generation. Both
+/// drivers' starts end here.
+pub(crate) fn record_incarnation(
+    agent: &Arc<Agent>,
+    comp: CompId,
+    proc: &Arc<Proc>,
+    run: Arc<VmRun>,
+) -> u64 {
+    let gen = agent.next_id();
     agent.comps().insert(
         comp,
         Incarnation {
@@ -267,29 +297,71 @@ pub(crate) fn spawn_incarnation(agent: &Arc<Agent>, comp: CompId, deadline: Inst
             failed: false,
             session: None,
             held: Vec::new(),
-            vm: Some(run.clone()),
+            vm: Some(run),
         },
     );
-    agent.records.write(&m.path, proc.pid());
-    let accel = match (m.vm.as_ref().map(|v| v.accel), facts.kvm_usable) {
-        (Some(VmAccel::Auto), true) => "kvm (tcg if it fails)",
-        (Some(VmAccel::Auto), false) => "tcg (no usable KVM here)",
-        (Some(a), _) => a.name(),
-        (None, _) => "?",
-    };
-    tracing::info!(component = %m.path, pid = proc.pid(), accel, "VM started");
+    agent.records.write(&agent.comp(comp).path, proc.pid());
     let exit_watch = proc.clone();
     let a = agent.clone();
     tokio::spawn(async move {
         let exit = exit_watch.exited().await;
         lifecycle::on_exit(&a, comp, gen, exit);
     });
-    let a = agent.clone();
-    tokio::spawn(async move { boot(&a, comp, gen, run, proc, deadline).await });
+    gen
+}
+
+/// The libvirt driver's start; its error (which `failed` reports) goes to the component's log
+/// too, where QEMU's own output would be with the QEMU driver (libvirt keeps that in its own
+/// log directory).
+#[cfg(feature = "libvirt")]
+fn start_libvirt(
+    agent: &Arc<Agent>,
+    comp: CompId,
+    spec: VmSpec,
+    facts: &HostFacts,
+    deadline: Instant,
+    failed: impl FnOnce(String),
+) {
+    if let Err(why) = crate::vm_libvirt::spawn_incarnation(agent, comp, spec, facts, deadline) {
+        note_in_log(agent, comp, &format!("cannot start the VM: {why}"));
+        failed(why);
+    }
+}
+
+/// Without the `libvirt` feature: a `driver: libvirt` VM cannot run here, and says so.
+#[cfg(not(feature = "libvirt"))]
+fn start_libvirt(
+    agent: &Arc<Agent>,
+    comp: CompId,
+    _spec: VmSpec,
+    _facts: &HostFacts,
+    _deadline: Instant,
+    failed: impl FnOnce(String),
+) {
+    let why = "`driver: libvirt`, but this nines build has no libvirt support \
+               (built without the `libvirt` feature); use `driver: qemu` or a build with it"
+        .to_string();
+    note_in_log(agent, comp, &format!("cannot start the VM: {why}"));
+    failed(why);
+}
+
+/// Appends `line` to the component's log, if it has one (best effort).
+fn note_in_log(agent: &Agent, comp: CompId, line: &str) {
+    use std::io::Write as _;
+    let Some(path) = agent.log_path(comp) else {
+        return;
+    };
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path);
+    if let Ok(mut f) = file {
+        let _ = writeln!(f, "nines-agent: {line}");
+    }
 }
 
 /// Why a boot did not end healthy.
-enum BootError {
+pub(crate) enum BootError {
     /// The instantiate timeout ran out (QMP never greeted, or the probe never passed).
     TimedOut(String),
     /// QMP failed otherwise.
@@ -308,7 +380,6 @@ async fn boot(
     proc: Arc<Proc>,
     deadline: Instant,
 ) {
-    let m = agent.comp(comp);
     let started = Instant::now();
     let health = config(agent, comp).and_then(|v| v.health.clone());
     let booted = tokio::select! {
@@ -318,8 +389,28 @@ async fn boot(
     let events = match booted {
         Ok((qmp, events)) => {
             *run.qmp.lock().await = Some(qmp);
-            events
+            Ok(events)
         }
+        Err(e) => Err(e),
+    };
+    if let Some(events) = instantiated(agent, comp, gen, started, events) {
+        supervise(agent, comp, gen, Some(events), health);
+    }
+}
+
+/// Answers the instantiate of incarnation `gen` from how its boot ended (started at
+/// `started`), if it is still the one instantiating; what the boot brought (`T`) when the VM
+/// is now running, `None` otherwise. Both drivers end their boots here.
+pub(crate) fn instantiated<T>(
+    agent: &Agent,
+    comp: CompId,
+    gen: u64,
+    started: Instant,
+    booted: Result<T, BootError>,
+) -> Option<T> {
+    let m = agent.comp(comp);
+    let got = match booted {
+        Ok(got) => got,
         Err(e) => {
             let (outcome, why) = match e {
                 BootError::TimedOut(why) => (Outcome::TimedOut, why),
@@ -329,19 +420,19 @@ async fn boot(
                 tracing::warn!(component = %m.path, ?outcome, "VM not instantiated: {why}");
                 lifecycle::done(agent, comp, Command::Instantiate, outcome);
             }
-            return;
+            return None;
         }
     };
     {
         let mut comps = agent.comps();
         match comps.get_mut(&comp) {
             Some(i) if i.gen == gen && i.phase == Phase::Instantiating => i.phase = Phase::Running,
-            _ => return,
+            _ => return None,
         }
     }
     tracing::info!(component = %m.path, took = ?started.elapsed(), "VM healthy");
     lifecycle::done(agent, comp, Command::Instantiate, Outcome::Ok);
-    supervise(agent, comp, gen, Some(events), health);
+    Some(got)
 }
 
 /// QMP's greeting, then (with a probe) a healthy guest, before `deadline`.
@@ -419,33 +510,69 @@ fn failure_of(kind: &QmpEventKind) -> Option<(FaultKind, String)> {
     }
 }
 
-/// Reports the first event that means a failure, stamped when QMP delivered it. Ends when
-/// QMP closes (QEMU is gone: the pidfd reports that) or the connection is dropped.
-async fn watch_events(
+/// What an event of a VM's driver means to its supervision.
+pub(crate) enum Judged {
+    /// The stream is over (QEMU is gone: the pidfd reports that).
+    End,
+    /// A failure: what the engine hears, and why (for the log).
+    Failure(FaultKind, String),
+    /// Nothing to report.
+    Nothing,
+}
+
+/// Reports the first event of `events` that `judge` calls a failure, stamped when the driver
+/// delivered it (`at`). Ends when `judge` says so or the stream does. Both drivers' event
+/// streams (QMP's, libvirt's) are watched here.
+pub(crate) async fn report_failures<E: std::fmt::Debug>(
     agent: &Arc<Agent>,
     comp: CompId,
     gen: u64,
-    mut events: UnboundedReceiver<QmpEvent>,
+    mut events: UnboundedReceiver<E>,
+    judge: impl Fn(&E) -> (Judged, std::time::Instant),
 ) {
     let path = &agent.comp(comp).path;
     while let Some(ev) = events.recv().await {
-        if let QmpEventKind::Closed(reason) = &ev.kind {
-            tracing::debug!(component = %path, ?reason, "QMP closed");
-            return;
-        }
-        let Some((kind, why)) = failure_of(&ev.kind) else {
-            tracing::debug!(component = %path, event = ?ev.kind, "QMP event");
-            continue;
+        let (kind, why, at) = match judge(&ev) {
+            (Judged::End, _) => {
+                tracing::debug!(component = %path, event = ?ev, "VM events end");
+                return;
+            }
+            (Judged::Nothing, _) => {
+                tracing::debug!(component = %path, event = ?ev, "VM event");
+                continue;
+            }
+            (Judged::Failure(kind, why), at) => (kind, why, at),
         };
-        if agent.fail(comp, gen, kind, None, agent.clock.at(ev.at)) {
+        if agent.fail(comp, gen, kind, None, agent.clock.at(at)) {
             tracing::warn!(component = %path, "VM failed: {why}");
         }
     }
 }
 
+/// Reports the first QMP event that means a failure. Ends when QMP closes or the connection
+/// is dropped.
+async fn watch_events(
+    agent: &Arc<Agent>,
+    comp: CompId,
+    gen: u64,
+    events: UnboundedReceiver<QmpEvent>,
+) {
+    report_failures(agent, comp, gen, events, |ev: &QmpEvent| {
+        let judged = match &ev.kind {
+            QmpEventKind::Closed(_) => Judged::End,
+            kind => match failure_of(kind) {
+                Some((kind, why)) => Judged::Failure(kind, why),
+                None => Judged::Nothing,
+            },
+        };
+        (judged, ev.at)
+    })
+    .await;
+}
+
 /// Probes every `period` (each bounded by `timeout`) while the incarnation runs; the first
 /// probe without a good answer is a missed healthcheck.
-async fn probe_loop(agent: &Arc<Agent>, comp: CompId, gen: u64, h: VmHealth) {
+pub(crate) async fn probe_loop(agent: &Arc<Agent>, comp: CompId, gen: u64, h: VmHealth) {
     let path = &agent.comp(comp).path;
     let probe = probe_of(&h);
     let mut tick = interval_at(Instant::now() + h.period, h.period);
@@ -475,6 +602,10 @@ async fn probe_loop(agent: &Arc<Agent>, comp: CompId, gen: u64, h: VmHealth) {
 /// (plus [`REAP_GRACE`] after the kill, as for processes). The kill goes through `proc`,
 /// which signals only while QEMU is unreaped.
 pub(crate) async fn terminate(agent: &Agent, comp: CompId, proc: &Proc, run: &VmRun) -> Outcome {
+    #[cfg(feature = "libvirt")]
+    if let Some(dom) = &run.libvirt {
+        return crate::vm_libvirt::terminate(agent, comp, proc, dom).await;
+    }
     let m = agent.comp(comp);
     let limit = m.timeouts.terminate;
     let quit = (limit / 5).min(QUIT_STEP);
@@ -510,8 +641,13 @@ pub(crate) async fn terminate(agent: &Agent, comp: CompId, proc: &Proc, run: &Vm
 }
 
 /// After a cleanup's SIGKILL: drop the QMP connection (if nobody is using it; a terminate in
-/// progress drops its own) and remove the socket QEMU left.
-pub(crate) fn cleaned_up(agent: &Agent, comp: CompId, run: &VmRun) {
+/// progress drops its own) and remove the socket QEMU left; for libvirt, destroy and undefine
+/// the domain and remove its files.
+pub(crate) async fn cleaned_up(agent: &Agent, comp: CompId, run: &VmRun) {
+    #[cfg(feature = "libvirt")]
+    if let Some(dom) = &run.libvirt {
+        return crate::vm_libvirt::remove(agent, comp, dom).await;
+    }
     if let Ok(mut qmp) = run.qmp.try_lock() {
         *qmp = None;
     }
@@ -526,6 +662,8 @@ pub(crate) fn adopted_run(agent: &Agent, comp: CompId) -> Option<Arc<VmRun>> {
     Some(Arc::new(VmRun {
         spec: spec_of(agent, comp)?,
         qmp: Arc::new(tokio::sync::Mutex::new(None)),
+        #[cfg(feature = "libvirt")]
+        libvirt: None,
     }))
 }
 

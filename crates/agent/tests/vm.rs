@@ -65,17 +65,6 @@ fn vm_config(image: &Image, port: u16, instantiate: &str, extra: &[&str]) -> Str
     config(&comp, "")
 }
 
-fn is_done(comp: CompId, command: Command) -> impl Fn(&Input) -> bool {
-    move |i| matches!(i, Input::CommandDone { comp: c, command: k, .. } if *c == comp && *k == command)
-}
-
-fn outcome(i: &Input) -> Outcome {
-    match i {
-        Input::CommandDone { outcome, .. } => *outcome,
-        other => panic!("not a command result: {other:?}"),
-    }
-}
-
 /// The guest's serial console, for failure messages.
 fn console(t: &TestAgent) -> String {
     let path = nines_agent::log_file(&t.dir.path().join("logs"), "app/sg/su/c");

@@ -823,6 +823,7 @@ fn vm_config(
         memory_mib: pick(base, over, |v| v.memory_mib).unwrap_or(defaults::VM_MEMORY_MIB),
         cpus: pick(base, over, |v| v.cpus).unwrap_or(defaults::VM_CPUS),
         accel: pick(base, over, |v| v.accel).unwrap_or(defaults::VM_ACCEL),
+        driver: pick(base, over, |v| v.driver).unwrap_or(defaults::VM_DRIVER),
         forwards: forwards.iter().map(|f| f.value).collect(),
         health: health.and_then(|h| h.value.clone()),
         cmdline_extra: pick(base, over, |v| v.cmdline_extra.clone()).unwrap_or_default(),

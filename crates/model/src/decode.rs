@@ -12,8 +12,8 @@ use std::time::Duration;
 use crate::defaults;
 use crate::duration;
 use crate::entities::{
-    CompKind, Healthcheck, InstantiationPolicy, Probation, Recovery, Timeouts, VmAccel, VmForward,
-    VmHealth, VmProbe,
+    CompKind, Healthcheck, InstantiationPolicy, Probation, Recovery, Timeouts, VmAccel, VmDriver,
+    VmForward, VmHealth, VmProbe,
 };
 use crate::error::{Diagnostics, Pos};
 use crate::raw::{
@@ -44,6 +44,10 @@ pub(crate) const ACCEL_NAMES: [(&str, VmAccel); 3] = [
     ("kvm", VmAccel::Kvm),
     ("auto", VmAccel::Auto),
 ];
+
+/// Config spellings of the VM drivers.
+pub(crate) const DRIVER_NAMES: [(&str, VmDriver); 2] =
+    [("qemu", VmDriver::Qemu), ("libvirt", VmDriver::Libvirt)];
 
 /// Names that would make an app's entity paths ambiguous with `node/NAME` and `cluster`.
 pub(crate) const RESERVED_APP_NAMES: [&str; 2] = ["node", "cluster"];
@@ -85,6 +89,7 @@ const VM_KEYS: &[&str] = &[
     "memory",
     "cpus",
     "accel",
+    "driver",
     "forwards",
     "health",
     "cmdline_extra",
@@ -1041,6 +1046,12 @@ impl Decoder<'_> {
             raw.accel = Some(
                 self.choice(n, path, "vm.accel", &ACCEL_NAMES)
                     .unwrap_or(defaults::VM_ACCEL),
+            );
+        }
+        if let Some(n) = f.get("driver") {
+            raw.driver = Some(
+                self.choice(n, path, "vm.driver", &DRIVER_NAMES)
+                    .unwrap_or(defaults::VM_DRIVER),
             );
         }
         if let Some(n) = f.get("forwards") {

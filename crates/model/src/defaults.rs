@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::entities::{InstantiationPolicy, Probation, Recovery, Timeouts, VmAccel};
+use crate::entities::{InstantiationPolicy, Probation, Recovery, Timeouts, VmAccel, VmDriver};
 
 /// `sgs.*.fail_back`: leave work where it is after a repair; moving it back costs an outage of
 /// its own, so it is opt-in.
@@ -86,6 +86,10 @@ pub const VM_MAX_CPUS: u32 = 64;
 /// `components.*.vm.accel`: KVM where the node really has it, TCG elsewhere (the agent
 /// decides when it starts the VM).
 pub const VM_ACCEL: VmAccel = VmAccel::Auto;
+
+/// `components.*.vm.driver`: the agent runs QEMU itself, which needs nothing beside QEMU on
+/// the node and sees a QEMU death fastest; libvirt is for sites that want their VMs in it.
+pub const VM_DRIVER: VmDriver = VmDriver::Qemu;
 
 /// `components.*.vm.health.period`: probe every 500 ms. The probe also paces the wait for a
 /// booting guest, so a longer period delays every repair by up to a period; a shorter one

@@ -296,6 +296,27 @@ impl VmAccel {
     }
 }
 
+/// Who runs a VM's QEMU on the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmDriver {
+    /// The agent spawns QEMU itself, as a direct child it watches and reaps (the fastest
+    /// path, and what a node without libvirt can run).
+    Qemu,
+    /// The node's libvirt daemon runs QEMU (a domain defined from the same settings), for
+    /// sites that manage their VMs with libvirt. Needs an agent built with libvirt support.
+    Libvirt,
+}
+
+impl VmDriver {
+    /// The name used in config files.
+    pub fn name(self) -> &'static str {
+        match self {
+            VmDriver::Qemu => "qemu",
+            VmDriver::Libvirt => "libvirt",
+        }
+    }
+}
+
 /// One port forward of a VM's user-mode network: `127.0.0.1:host` on the node reaches
 /// `guest` in the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -352,6 +373,8 @@ pub struct VmConfig {
     pub cpus: u32,
     /// The accelerator.
     pub accel: VmAccel,
+    /// Who runs QEMU: the agent itself or libvirt.
+    pub driver: VmDriver,
     /// Port forwards of the guest's user-mode network.
     pub forwards: Vec<VmForward>,
     /// The health probe; `None`: the VM counts as instantiated once QEMU answers on its

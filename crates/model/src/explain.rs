@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use crate::decode::{ACCEL_NAMES, KIND_NAMES, REDUNDANCY_NAMES, RESERVED_APP_NAMES};
+use crate::decode::{ACCEL_NAMES, DRIVER_NAMES, KIND_NAMES, REDUNDANCY_NAMES, RESERVED_APP_NAMES};
 use crate::defaults as d;
 use crate::duration::{self, format as dur};
 use crate::entities::Probation;
@@ -167,6 +167,12 @@ terminate is ACPI power-down, then QEMU quit, then SIGKILL, within timeouts.term
                                    kvm   hardware virtualization through /dev/kvm
                                    auto  kvm when the node's /dev/kvm is real, usable KVM,
                                          tcg otherwise (decided by the node's agent)
+  driver                         {drivers}. Default: {vm_driver}.
+                                   qemu     the agent runs QEMU as its own child process
+                                   libvirt  the node's libvirt daemon runs QEMU as a domain
+                                            (same guest; needs a nines built with its
+                                            `libvirt` feature, the default; the daemon's URI
+                                            is $NINES_LIBVIRT_URI, default qemu:///system)
   forwards                       list of {{ host: PORT, guest: PORT }}: 127.0.0.1:host on the
                                  node reaches the guest's port. Host ports must differ among
                                  the VMs of one node. Default: none.
@@ -233,6 +239,8 @@ SI keys (apps.APP.sis.SI):
         vm_cpus = d::VM_CPUS,
         accels = names(&ACCEL_NAMES),
         vm_accel = d::VM_ACCEL.name(),
+        drivers = names(&DRIVER_NAMES),
+        vm_driver = d::VM_DRIVER.name(),
         vm_period = dur(d::VM_HEALTH_PERIOD),
         vm_timeout = dur(d::VM_HEALTH_TIMEOUT),
     );
@@ -264,6 +272,9 @@ mod tests {
         }
         for (name, _) in ACCEL_NAMES {
             assert!(described(name), "accel {name}");
+        }
+        for (name, _) in DRIVER_NAMES {
+            assert!(described(name), "driver {name}");
         }
     }
 }

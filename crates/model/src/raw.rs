@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::entities::{
-    CompKind, Healthcheck, InstantiationPolicy, Probation, Recovery, Timeouts, VmAccel, VmForward,
-    VmHealth,
+    CompKind, Healthcheck, InstantiationPolicy, Probation, Recovery, Timeouts, VmAccel, VmDriver,
+    VmForward, VmHealth,
 };
 use crate::error::Pos;
 
@@ -120,6 +120,7 @@ pub(crate) struct RawVm {
     pub memory_mib: Option<u32>,
     pub cpus: Option<u32>,
     pub accel: Option<VmAccel>,
+    pub driver: Option<VmDriver>,
     pub forwards: Option<Vec<Sp<VmForward>>>,
     /// `None` inside: given, but bad.
     pub health: Option<Sp<Option<VmHealth>>>,

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{app, errors, ok, reject, render, warn, SI_S};
-use nines_model::{defaults, CompKind, VmAccel, VmConfig, VmForward, VmHealth, VmProbe};
+use nines_model::{defaults, CompKind, VmAccel, VmConfig, VmDriver, VmForward, VmHealth, VmProbe};
 
 /// A 2N SG `g` (u1 on n1, u2 on n2) with vm component `c` whose `vm` block is `vm` (flow map
 /// text) and units written as `units`.
@@ -51,6 +51,7 @@ fn a_minimal_vm_takes_the_defaults() {
             memory_mib: defaults::VM_MEMORY_MIB,
             cpus: defaults::VM_CPUS,
             accel: defaults::VM_ACCEL,
+            driver: VmDriver::Qemu,
             forwards: Vec::new(),
             health: None,
             cmdline_extra: Vec::new(),
@@ -69,6 +70,7 @@ fn every_key() {
         memory: 1G
         cpus: 2
         accel: tcg
+        driver: libvirt
         forwards: [{ host: 18080, guest: 80 }, { host: 18443, guest: 443 }]
         health: { http: \"http://127.0.0.1:18080/cgi-bin/health\", expect: healthy, period: 200ms, timeout: 2s }
         cmdline_extra: [svcdebug=1, quiet]";
@@ -82,6 +84,7 @@ fn every_key() {
             memory_mib: 1024,
             cpus: 2,
             accel: VmAccel::Tcg,
+            driver: VmDriver::Libvirt,
             forwards: vec![
                 VmForward {
                     host: 18080,
@@ -146,6 +149,7 @@ fn per_su_overrides() {
       vm:
         c:
           memory: 256M
+          driver: libvirt
           forwards: [{ host: 18081, guest: 80 }]
           health: { tcp: \"127.0.0.1:18081\" }";
     let text = app(
@@ -159,6 +163,8 @@ fn per_su_overrides() {
     );
     assert_eq!(u1.memory_mib, 64);
     assert_eq!(u2.memory_mib, 256);
+    assert_eq!(u1.driver, VmDriver::Qemu, "the default");
+    assert_eq!(u2.driver, VmDriver::Libvirt, "u2's override");
     assert_eq!(u1.forwards[0].host, 18080);
     assert_eq!(u2.forwards[0].host, 18081);
     assert_eq!(u2.kernel, "/img/vmlinux", "not overridden: the component's");
@@ -276,6 +282,11 @@ fn bad_values() {
             "{ kernel: k, accel: hvf }   # <-",
             def,
             &["`vm.accel`", "tcg, kvm, auto"],
+        ),
+        (
+            "{ kernel: k, driver: xen }   # <-",
+            def,
+            &["`vm.driver`", "qemu, libvirt"],
         ),
         (
             "{ kernel: k, forwards: 80 }   # <-",
@@ -497,6 +508,7 @@ fn explain_lists_every_vm_key_and_its_default() {
         "memory",
         "cpus",
         "accel",
+        "driver",
         "forwards",
         "health",
         "period",
@@ -512,4 +524,9 @@ fn explain_lists_every_vm_key_and_its_default() {
     assert!(text.contains(&format!("Default: {}M", defaults::VM_MEMORY_MIB)));
     assert!(text.contains("Default: 500ms"), "health period");
     assert!(text.contains("units.SU.vm.COMP"));
+    assert!(text.contains("Default: qemu."), "driver default");
+    assert!(
+        text.contains("NINES_LIBVIRT_URI"),
+        "where the libvirt URI comes from"
+    );
 }

@@ -44,6 +44,23 @@ pub enum Error {
         /// QMP's human-readable description.
         desc: String,
     },
+    /// The libvirt daemon cannot be reached at this URI (not running, no socket, refused):
+    /// what a node whose libvirtd is down sees at once, instead of waiting out a timeout.
+    #[error("the libvirt daemon is not reachable at {uri}: {reason}")]
+    DaemonUnreachable {
+        /// The connection URI tried, e.g. `qemu:///system`.
+        uri: String,
+        /// libvirt's own message.
+        reason: String,
+    },
+    /// A libvirt call failed (define, start, shutdown, destroy, ...).
+    #[error("libvirt: {what}: {message}")]
+    Libvirt {
+        /// What was being done, e.g. `start domain nines.c.vm1`.
+        what: String,
+        /// libvirt's message.
+        message: String,
+    },
     /// The QMP connection is gone (QEMU exited or closed it).
     #[error("QMP connection to {0} closed")]
     Closed(PathBuf),

@@ -16,6 +16,12 @@
 //!   [`cleanup`] (SIGKILL and remove the sockets) and the guest health [`probe`] (HTTP or TCP
 //!   with a timeout): a hung guest is a failure even when QEMU runs.
 //!
+//! * `domain` (always built) and `libvirt` (feature `libvirt`): the same guest as a libvirt
+//!   domain: [`domain_xml`] (the spec as domain XML, the kernel command line shared with
+//!   [`command`]) and `Libvirt` (connect, define and start, lifecycle events, destroy,
+//!   undefine; the domain's QEMU pid for the caller's pidfd). Behind a feature because it
+//!   links libvirt, which the static build that runs inside guests must not.
+//!
 //! Invariants: every wait is bounded by a timeout the caller chose; nothing QEMU sends can
 //! panic the caller (bad JSON is an error); no process is spawned, reaped or daemonized here.
 //!
@@ -57,11 +63,15 @@
 //! # Ok(()) }
 //! ```
 
+mod domain;
 mod error;
+#[cfg(feature = "libvirt")]
+pub mod libvirt;
 mod lifecycle;
 mod qemu;
 mod qmp;
 
+pub use domain::{domain_uuid, domain_xml, BootFiles};
 pub use error::Error;
 pub use lifecycle::{
     cleanup, probe, terminate, terminate_with, wait_healthy, Health, Probe, TerminateTimeouts,

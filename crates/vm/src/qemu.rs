@@ -226,20 +226,8 @@ fn args(spec: &VmSpec, host: &HostFacts) -> Result<Vec<OsString>, Error> {
         a.push("-initrd".into());
         a.push(initrd.clone().into_os_string());
     }
-    let khz = host.tsc_khz;
-    // `cryptomgr.notests`: the kernel's crypto self-tests take most of a second under TCG
-    // (crypto_algapi_init was the slowest initcall by far); a service VM does not need them.
-    let mut cmdline = format!(
-        "console=ttyS0 quiet tsc_early_khz={khz} tsc=reliable lpj={} pci=off cryptomgr.notests svcname={}",
-        khz * 4,
-        spec.name
-    );
-    for word in &spec.cmdline {
-        cmdline.push(' ');
-        cmdline.push_str(word);
-    }
     a.push("-append".into());
-    a.push(cmdline.into());
+    a.push(kernel_cmdline(spec, host).into());
     match &spec.network {
         Network::None => {}
         Network::User { forwards } => {
@@ -295,6 +283,24 @@ fn args(spec: &VmSpec, host: &HostFacts) -> Result<Vec<OsString>, Error> {
     Ok(a)
 }
 
+/// The guest kernel's command line: what every driver passes (the TSC parameters without which
+/// a microvm guest hangs on a busy host, `svcname=`), then the spec's own words.
+pub(crate) fn kernel_cmdline(spec: &VmSpec, host: &HostFacts) -> String {
+    let khz = host.tsc_khz;
+    // `cryptomgr.notests`: the kernel's crypto self-tests take most of a second under TCG
+    // (crypto_algapi_init was the slowest initcall by far); a service VM does not need them.
+    let mut cmdline = format!(
+        "console=ttyS0 quiet tsc_early_khz={khz} tsc=reliable lpj={} pci=off cryptomgr.notests svcname={}",
+        khz * 4,
+        spec.name
+    );
+    for word in &spec.cmdline {
+        cmdline.push(' ');
+        cmdline.push_str(word);
+    }
+    cmdline
+}
+
 fn push(a: &mut Vec<OsString>, items: &[&str]) {
     a.extend(items.iter().map(OsString::from));
 }
@@ -307,7 +313,8 @@ fn option_path(prefix: &str, path: &Path, suffix: &str) -> Result<OsString, Erro
     Ok(format!("{prefix}{}{suffix}", s.replace(',', ",,")).into())
 }
 
-fn validate(spec: &VmSpec) -> Result<(), Error> {
+/// Refuses a spec no driver can run (see [`Error::InvalidSpec`]).
+pub(crate) fn validate(spec: &VmSpec) -> Result<(), Error> {
     let bad = |msg: String| Err(Error::InvalidSpec(msg));
     let safe = |s: &str| {
         !s.is_empty()

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nines_agent::{AgentHandle, AgentOptions, Clock, Report};
-use nines_engine::Input;
+use nines_engine::{Command, Input, Outcome};
 use nines_model::{CompId, CsiId, EntityRef, Model, NodeId};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -368,4 +368,17 @@ pub async fn wait_for_file(path: &Path, needle: &str, limit: Duration) -> String
 pub fn kill9(pid: u32) {
     let pid = rustix::process::Pid::from_raw(pid as i32).expect("pid");
     rustix::process::kill_process(pid, rustix::process::Signal::KILL).expect("kill");
+}
+
+/// Whether `i` answers `command` for `comp`.
+pub fn is_done(comp: CompId, command: Command) -> impl Fn(&Input) -> bool {
+    move |i| matches!(i, Input::CommandDone { comp: c, command: k, .. } if *c == comp && *k == command)
+}
+
+/// The outcome of a `CommandDone` (panics on anything else).
+pub fn outcome(i: &Input) -> Outcome {
+    match i {
+        Input::CommandDone { outcome, .. } => *outcome,
+        other => panic!("not a command result: {other:?}"),
+    }
 }
