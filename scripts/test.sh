@@ -15,6 +15,9 @@ cargo fmt --all --check
 stage "lint (clippy, warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 
+stage "guest image (scripts/build-guest-image.sh: a static nines inside the service VM)"
+scripts/build-guest-image.sh target/tmp/nines-guest-image
+
 stage "tests (cargo test --workspace)"
 cargo test --workspace
 
@@ -23,5 +26,8 @@ cargo run --release -p nines -- validate examples/*.yaml
 
 stage "simulate (10,000 seeded runs)"
 cargo run --release -p nines -- sim --runs 10000 --seed 1
+
+stage "simulate the nested cluster (2,000 seeded runs of examples/vm-nested.yaml)"
+cargo run --release -p nines -- sim --runs 2000 --seed 1 --config examples/vm-nested.yaml
 
 stage "all checks passed"

@@ -178,24 +178,36 @@ fn vm_pid(s: &nines_director::Status, n: usize) -> Option<u32> {
         .and_then(|c| c.pid)
 }
 
-/// Asks the active counter (through `addr`) to report an error.
+/// Asks the active counter (through whichever of `addrs` reaches it) to report an error; a
+/// standby's port answers nothing, so both are tried, for up to a few seconds.
 fn request_fail(addrs: &[SocketAddr]) -> Result<(), String> {
     use std::io::{BufRead, BufReader, Write};
-    for addr in addrs {
-        let Ok(mut s) = std::net::TcpStream::connect_timeout(addr, Duration::from_millis(200))
-        else {
-            continue;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        if s.write_all(b"fail\n").is_err() {
-            continue;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline {
+        for addr in addrs {
+            let Ok(mut s) = std::net::TcpStream::connect_timeout(addr, Duration::from_millis(200))
+            else {
+                continue;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            if s.write_all(b"fail\n").is_err() {
+                continue;
+            }
+            let mut line = String::new();
+            let _ = BufReader::new(&s).read_line(&mut line);
+            if line.trim() == "failing" {
+                return Ok(());
+            }
+            seen.push(format!("{addr}: {:?}", line.trim()));
         }
-        let mut line = String::new();
-        if BufReader::new(&s).read_line(&mut line).is_ok() && line.trim() == "failing" {
-            return Ok(());
-        }
+        std::thread::sleep(Duration::from_millis(50));
     }
-    Err("no counter accepted the `fail` request".into())
+    seen.dedup();
+    Err(format!(
+        "no counter accepted the `fail` request (replies: {})",
+        seen.join("; ")
+    ))
 }
 
 pub(crate) fn run(args: &BenchArgs) -> Result<(), String> {
