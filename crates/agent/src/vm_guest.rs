@@ -61,6 +61,19 @@ pub(crate) fn write_initrd(
     while image.len() % 4 != 0 {
         image.push(0);
     }
+    image.extend(node_archive(node, join));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(out)?;
+    f.write_all(&image)?;
+    Ok(out.to_path_buf())
+}
+
+/// The node's archive: who the guest is, where its directors are, the key.
+fn node_archive(node: &str, join: &GuestJoin) -> Vec<u8> {
     let directors: Vec<String> = join
         .directors
         .iter()
@@ -68,7 +81,7 @@ pub(crate) fn write_initrd(
         .collect();
     let mut key = join.key.clone();
     key.push(b'\n');
-    image.extend(archive(&[
+    archive(&[
         Entry::Dir("etc"),
         Entry::Dir("etc/nines"),
         Entry::File("etc/nines/node", 0o644, format!("{node}\n").as_bytes()),
@@ -78,15 +91,7 @@ pub(crate) fn write_initrd(
             format!("{}\n", directors.join(",")).as_bytes(),
         ),
         Entry::File("etc/nines/key", 0o600, &key),
-    ]));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(out)?;
-    f.write_all(&image)?;
-    Ok(out.to_path_buf())
+    ])
 }
 
 /// One archive member.
@@ -213,24 +218,6 @@ mod tests {
     }
 
     fn archive_len(join: &GuestJoin, node: &str) -> usize {
-        let mut key = join.key.clone();
-        key.push(b'\n');
-        let d: Vec<String> = join
-            .directors
-            .iter()
-            .map(|a| seen_from_guest(*a).to_string())
-            .collect();
-        archive(&[
-            Entry::Dir("etc"),
-            Entry::Dir("etc/nines"),
-            Entry::File("etc/nines/node", 0o644, format!("{node}\n").as_bytes()),
-            Entry::File(
-                "etc/nines/director",
-                0o644,
-                format!("{}\n", d.join(",")).as_bytes(),
-            ),
-            Entry::File("etc/nines/key", 0o600, &key),
-        ])
-        .len()
+        node_archive(node, join).len()
     }
 }
