@@ -13,6 +13,11 @@ use crate::Error;
 /// The QEMU binary used when [`VmSpec::qemu`] is not changed; looked up on `PATH`.
 pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
 
+/// The id of the guest's one netdev (`-netdev user,id=n0` / `tap,id=n0`): what HMP's
+/// `hostfwd_add` names ([`crate::Qmp::hostfwd_add`]) to add a port forward to a running VM,
+/// e.g. on the destination of a live migration, which starts without its forwards.
+pub const NETDEV_ID: &str = "n0";
+
 /// Longest path a Unix socket address holds (`sun_path` is 108 bytes with the NUL). QEMU fails
 /// with an obscure message on a longer one, so the spec is refused up front.
 const MAX_SOCKET_PATH: usize = 107;
@@ -93,6 +98,12 @@ pub struct VmSpec {
     pub serial_log: PathBuf,
     /// The QMP Unix socket QEMU listens on (created by QEMU; removed by [`crate::cleanup`]).
     pub qmp_socket: PathBuf,
+    /// Start as the destination of a live migration: QEMU gets `-incoming defer` (it waits,
+    /// CPUs stopped, for [`crate::Qmp::migrate_incoming`]) and a user network starts without
+    /// its host forwards, because the source QEMU still holds those ports on this host; they
+    /// are added with [`crate::Qmp::hostfwd_add`] after the switch. Everything else in the
+    /// command line stays the source's: a migration needs the same machine and devices.
+    pub incoming: bool,
 }
 
 impl VmSpec {
@@ -118,6 +129,7 @@ impl VmSpec {
             vcpus: 1,
             accel: Accel::Auto,
             network: Network::None,
+            incoming: false,
         }
     }
 }
@@ -231,16 +243,22 @@ fn args(spec: &VmSpec, host: &HostFacts) -> Result<Vec<OsString>, Error> {
     match &spec.network {
         Network::None => {}
         Network::User { forwards } => {
-            let mut netdev = String::from("user,id=n0");
-            for f in forwards {
-                netdev.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
+            let mut netdev = format!("user,id={NETDEV_ID}");
+            // A migration destination binds no host ports yet: the source still holds them.
+            if !spec.incoming {
+                for f in forwards {
+                    netdev.push_str(&format!(",hostfwd={}", hostfwd_rule(f.host, f.guest)));
+                }
             }
             a.extend(["-netdev".into(), netdev.into()]);
-            a.extend(["-device".into(), "virtio-net-device,netdev=n0".into()]);
+            a.extend([
+                "-device".into(),
+                format!("virtio-net-device,netdev={NETDEV_ID}").into(),
+            ]);
         }
         Network::Tap { ifname, mac } => {
-            let netdev = format!("tap,id=n0,ifname={ifname},script=no,downscript=no");
-            let mut device = String::from("virtio-net-device,netdev=n0");
+            let netdev = format!("tap,id={NETDEV_ID},ifname={ifname},script=no,downscript=no");
+            let mut device = format!("virtio-net-device,netdev={NETDEV_ID}");
             if let Some(mac) = mac {
                 device.push_str(&format!(",mac={mac}"));
             }
@@ -280,7 +298,19 @@ fn args(spec: &VmSpec, host: &HostFacts) -> Result<Vec<OsString>, Error> {
         &spec.qmp_socket,
         ",server=on,wait=off",
     )?);
+    if spec.incoming {
+        // `defer`: the listening address is given later over QMP (`migrate-incoming`), so the
+        // caller can pick it (port 0) and learn it, and QMP is up before anything connects.
+        push(&mut a, &["-incoming", "defer"]);
+    }
     Ok(a)
+}
+
+/// One user-network port forward as QEMU writes it (after `hostfwd=` on the command line, and
+/// as HMP `hostfwd_add`'s argument): the host side on loopback only, so the guest is not
+/// exposed beyond it. One function, so a forward added after a migration is the same rule.
+pub(crate) fn hostfwd_rule(host: u16, guest: u16) -> String {
+    format!("tcp:127.0.0.1:{host}-:{guest}")
 }
 
 /// The guest kernel's command line: what every driver passes (the TSC parameters without which
@@ -444,6 +474,43 @@ mod tests {
              -device pvpanic -action panic=exit-failure -no-reboot \
              -serial file:/run/x/vm1.serial -qmp unix:/run/x/vm1.qmp,server=on,wait=off"
         );
+    }
+
+    #[test]
+    fn a_migration_destination_is_the_same_machine_without_host_forwards() {
+        let source = line(&spec(), &HOST);
+        let mut s = spec();
+        s.incoming = true;
+        let dest = line(&s, &HOST);
+        assert_eq!(
+            dest,
+            format!(
+                "{} -incoming defer",
+                source.replace(",hostfwd=tcp:127.0.0.1:18080-:80", "")
+            )
+        );
+        assert!(dest.contains("-netdev user,id=n0 -device virtio-net-device,netdev=n0 "));
+        // Several forwards: none of them on the destination.
+        if let Network::User { forwards } = &mut s.network {
+            forwards.push(PortForward {
+                host: 18081,
+                guest: 81,
+            });
+        }
+        assert!(!line(&s, &HOST).contains("hostfwd"));
+        s.incoming = false;
+        assert!(line(&s, &HOST).contains(
+            "-netdev user,id=n0,hostfwd=tcp:127.0.0.1:18080-:80,hostfwd=tcp:127.0.0.1:18081-:81 "
+        ));
+        // A tap network is the same device either way.
+        let mut t = spec();
+        t.network = Network::Tap {
+            ifname: "vmtap0".into(),
+            mac: None,
+        };
+        let tap_source = line(&t, &HOST);
+        t.incoming = true;
+        assert_eq!(line(&t, &HOST), format!("{tap_source} -incoming defer"));
     }
 
     #[test]
