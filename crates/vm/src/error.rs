@@ -61,6 +61,24 @@ pub enum Error {
         /// libvirt's message.
         message: String,
     },
+    /// A live migration ended without completing: QEMU reported `failed` or `cancelled` (with
+    /// its own error text when it gave one), or it did not say where it listens.
+    #[error("live migration {what}: {message}")]
+    Migration {
+        /// What happened, e.g. `failed` or `cancelled`.
+        what: String,
+        /// QEMU's error text (`error-desc`), or what was missing.
+        message: String,
+    },
+    /// A human-monitor (HMP) command, run through QMP's `human-monitor-command`, failed. HMP
+    /// reports errors only as text in its answer, so a non-empty answer is this error.
+    #[error("HMP command `{command}` failed: {message}")]
+    Hmp {
+        /// The HMP command line, e.g. `hostfwd_add n0 tcp:127.0.0.1:18080-:80`.
+        command: String,
+        /// What QEMU answered (trimmed), or why the command was not sent.
+        message: String,
+    },
     /// The QMP connection is gone (QEMU exited or closed it).
     #[error("QMP connection to {0} closed")]
     Closed(PathBuf),

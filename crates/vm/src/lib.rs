@@ -11,7 +11,10 @@
 //!   with the TSC parameters without which a microvm guest hangs on a busy host.
 //! * `qmp`: [`Qmp`], a small client of QEMU's JSON control protocol on the QMP Unix socket:
 //!   handshake, `query-status`, `stop`/`cont`, `system_powerdown`, `quit`, and an event stream
-//!   ([`QmpEvent`]: SHUTDOWN, GUEST_PANICKED, STOP, RESUME, ... and finally `Closed`).
+//!   ([`QmpEvent`]: SHUTDOWN, GUEST_PANICKED, STOP, RESUME, ... and finally `Closed`); and the
+//!   building blocks of a live migration between two QEMUs: [`VmSpec::incoming`] for the
+//!   destination, [`Qmp::migrate_incoming`], [`Qmp::migrate`], [`Qmp::wait_migrated`] and
+//!   [`Qmp::hostfwd_add`] (the destination's port forwards, after the source let go of them).
 //! * `lifecycle`: [`terminate`] (powerdown, then quit, then SIGKILL; the caller reaps),
 //!   [`cleanup`] (SIGKILL and remove the sockets) and the guest health [`probe`] (HTTP or TCP
 //!   with a timeout): a hung guest is a failure even when QEMU runs.
@@ -78,6 +81,8 @@ pub use lifecycle::{
     Terminated,
 };
 pub use qemu::{
-    command, command_with, Accel, HostFacts, Network, PortForward, VmSpec, DEFAULT_QEMU,
+    command, command_with, Accel, HostFacts, Network, PortForward, VmSpec, DEFAULT_QEMU, NETDEV_ID,
 };
-pub use qmp::{CloseReason, Qmp, QmpEvent, QmpEventKind, Status};
+pub use qmp::{
+    CloseReason, MigrateParams, MigrationInfo, MigrationStatus, Qmp, QmpEvent, QmpEventKind, Status,
+};

@@ -8,6 +8,7 @@
 //! goes away. Hand-written on serde_json (VM-RECIPE.md §8): the typed `qapi` crates are far
 //! larger than the six commands a supervisor needs.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -89,6 +90,131 @@ pub struct Status {
     pub status: String,
     /// Whether the CPUs run.
     pub running: bool,
+}
+
+/// Where a live migration stands, as `query-migrate` says (QEMU's `MigrationStatus`, folded
+/// into what a supervisor decides on).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MigrationStatus {
+    /// No migration was started (QEMU answers `{}` or `none`).
+    None,
+    /// Setting up: on the source, connecting; on a destination, listening and not connected yet.
+    Setup,
+    /// RAM is being copied, or the switchover is under way (`active`, `pre-switchover`,
+    /// `device`, `wait-unplug`): keep waiting.
+    Active,
+    /// Done: on the source the guest now runs on the destination (the source is paused and
+    /// can be quit); on the destination the guest runs here.
+    Completed,
+    /// It failed; the source guest keeps (or resumes) running. `MigrationInfo::error` says why.
+    Failed,
+    /// `migrate_cancel` ended it; the source guest keeps running.
+    Cancelled,
+    /// Any other state by QEMU's name (`cancelling`, the postcopy and COLO states), so a new
+    /// QEMU's state is shown rather than misread.
+    Other(String),
+}
+
+impl MigrationStatus {
+    fn from_qemu(s: &str) -> MigrationStatus {
+        match s {
+            "none" => MigrationStatus::None,
+            "setup" => MigrationStatus::Setup,
+            "active" | "pre-switchover" | "device" | "wait-unplug" => MigrationStatus::Active,
+            "completed" => MigrationStatus::Completed,
+            "failed" => MigrationStatus::Failed,
+            "cancelled" => MigrationStatus::Cancelled,
+            other => MigrationStatus::Other(other.to_string()),
+        }
+    }
+}
+
+/// The answer of `query-migrate`: the state, and for a finished migration what it cost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationInfo {
+    /// The state.
+    pub status: MigrationStatus,
+    /// How long the guest was paused for the switchover (QEMU's `downtime`, source side, once
+    /// completed): the outage a client sees, plus the network's own catch-up.
+    pub downtime_ms: Option<u64>,
+    /// From `migrate` to completion (QEMU's `total-time`, source side; the time so far while
+    /// active).
+    pub total_time_ms: Option<u64>,
+    /// QEMU's error text (`error-desc`) when it failed.
+    pub error: Option<String>,
+}
+
+impl MigrationInfo {
+    /// Parses a `query-migrate` return value. Missing or odd fields degrade to `None`; only a
+    /// non-object is a protocol error.
+    fn from_qemu(v: &Value) -> Result<MigrationInfo, Error> {
+        if !v.is_object() {
+            return Err(Error::Protocol(format!("query-migrate answered {v}")));
+        }
+        let status = match v.get("status").and_then(Value::as_str) {
+            Some(s) => MigrationStatus::from_qemu(s),
+            None => MigrationStatus::None,
+        };
+        Ok(MigrationInfo {
+            status,
+            downtime_ms: v.get("downtime").and_then(Value::as_u64),
+            total_time_ms: v.get("total-time").and_then(Value::as_u64),
+            error: v
+                .get("error-desc")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        })
+    }
+}
+
+/// The TCP ports a destination listens on, from `query-migrate`'s `socket-address` (QEMU 7.2
+/// sends the port as a string, the QAPI `InetSocketAddress` type; a number is accepted too).
+fn listening_ports(v: &Value) -> Vec<u16> {
+    let Some(addrs) = v.get("socket-address").and_then(Value::as_array) else {
+        return Vec::new();
+    };
+    addrs
+        .iter()
+        .filter(|a| a.get("type").and_then(Value::as_str).unwrap_or("inet") == "inet")
+        .filter_map(|a| match a.get("port") {
+            Some(Value::String(s)) => s.parse().ok(),
+            Some(Value::Number(n)) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// How the source side of a live migration is tuned ([`Qmp::migrate_with`]); set with
+/// `migrate-set-parameters` right before `migrate`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MigrateParams {
+    /// The longest switchover pause QEMU aims for: it keeps copying dirty RAM until the rest
+    /// fits in this time at the measured bandwidth (`downtime-limit`).
+    pub downtime_limit_ms: u64,
+    /// The copy's bandwidth cap in bytes per second (`max-bandwidth`). QEMU's default is
+    /// 128 MiB/s, which made a 128 MiB guest take ~460 ms over loopback; 1 GiB/s took ~220 ms.
+    /// Lower it where the migration shares a slow link with the service.
+    pub max_bandwidth: u64,
+}
+
+impl Default for MigrateParams {
+    /// 50 ms downtime limit and 1 GiB/s: measured on the service VM over loopback (TCG,
+    /// 128 MiB), downtime 5-25 ms and total time ~220 ms.
+    fn default() -> Self {
+        MigrateParams {
+            downtime_limit_ms: 50,
+            max_bandwidth: 1 << 30,
+        }
+    }
+}
+
+/// A QEMU id (netdev, device): letters, digits, `-`, `_`, `.`; what may go into an HMP line.
+fn is_qemu_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// A message from QEMU, parsed.
@@ -366,6 +492,177 @@ impl Qmp {
     pub async fn cont(&mut self, timeout: Duration) -> Result<(), Error> {
         self.execute("cont", None, timeout).await.map(drop)
     }
+
+    /// Destination side of a live migration: `migrate-incoming` on `tcp:IP:PORT` (QEMU must
+    /// have been started with `-incoming defer`, i.e. [`crate::VmSpec::incoming`]), then
+    /// `query-migrate` for the port QEMU really listens on, which is returned: pass port 0 to
+    /// let the kernel pick a free one without a bind-and-release race. Both commands share
+    /// `timeout`.
+    pub async fn migrate_incoming(
+        &mut self,
+        listen: SocketAddr,
+        timeout: Duration,
+    ) -> Result<u16, Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        // `SocketAddr`'s Display brackets an IPv6 address, as QEMU's URI wants.
+        let uri = format!("tcp:{listen}");
+        self.execute("migrate-incoming", Some(json!({ "uri": uri })), timeout)
+            .await?;
+        let v = self.execute("query-migrate", None, left(deadline)).await?;
+        match listening_ports(&v).first() {
+            Some(&port) => Ok(port),
+            // An older QEMU without `socket-address`: a fixed port is still known.
+            None if listen.port() != 0 => Ok(listen.port()),
+            None => Err(Error::Migration {
+                what: format!("incoming on {uri}"),
+                message: format!("QEMU did not report the port it listens on: {v}"),
+            }),
+        }
+    }
+
+    /// Source side: [`Qmp::migrate_with`] with [`MigrateParams::default`].
+    pub async fn migrate(&mut self, uri: &str, timeout: Duration) -> Result<(), Error> {
+        self.migrate_with(uri, &MigrateParams::default(), timeout)
+            .await
+    }
+
+    /// Source side of a live migration: `migrate-set-parameters` with `params`, then `migrate`
+    /// to `uri` (e.g. `tcp:10.0.0.2:4444`, what the destination's
+    /// [`Qmp::migrate_incoming`] listens on). Returns when QEMU started it (both commands
+    /// within `timeout`); the migration itself runs on, watch it with
+    /// [`Qmp::wait_migrated`]. A destination that cannot be reached usually shows there as
+    /// `Failed`, not here.
+    pub async fn migrate_with(
+        &mut self,
+        uri: &str,
+        params: &MigrateParams,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let args = json!({
+            "downtime-limit": params.downtime_limit_ms,
+            "max-bandwidth": params.max_bandwidth,
+        });
+        self.execute("migrate-set-parameters", Some(args), timeout)
+            .await?;
+        self.execute("migrate", Some(json!({ "uri": uri })), left(deadline))
+            .await
+            .map(drop)
+    }
+
+    /// `query-migrate`: where a migration stands (either side).
+    pub async fn query_migrate(&mut self, timeout: Duration) -> Result<MigrationInfo, Error> {
+        let v = self.execute("query-migrate", None, timeout).await?;
+        MigrationInfo::from_qemu(&v)
+    }
+
+    /// Polls `query-migrate` every `poll` until the migration completed (the info, with its
+    /// downtime and total time on the source), failed or was cancelled ([`Error::Migration`]
+    /// with QEMU's error text), or `timeout` ran out ([`Error::Timeout`], the migration still
+    /// running: cancel it with [`Qmp::migrate_cancel`] if it should not go on). For the source;
+    /// on a destination it returns once the incoming state is loaded.
+    pub async fn wait_migrated(
+        &mut self,
+        poll: Duration,
+        timeout: Duration,
+    ) -> Result<MigrationInfo, Error> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = None;
+        loop {
+            let info = match self.query_migrate(left(deadline)).await {
+                Ok(info) => info,
+                Err(Error::Timeout { .. }) => break,
+                Err(e) => return Err(e),
+            };
+            match info.status {
+                MigrationStatus::Completed => return Ok(info),
+                MigrationStatus::Failed | MigrationStatus::Cancelled => {
+                    let what = if info.status == MigrationStatus::Failed {
+                        "failed"
+                    } else {
+                        "cancelled"
+                    };
+                    return Err(Error::Migration {
+                        what: what.into(),
+                        message: info
+                            .error
+                            .unwrap_or_else(|| "QEMU gave no reason".to_string()),
+                    });
+                }
+                _ => {}
+            }
+            last = Some(info.status);
+            if tokio::time::Instant::now() + poll >= deadline {
+                break;
+            }
+            tokio::time::sleep(poll).await;
+        }
+        Err(Error::Timeout {
+            what: format!(
+                "live migration on {} (last state {last:?})",
+                self.path.display()
+            ),
+            after: timeout,
+        })
+    }
+
+    /// `migrate_cancel`: stops a running migration (source side); the guest keeps running on
+    /// the source, and the status becomes `Cancelled`. A no-op when none runs.
+    pub async fn migrate_cancel(&mut self, timeout: Duration) -> Result<(), Error> {
+        self.execute("migrate_cancel", None, timeout)
+            .await
+            .map(drop)
+    }
+
+    /// Adds a user-network port forward to a running VM, `127.0.0.1:host_port` on the host to
+    /// `guest_port` in the guest (the same rule the command line writes), through HMP's
+    /// `hostfwd_add` (QMP has no command for it): what a migration destination needs once the
+    /// source released its ports. `netdev` is the netdev's id, [`crate::NETDEV_ID`] for the
+    /// crate's VMs. HMP answers errors as text (e.g. the port is taken), so any non-empty
+    /// answer is [`Error::Hmp`].
+    pub async fn hostfwd_add(
+        &mut self,
+        netdev: &str,
+        host_port: u16,
+        guest_port: u16,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        let command = format!(
+            "hostfwd_add {netdev} {}",
+            crate::qemu::hostfwd_rule(host_port, guest_port)
+        );
+        if !is_qemu_id(netdev) || host_port == 0 || guest_port == 0 {
+            return Err(Error::Hmp {
+                command,
+                message: "not sent: the netdev id must be a QEMU id and both ports non-zero".into(),
+            });
+        }
+        let v = self
+            .execute(
+                "human-monitor-command",
+                Some(json!({ "command-line": command })),
+                timeout,
+            )
+            .await?;
+        match v.as_str() {
+            Some(text) if text.trim().is_empty() => Ok(()),
+            Some(text) => Err(Error::Hmp {
+                command,
+                message: text.trim().to_string(),
+            }),
+            None => Err(Error::Protocol(format!(
+                "human-monitor-command answered {v}"
+            ))),
+        }
+    }
+}
+
+/// What is left of a deadline, at least 1 ms (so a command still gets sent and times out
+/// cleanly rather than with a zero timeout).
+fn left(deadline: tokio::time::Instant) -> Duration {
+    deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .max(Duration::from_millis(1))
 }
 
 fn is_gone(e: &std::io::Error) -> bool {
@@ -538,6 +835,260 @@ mod tests {
         );
         server.abort();
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn query_migrate_replies() {
+        let info = |v: Value| MigrationInfo::from_qemu(&v).expect("an object");
+        // A VM that never migrated.
+        assert_eq!(
+            info(json!({})),
+            MigrationInfo {
+                status: MigrationStatus::None,
+                downtime_ms: None,
+                total_time_ms: None,
+                error: None
+            }
+        );
+        // The source after a completed migration (QEMU 7.2, trimmed).
+        let done = info(
+            json!({"status": "completed", "setup-time": 1, "downtime": 10,
+            "total-time": 476, "ram": {"total": 134295552, "transferred": 64191613}}),
+        );
+        assert_eq!(done.status, MigrationStatus::Completed);
+        assert_eq!(
+            (done.downtime_ms, done.total_time_ms),
+            (Some(10), Some(476))
+        );
+        let failed = info(json!({"status": "failed",
+            "error-desc": "Failed to connect socket: Connection refused"}));
+        assert_eq!(failed.status, MigrationStatus::Failed);
+        assert_eq!(
+            failed.error.as_deref(),
+            Some("Failed to connect socket: Connection refused")
+        );
+        for (qemu, ours) in [
+            ("none", MigrationStatus::None),
+            ("setup", MigrationStatus::Setup),
+            ("active", MigrationStatus::Active),
+            ("pre-switchover", MigrationStatus::Active),
+            ("device", MigrationStatus::Active),
+            ("cancelled", MigrationStatus::Cancelled),
+            ("cancelling", MigrationStatus::Other("cancelling".into())),
+            (
+                "postcopy-active",
+                MigrationStatus::Other("postcopy-active".into()),
+            ),
+        ] {
+            assert_eq!(info(json!({ "status": qemu })).status, ours, "{qemu}");
+        }
+        // Odd types degrade; a non-object is an error.
+        let odd = info(json!({"status": 3, "downtime": "10", "total-time": -1}));
+        assert_eq!(
+            (odd.status, odd.downtime_ms, odd.total_time_ms),
+            (MigrationStatus::None, None, None)
+        );
+        assert!(MigrationInfo::from_qemu(&json!([1])).is_err());
+        // The destination's listening port: a string in QEMU 7.2, a number accepted too.
+        let dest = json!({"status": "setup", "socket-address": [
+            {"port": "32901", "ipv4": true, "host": "127.0.0.1", "type": "inet"}]});
+        assert_eq!(listening_ports(&dest), vec![32901]);
+        assert_eq!(
+            listening_ports(&json!({"socket-address": [{"port": 4444, "host": "::1"}]})),
+            vec![4444]
+        );
+        assert!(listening_ports(&json!({"socket-address": [
+            {"type": "unix", "path": "/x"}, {"port": "99999"}, {"port": "x"}]}))
+        .is_empty());
+        assert!(listening_ports(&json!({})).is_empty());
+    }
+
+    /// A fake QEMU on a Unix socket: greets, then answers each command (by its `id`) with what
+    /// `answer` returns for its name and arguments (`None`: no answer). Returns the socket's
+    /// path and the commands it received, in order, when the client is gone.
+    async fn fake_qemu(
+        name: &str,
+        answer: impl Fn(&str, &Value, u32) -> Option<Value> + Send + 'static,
+    ) -> (PathBuf, JoinHandle<Vec<(String, Value)>>) {
+        let dir = std::env::temp_dir().join(format!("nines-vm-qmp-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("fake.qmp");
+        let listener = tokio::net::UnixListener::bind(&path).expect("bind");
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.expect("accept");
+            let (r, mut w) = s.into_split();
+            w.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n")
+                .await
+                .expect("write");
+            let mut lines = BufReader::new(r).lines();
+            let mut seen = Vec::new();
+            let mut n: std::collections::HashMap<String, u32> = Default::default();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let msg: Value = serde_json::from_str(&line).expect("client sends JSON");
+                let cmd = msg["execute"].as_str().unwrap_or_default().to_string();
+                let args = msg.get("arguments").cloned().unwrap_or(Value::Null);
+                let count = n.entry(cmd.clone()).or_default();
+                *count += 1;
+                let reply = if cmd == "qmp_capabilities" {
+                    Some(json!({"return": {}}))
+                } else {
+                    answer(&cmd, &args, *count)
+                };
+                seen.push((cmd, args));
+                if let Some(mut reply) = reply {
+                    reply["id"] = msg["id"].clone();
+                    let mut out = reply.to_string();
+                    out.push('\n');
+                    if w.write_all(out.as_bytes()).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            seen
+        });
+        (path, server)
+    }
+
+    #[tokio::test]
+    async fn migration_commands_against_a_fake_qemu() {
+        let t = Duration::from_secs(5);
+        let (path, server) = fake_qemu("mig", |cmd, args, n| match cmd {
+            "migrate-incoming" | "migrate-set-parameters" | "migrate" | "migrate_cancel" => {
+                Some(json!({"return": {}}))
+            }
+            "query-migrate" => Some(match n {
+                1 => json!({"return": {"status": "setup", "socket-address": [
+                    {"port": "40001", "ipv4": true, "host": "127.0.0.1", "type": "inet"}]}}),
+                2 => json!({"return": {"status": "setup"}}),
+                3 => json!({"return": {"status": "active", "total-time": 5}}),
+                4 => json!({"return": {"status": "completed", "downtime": 9, "total-time": 230}}),
+                _ => json!({"return": {"status": "failed", "error-desc": "boom"}}),
+            }),
+            "human-monitor-command" => {
+                let line = args["command-line"].as_str().unwrap_or_default();
+                Some(if line.contains("18080") {
+                    json!({"return": ""})
+                } else {
+                    json!({"return": "Could not set up host forwarding rule 'x'\r\n"})
+                })
+            }
+            _ => Some(json!({"error": {"class": "CommandNotFound", "desc": cmd}})),
+        })
+        .await;
+        let (mut qmp, _events) = Qmp::connect(&path, t).await.expect("connect");
+        let listen: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        assert_eq!(
+            qmp.migrate_incoming(listen, t).await.expect("incoming"),
+            40001
+        );
+        qmp.migrate("tcp:127.0.0.1:40001", t)
+            .await
+            .expect("migrate");
+        let done = qmp
+            .wait_migrated(Duration::from_millis(1), t)
+            .await
+            .expect("completed");
+        assert_eq!(
+            (done.status, done.downtime_ms, done.total_time_ms),
+            (MigrationStatus::Completed, Some(9), Some(230))
+        );
+        let err = qmp
+            .wait_migrated(Duration::from_millis(1), t)
+            .await
+            .expect_err("failed");
+        assert!(
+            matches!(&err, Error::Migration { what, message } if what == "failed" && message == "boom"),
+            "{err}"
+        );
+        qmp.migrate_cancel(t).await.expect("cancel");
+        qmp.hostfwd_add(crate::NETDEV_ID, 18080, 80, t)
+            .await
+            .expect("hostfwd_add");
+        let err = qmp
+            .hostfwd_add(crate::NETDEV_ID, 18081, 80, t)
+            .await
+            .expect_err("HMP error text");
+        assert!(
+            matches!(&err, Error::Hmp { message, .. } if message.starts_with("Could not set up")),
+            "{err}"
+        );
+        // Refused before anything is sent: a netdev id that would change the HMP line.
+        assert!(matches!(
+            qmp.hostfwd_add("n0 x\nquit", 18080, 80, t).await,
+            Err(Error::Hmp { .. })
+        ));
+        drop(qmp);
+        let seen = server.await.expect("server");
+        let names: Vec<&str> = seen.iter().map(|(c, _)| c.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "qmp_capabilities",
+                "migrate-incoming",
+                "query-migrate",
+                "migrate-set-parameters",
+                "migrate",
+                "query-migrate",
+                "query-migrate",
+                "query-migrate",
+                "query-migrate",
+                "migrate_cancel",
+                "human-monitor-command",
+                "human-monitor-command",
+            ]
+        );
+        assert_eq!(seen[1].1, json!({"uri": "tcp:127.0.0.1:0"}));
+        assert_eq!(
+            seen[3].1,
+            json!({"downtime-limit": 50, "max-bandwidth": 1u64 << 30})
+        );
+        assert_eq!(seen[4].1, json!({"uri": "tcp:127.0.0.1:40001"}));
+        assert_eq!(
+            seen[10].1,
+            json!({"command-line": "hostfwd_add n0 tcp:127.0.0.1:18080-:80"})
+        );
+    }
+
+    #[tokio::test]
+    async fn wait_migrated_gives_up_in_time() {
+        let (path, server) = fake_qemu("mig-slow", |cmd, _, _| match cmd {
+            "query-migrate" => Some(json!({"return": {"status": "active"}})),
+            "migrate-incoming" => Some(json!({"return": {}})),
+            _ => None,
+        })
+        .await;
+        let (mut qmp, _events) = Qmp::connect(&path, Duration::from_secs(5))
+            .await
+            .expect("connect");
+        let t = Instant::now();
+        let err = qmp
+            .wait_migrated(Duration::from_millis(10), Duration::from_millis(200))
+            .await
+            .expect_err("never completes");
+        assert!(matches!(err, Error::Timeout { .. }), "{err}");
+        assert!(err.to_string().contains("Active"), "{err}");
+        assert!(t.elapsed() < Duration::from_secs(2));
+        // Where QEMU does not say which port it listens on, port 0 is an error, not a guess;
+        // a fixed port is known anyway.
+        let t = Duration::from_secs(5);
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        let err = qmp.migrate_incoming(any, t).await.expect_err("no port");
+        assert!(matches!(err, Error::Migration { .. }), "{err}");
+        let fixed: SocketAddr = "[::1]:4444".parse().expect("addr");
+        assert_eq!(qmp.migrate_incoming(fixed, t).await.expect("fixed"), 4444);
+        // A command the fake never answers times out.
+        assert!(matches!(
+            qmp.migrate_cancel(Duration::from_millis(50)).await,
+            Err(Error::Timeout { .. })
+        ));
+        drop(qmp);
+        let seen = server.await.expect("server");
+        assert_eq!(seen.last().map(|(_, a)| a.clone()), Some(Value::Null));
+        assert!(seen
+            .iter()
+            .any(|(_, a)| *a == json!({"uri": "tcp:[::1]:4444"})));
     }
 
     #[tokio::test]
