@@ -75,6 +75,13 @@ pub fn domain_xml(
             "libvirt domain name {domain:?}: use 1-200 letters, digits, '.', '_' or '-'"
         )));
     }
+    if spec.incoming {
+        // libvirt migrates a domain through its own API (virDomainMigrate), not by defining a
+        // second domain that waits for QMP's migrate-incoming.
+        return Err(Error::InvalidSpec(
+            "incoming migration: not supported by the libvirt driver (use the qemu driver)".into(),
+        ));
+    }
     let kind = match (spec.accel, host.kvm_usable) {
         (Accel::Tcg, _) | (Accel::Auto, false) => "qemu",
         (Accel::Kvm, _) | (Accel::Auto, true) => "kvm",
@@ -267,6 +274,9 @@ mod tests {
             mac: None,
         };
         assert!(matches!(xml(&s, &HOST), Err(Error::InvalidSpec(m)) if m.contains("tap")));
+        let mut s = spec();
+        s.incoming = true;
+        assert!(matches!(xml(&s, &HOST), Err(Error::InvalidSpec(m)) if m.contains("incoming")));
         let mut s = spec();
         s.memory_mib = 1;
         assert!(matches!(xml(&s, &HOST), Err(Error::InvalidSpec(_))));
