@@ -10,7 +10,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{Slot, TestVm};
-use nines_vm::{CloseReason, Health, Probe, Qmp, QmpEventKind, TerminateTimeouts, Terminated};
+use nines_vm::{
+    CloseReason, Health, MigrationStatus, Probe, Qmp, QmpEventKind, TerminateTimeouts, Terminated,
+};
 
 /// Bound of one QMP command or event wait.
 const QMP: Duration = Duration::from_secs(10);
@@ -232,5 +234,272 @@ fn guest_panic_is_reported_and_qemu_exits_1() {
         );
         reap_with_code(&mut vm, 1).await;
         assert!(vm.serial().contains("SVC-PANIC"), "{}", vm.serial());
+    });
+}
+
+/// Runs `body` like [`guest_test`], holding both VM slots (it runs two VMs at once).
+fn two_guest_test<F: Future<Output = ()>>(body: impl FnOnce() -> F) {
+    if common::image().is_none() {
+        return;
+    }
+    let _slots = Slot::take_two();
+    common::runtime().block_on(body());
+}
+
+/// One `GET /` with a short timeout: the body (`ok NAME BOOTID`), or why not.
+async fn get_root(port: u16, within: Duration) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        s.write_all(b"GET / HTTP/1.0\r\nHost: vm\r\n\r\n")
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        match text.split_once("\r\n\r\n") {
+            Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => {
+                Ok(body.trim().to_string())
+            }
+            _ => Err(format!("not a 200: {text:?}")),
+        }
+    };
+    tokio::time::timeout(within, fetch)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {within:?}")))
+}
+
+/// The guest's boot id from its `GET /` answer `ok NAME BOOTID`.
+fn boot_id(body: &str) -> Option<String> {
+    let mut words = body.split_whitespace();
+    match (words.next(), words.next(), words.next()) {
+        (Some("ok"), Some(_), Some(id)) => Some(id.to_string()),
+        _ => None,
+    }
+}
+
+/// What a client GETting `/` every few milliseconds saw.
+#[derive(Debug, Default)]
+struct ProbeLog {
+    /// Successful answers, and failed attempts.
+    ok: u32,
+    failed: u32,
+    /// The longest time between two successful answers.
+    longest_gap: Duration,
+    /// Every boot id answered, in order, without repeats.
+    boot_ids: Vec<String>,
+    /// When the last success came.
+    last_ok: Option<Instant>,
+    /// 200 answers whose body was not `ok NAME BOOTID` (cut off).
+    odd: Vec<String>,
+    /// When and why attempts failed.
+    failures: Vec<(Instant, String)>,
+    /// When the longest gap ended.
+    gap_end: Option<Instant>,
+}
+
+/// One probe's timeout: a GET takes ~10 ms under TCG. A request the paused source's QEMU
+/// accepted during the switchover is never answered, so this bounds what one lost request
+/// adds to the measured gap.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// GETs `/` every `period` (each with [`PROBE_TIMEOUT`]) until `stop` is set.
+fn spawn_prober(
+    port: u16,
+    period: Duration,
+    stop: std::rc::Rc<std::cell::Cell<bool>>,
+) -> tokio::task::JoinHandle<ProbeLog> {
+    let log = ProbeLog::default();
+    tokio::task::spawn_local(async move {
+        let mut log = log;
+        while !stop.get() {
+            match get_root(port, PROBE_TIMEOUT).await {
+                // A cut-off answer (QEMU quit while sending it) is not a success.
+                Ok(body) if boot_id(&body).is_none() => {
+                    log.failed += 1;
+                    log.odd.push(body);
+                }
+                Ok(body) => {
+                    let now = Instant::now();
+                    if let Some(last) = log.last_ok {
+                        if now - last > log.longest_gap {
+                            log.longest_gap = now - last;
+                            log.gap_end = Some(now);
+                        }
+                    }
+                    log.last_ok = Some(now);
+                    log.ok += 1;
+                    let id = boot_id(&body).unwrap_or_default();
+                    if log.boot_ids.last() != Some(&id) {
+                        log.boot_ids.push(id);
+                    }
+                }
+                Err(e) => {
+                    log.failed += 1;
+                    log.failures.push((Instant::now(), e));
+                }
+            }
+            tokio::time::sleep(period).await;
+        }
+        log
+    })
+}
+
+/// A second QEMU for `source`'s guest, waiting for an incoming migration: the same spec
+/// (same name, kernel, devices) with `incoming`, its own directory for QMP and serial.
+fn spawn_destination(source: &TestVm, dir_name: &str) -> TestVm {
+    let dir = common::vm_dir(dir_name);
+    let mut spec = source.spec.clone();
+    spec.incoming = true;
+    spec.qmp_socket = dir.join(format!("{}.qmp", spec.name));
+    spec.serial_log = dir.join(format!("{}.serial", spec.name));
+    TestVm::spawn(spec, dir)
+}
+
+/// Bound of a whole migration (128 MiB over loopback took ~0.2-0.5 s): a hang guard only.
+const MIGRATION: Duration = Duration::from_secs(60);
+
+#[test]
+fn live_migration_keeps_the_guest_running_with_the_same_boot() {
+    two_guest_test(|| async {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let (mut source, mut src_qmp, _src_events, port) = boot("vm-mig", &[]).await;
+                let before = get_root(port, QUICK).await.expect("GET / on the source");
+                let id = boot_id(&before).expect("ok NAME BOOTID");
+
+                let mut dest = spawn_destination(&source, "vm-mig-dst");
+                let (mut dst_qmp, _dst_events) = Qmp::connect(&dest.spec.qmp_socket, QMP)
+                    .await
+                    .unwrap_or_else(|e| panic!("destination QMP: {e}; {}", dest.serial()));
+                let status = dst_qmp.query_status(QMP).await.expect("status");
+                assert_eq!(status.status, "inmigrate", "{status:?}");
+                let listen = SocketAddr::from(([127, 0, 0, 1], 0));
+                let mig_port = dst_qmp
+                    .migrate_incoming(listen, QMP)
+                    .await
+                    .expect("migrate-incoming");
+                assert_ne!(mig_port, 0);
+
+                let stop = std::rc::Rc::new(std::cell::Cell::new(false));
+                let prober = spawn_prober(port, Duration::from_millis(5), stop.clone());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+
+                let started = Instant::now();
+                src_qmp
+                    .migrate(&format!("tcp:127.0.0.1:{mig_port}"), QMP)
+                    .await
+                    .expect("migrate");
+                let info = src_qmp
+                    .wait_migrated(Duration::from_millis(5), MIGRATION)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}; destination: {}", dest.serial()));
+                let completed_after = started.elapsed();
+                src_qmp.quit(QMP).await.expect("quit the source");
+                let status = source.reap(QUICK).await;
+                assert_eq!(status.code(), Some(0), "{status}");
+                let dst_info = dst_qmp
+                    .wait_migrated(Duration::from_millis(5), MIGRATION)
+                    .await
+                    .expect("destination loaded");
+                dst_qmp
+                    .hostfwd_add(nines_vm::NETDEV_ID, port, 80, QMP)
+                    .await
+                    .expect("hostfwd_add on the destination");
+                let switched_after = started.elapsed();
+                let deadline = Instant::now() + QUICK;
+                let running = loop {
+                    let s = dst_qmp.query_status(QMP).await.expect("status");
+                    if s.running || Instant::now() > deadline {
+                        break s;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                };
+                assert_eq!(running.status, "running", "{running:?}");
+
+                // The probe answers again, from the destination.
+                let deadline = Instant::now() + QUICK;
+                let after = loop {
+                    match get_root(port, Duration::from_secs(1)).await {
+                        Ok(body) => break body,
+                        Err(e) if Instant::now() > deadline => {
+                            panic!("no answer after the switch: {e}; {}", dest.serial())
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                };
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                stop.set(true);
+                let log = prober.await.expect("prober");
+                assert_eq!(
+                    boot_id(&after).as_deref(),
+                    Some(id.as_str()),
+                    "same boot (a migration, not a reboot): {before} then {after}"
+                );
+                assert_eq!(log.boot_ids, vec![id.clone()], "{log:?}");
+                let since = |t: Instant| t.saturating_duration_since(started);
+                let failures: Vec<String> = log
+                    .failures
+                    .iter()
+                    .map(|(t, e)| format!("{:?}: {e}", since(*t)))
+                    .collect();
+                eprintln!(
+                    "vm-mig: probe failures (from migrate): {failures:?}; longest gap ended at {:?}",
+                    log.gap_end.map(since)
+                );
+                eprintln!(
+                    "vm-mig: migration completed after {completed_after:?} (QEMU: total {:?} ms, \
+                     downtime {:?} ms; destination {:?}), port forward back after \
+                     {switched_after:?}; probe: longest gap {:?}, {} ok, {} failed (cut off: {:?}); load {}",
+                    info.total_time_ms,
+                    info.downtime_ms,
+                    dst_info.status,
+                    log.longest_gap,
+                    log.ok,
+                    log.failed,
+                    log.odd,
+                    common::loadavg()
+                );
+                dst_qmp.quit(QMP).await.expect("quit the destination");
+                let status = dest.reap(QUICK).await;
+                assert_eq!(status.code(), Some(0), "{status}");
+            })
+            .await;
+    });
+}
+
+#[test]
+fn migration_to_nowhere_fails_and_the_source_keeps_running() {
+    guest_test(|| async {
+        let (_vm, mut qmp, _events, port) = boot("vm-mig-fail", &[]).await;
+        let before = get_root(port, QUICK).await.expect("GET /");
+        let nowhere = common::free_port(); // bound and released: nothing listens there
+        let started = Instant::now();
+        let err = match qmp.migrate(&format!("tcp:127.0.0.1:{nowhere}"), QMP).await {
+            Err(e) => e,
+            Ok(()) => qmp
+                .wait_migrated(Duration::from_millis(5), MIGRATION)
+                .await
+                .expect_err("nothing listens"),
+        };
+        eprintln!("vm-mig-fail: {err} (after {:?})", started.elapsed());
+        assert!(
+            matches!(&err, nines_vm::Error::Migration { what, .. } if what == "failed")
+                || matches!(&err, nines_vm::Error::Command { .. }),
+            "{err}"
+        );
+        let info = qmp.query_migrate(QMP).await.expect("query-migrate");
+        assert_eq!(info.status, MigrationStatus::Failed, "{info:?}");
+        let status = qmp.query_status(QMP).await.expect("status");
+        assert_eq!((status.status.as_str(), status.running), ("running", true));
+        let after = get_root(port, QUICK)
+            .await
+            .expect("GET / after the failure");
+        assert_eq!(after, before);
     });
 }
