@@ -508,7 +508,7 @@ fn resume_of(adopted: &[nines_agent::Adopted]) -> Option<nines_engine::Input> {
     // (never from a record a crash may have left stale).
     (!adopted.is_empty()).then(|| {
         let held: Vec<_> = adopted.iter().map(|a| (a.comp, a.held.clone())).collect();
-        nines_engine::resume_input(&held)
+        nines_engine::resume_input(&held, Vec::new())
     })
 }
 

@@ -56,6 +56,36 @@ pub enum ActionKind {
         /// The node.
         node: NodeId,
     },
+    /// Live migration, step 1 (on the destination `to`): start the VM's QEMU waiting for its
+    /// state; answer `MigrationPrepared` with the port it listens on.
+    MigrateIn {
+        /// The VM component.
+        comp: CompId,
+        /// The destination node.
+        to: NodeId,
+    },
+    /// Step 2 (on the VM's current node): send the running VM's state to `to`'s `port`,
+    /// then stop the source QEMU without reporting it as a failure; answer `MigrationSent`.
+    /// A failed transfer leaves the source running.
+    MigrateOut {
+        /// The VM component.
+        comp: CompId,
+        /// The destination node (the driver knows its address).
+        to: NodeId,
+        /// The port `MigrationPrepared` named.
+        port: u16,
+    },
+    /// Step 3 (on `to`): `commit`: take the migrated VM over as this node's component (its
+    /// port forwards, its supervision) and answer `MigrationFinished`; not `commit`: the
+    /// migration was abandoned, discard the waiting QEMU (no answer).
+    MigrateFinish {
+        /// The VM component.
+        comp: CompId,
+        /// The destination node.
+        to: NodeId,
+        /// Take over (`true`) or discard.
+        commit: bool,
+    },
     /// Fire `timer` at `at` (answer `TimerFired`).
     StartTimer {
         /// Which timer.
@@ -135,6 +165,56 @@ pub enum Event {
         vm: CompId,
         /// The VM's recovery, after the VM's escalation.
         recovery: RecoveryStep,
+    },
+    /// A live migration of an SU's VM began (planned maintenance of its node, or fail-back
+    /// to its configured node).
+    MigrationStarted {
+        /// The SU.
+        su: SuId,
+        /// Its VM.
+        comp: CompId,
+        /// Where it runs.
+        from: NodeId,
+        /// Where it goes.
+        to: NodeId,
+    },
+    /// The VM runs on `to` now, with its SU's assignments untouched.
+    Migrated {
+        /// The SU.
+        su: SuId,
+        /// Its VM.
+        comp: CompId,
+        /// Where it ran.
+        from: NodeId,
+        /// Where it runs.
+        to: NodeId,
+        /// From `MigrationStarted` to the destination taking over.
+        took: Duration,
+    },
+    /// A live migration did not happen or failed; the admin operation goes on as without it
+    /// (the SU is stopped and its SIs switch over), or the VM is recovered if it was lost.
+    MigrationFailed {
+        /// The SU.
+        su: SuId,
+        /// Its VM.
+        comp: CompId,
+        /// Where it ran.
+        from: NodeId,
+        /// Where it was to go (`None`: no node could take it).
+        to: Option<NodeId>,
+        /// Why, in words.
+        reason: &'static str,
+    },
+    /// A guest's link was lost while (or just after) its VM migrated, as a migration cuts the
+    /// guest's connections: the guest stays up and may join again, keeping what it runs.
+    GuestRelinking {
+        /// The guest node.
+        node: NodeId,
+    },
+    /// The relinking guest joined again.
+    GuestRelinked {
+        /// The guest node.
+        node: NodeId,
     },
     /// Every SI the fault affected is active again.
     ServiceRecovered {

@@ -297,6 +297,13 @@ impl Engine {
             entity,
             admin: state,
         });
+        if let EntityRef::Node(node) = entity {
+            match state {
+                AdminState::Locked | AdminState::ShuttingDown => self.migrate_away(node),
+                AdminState::Unlocked => self.fail_back_vms(node),
+                AdminState::LockedInstantiation => {}
+            }
+        }
         for su in self.sus_of(entity) {
             self.converge_su(su);
         }
@@ -307,7 +314,7 @@ impl Engine {
         let m = &self.model;
         match entity {
             EntityRef::Cluster => (0..m.sus.len() as u32).map(SuId).collect(),
-            EntityRef::Node(n) => m.nodes[n.index()].sus.clone(),
+            EntityRef::Node(n) => self.sus_on(n),
             EntityRef::App(a) => m.apps[a.index()]
                 .sgs
                 .iter()

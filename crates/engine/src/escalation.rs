@@ -43,7 +43,7 @@ impl Engine {
     ) -> RecoveryStep {
         let now = self.now;
         let sg = &self.model.sgs[self.model.sus[su.index()].sg.index()];
-        let node = self.model.sus[su.index()].node;
+        let node = self.host(su);
         let (comp_rule, su_rule) = (sg.comp_restart, sg.su_restart);
         let node_rule = self.model.nodes[node.index()].su_failover;
         let mut step = requested;

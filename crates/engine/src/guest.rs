@@ -51,12 +51,12 @@ impl Engine {
     /// Fences the node that runs `vm` (resets it, when that node is itself a guest), as a node
     /// fault of its own: everything on it loses its work.
     fn isolate_host_of(&mut self, vm: CompId) {
-        let host = self.model.sus[self.model.comps[vm.index()].su.index()].node;
+        let host = self.host(self.model.comps[vm.index()].su);
         let n = &self.nodes[host.index()];
         if !n.up || n.fencing {
             return;
         }
-        let sus = self.model.nodes[host.index()].sus.clone();
+        let sus = self.sus_on(host);
         let fault = self.open_node_fault(host, &sus);
         if self.model.nodes[host.index()].vm.is_some() {
             self.reset_guest(host, fault);
@@ -69,7 +69,7 @@ impl Engine {
     /// failed (its presence does not change, but nothing runs on a node that is down).
     pub(crate) fn guests_of_node_down(&mut self, node: NodeId) {
         let m = self.model.clone();
-        for &su in &m.nodes[node.index()].sus {
+        for su in self.sus_on(node) {
             for &comp in &m.sus[su.index()].comps {
                 if let Some(guest) = m.comps[comp.index()].guest {
                     self.guest_down(guest);
@@ -110,7 +110,7 @@ impl Engine {
         let Some(vm) = self.model.nodes[node.index()].vm else {
             return;
         };
-        let sus = self.model.nodes[node.index()].sus.clone();
+        let sus = self.sus_on(node);
         let affected = self.active_sis_of(&sus);
         let fault = match fault.or_else(|| self.cause_of(vm)) {
             Some(f) => f,
@@ -165,7 +165,7 @@ impl Engine {
         };
         self.hold_guest(node, Some(fault));
         let su = self.model.comps[vm.index()].su;
-        let host = self.model.sus[su.index()].node;
+        let host = self.host(su);
         let c = &self.comps[vm.index()];
         let running = c.presence == Presence::Instantiated
             && c.awaiting.is_none()

@@ -1,6 +1,6 @@
 //! Inputs: faults and facts the world reports to the engine.
 
-use nines_model::{CompId, CsiId, EntityRef, NodeId, Recovery, SiId};
+use nines_model::{CompId, CsiId, EntityRef, NodeId, Recovery, SiId, SuId};
 
 use crate::states::HaState;
 
@@ -51,6 +51,9 @@ pub enum Input {
         running: Vec<CompId>,
         /// What running SA-aware components say they hold: component, CSI, HA state.
         held: Vec<(CompId, CsiId, HaState)>,
+        /// SUs found running on another node than their configured one (live-migrated VMs),
+        /// with that node.
+        moved: Vec<(SuId, NodeId)>,
     },
     /// A life-cycle command finished.
     CommandDone {
@@ -115,11 +118,39 @@ pub enum Input {
         /// The node.
         node: NodeId,
     },
+    /// A relinking guest (`Event::GuestRelinking`) joined again and still runs what the
+    /// engine thinks it runs (the driver checked). Ignored for a node that is not relinking.
+    NodeRelinked {
+        /// The node.
+        node: NodeId,
+    },
     /// A fence action the engine asked for finished.
     FenceDone {
         /// The node.
         node: NodeId,
         /// How it ended.
+        outcome: Outcome,
+    },
+    /// The destination of a live migration is ready for the VM's state on `port` (`None`:
+    /// it could not start the waiting QEMU).
+    MigrationPrepared {
+        /// The VM component.
+        comp: CompId,
+        /// The port, or `None` on failure.
+        port: Option<u16>,
+    },
+    /// The source sent the VM's state and stopped (`Ok`), or could not (the source runs on).
+    MigrationSent {
+        /// The VM component.
+        comp: CompId,
+        /// How it went.
+        outcome: Outcome,
+    },
+    /// The destination took the migrated VM over (`Ok`), or lost it (the VM is gone).
+    MigrationFinished {
+        /// The VM component.
+        comp: CompId,
+        /// How it went.
         outcome: Outcome,
     },
     /// A timer the engine started expired.
@@ -153,6 +184,14 @@ pub enum Timer {
     SponsorTolerance {
         /// The dependent SI.
         dependent: SiId,
+        /// Generation, so a stale timer is recognised.
+        generation: u32,
+    },
+    /// A guest that relinks after its VM's migration (`Event::GuestRelinking`) and has not
+    /// joined again by now is lost after all.
+    GuestRelink {
+        /// The guest node.
+        node: NodeId,
         /// Generation, so a stale timer is recognised.
         generation: u32,
     },

@@ -14,6 +14,7 @@ mod guest;
 mod input;
 mod lifecycle;
 mod metrics;
+mod migration;
 mod reconcile;
 mod redundancy;
 mod resume;
@@ -24,6 +25,7 @@ mod time;
 pub use action::*;
 pub use admin::restore_ops;
 pub use input::*;
+pub use migration::GUEST_RELINK;
 pub use resume::resume_input;
 pub use states::*;
 pub use time::*;
@@ -116,6 +118,8 @@ impl Engine {
                     up: true,
                     fencing: false,
                     su_failovers: Vec::new(),
+                    relinking: None,
+                    relink_gen: 0,
                 })
                 .collect(),
             apps_admin: vec![AdminState::Unlocked; m.apps.len()],
@@ -134,6 +138,9 @@ impl Engine {
                     comp_restarts: Vec::new(),
                     su_restarts: Vec::new(),
                     readiness: Readiness::OutOfService,
+                    host: su.node,
+                    migration: None,
+                    migrated_at: None,
                 })
                 .collect(),
             comps: m.comps.iter().map(|_| CompRt::new()).collect(),
@@ -178,7 +185,11 @@ impl Engine {
         self.now = self.now.max(now);
         match input {
             Input::Start => self.start(),
-            Input::Resume { running, held } => self.resume(&running, &held),
+            Input::Resume {
+                running,
+                held,
+                moved,
+            } => self.resume(&running, &held, &moved),
             Input::CommandDone {
                 comp,
                 command,
@@ -200,7 +211,15 @@ impl Engine {
             Input::NodeDown { node } => self.on_node_down(node, true),
             Input::NodeLost { node } => self.on_node_lost(node),
             Input::NodeUp { node } => self.on_node_up(node),
+            Input::NodeRelinked { node } => {
+                if node.index() < self.nodes.len() {
+                    self.guest_relinked(node);
+                }
+            }
             Input::FenceDone { node, outcome } => self.on_fence_done(node, outcome),
+            Input::MigrationPrepared { comp, port } => self.on_migration_prepared(comp, port),
+            Input::MigrationSent { comp, outcome } => self.on_migration_sent(comp, outcome),
+            Input::MigrationFinished { comp, outcome } => self.on_migration_finished(comp, outcome),
             Input::TimerFired { timer } => self.on_timer(timer),
             Input::Admin {
                 request,

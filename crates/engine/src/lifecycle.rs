@@ -18,14 +18,19 @@ impl Engine {
             self.sus[su.index()].admin,
             self.sgs_admin[m.sg.index()],
             self.apps_admin[sg.app.index()],
-            self.nodes[m.node.index()].admin,
+            // A migrating SU keeps serving while its node is locked: it is leaving it.
+            if self.sus[su.index()].migration.is_some() {
+                AdminState::Unlocked
+            } else {
+                self.nodes[self.host(su).index()].admin
+            },
             self.cluster_admin,
         ]
     }
 
     /// Whether the SU's components should be running.
     pub(crate) fn should_run(&self, su: SuId) -> bool {
-        let node = &self.nodes[self.model.sus[su.index()].node.index()];
+        let node = &self.nodes[self.host(su).index()];
         self.started
             && node.up
             && !node.fencing
@@ -39,7 +44,7 @@ impl Engine {
     /// restarted in place keeps its SU in service: the SU keeps its assignments through it.
     pub(crate) fn readiness(&self, su: SuId) -> Readiness {
         let m = &self.model.sus[su.index()];
-        let node = &self.nodes[m.node.index()];
+        let node = &self.nodes[self.host(su).index()];
         if !node.up || node.fencing || self.sus[su.index()].oper == OperState::Disabled {
             return Readiness::OutOfService;
         }
@@ -350,13 +355,15 @@ impl Engine {
             return;
         }
         let m = self.model.clone();
-        let sus = m.nodes[node.index()].sus.clone();
+        let sus = self.sus_on(node);
         if new_fault {
             self.open_node_fault(node, &sus);
         }
+        self.abandon_migrations_at(node);
         let n = &mut self.nodes[node.index()];
         n.up = false;
         n.fencing = false;
+        n.relinking = None;
         self.record(Event::Node { node, up: false });
         for &su in &sus {
             self.drop_assignments(su);
@@ -410,8 +417,20 @@ impl Engine {
         let Some(n) = self.nodes.get(node.index()) else {
             return;
         };
+        if !n.up || n.fencing || n.relinking.is_some() {
+            return; // already down, a fence (with its fault) is under way, or relinking
+        }
+        if self.guest_relinks(node) {
+            return;
+        }
+        self.node_lost(node);
+    }
+
+    /// A node is lost (its link ended and it is not a guest relinking after a migration).
+    pub(crate) fn node_lost(&mut self, node: NodeId) {
+        let n = &self.nodes[node.index()];
         if !n.up || n.fencing {
-            return; // already down, or a fence (with its fault) is under way
+            return;
         }
         if !self.guest_may_join(node) {
             // A guest whose VM does not run was never there (a director that starts before
@@ -420,7 +439,7 @@ impl Engine {
             self.record(Event::Node { node, up: false });
             return;
         }
-        let sus = self.model.nodes[node.index()].sus.clone();
+        let sus = self.sus_on(node);
         let fault = self.open_node_fault(node, &sus);
         // Nothing is known of what a lost node runs (a driver that restarted may never have
         // heard from it): every SI its SUs could serve waits for the fence, not only those
@@ -446,14 +465,22 @@ impl Engine {
         let Some(n) = self.nodes.get_mut(node.index()) else {
             return;
         };
-        if n.up || !self.guest_may_join(node) {
+        if n.up {
+            // A relinking guest that joins afresh lost what it ran: it is lost after all.
+            if n.relinking.take().is_some() {
+                self.node_lost(node);
+            }
+            return;
+        }
+        if !self.guest_may_join(node) {
             return;
         }
         self.nodes[node.index()].up = true;
         self.record(Event::Node { node, up: true });
-        for su in self.model.nodes[node.index()].sus.clone() {
+        for su in self.sus_on(node) {
             self.converge_su(su);
         }
+        self.fail_back_vms(node);
     }
 
     /// Asks for a node to be fenced; its SIs stay put until the fence is done.
@@ -470,8 +497,10 @@ impl Engine {
     /// is known to be down: the half of fencing that does not depend on how it is done.
     pub(crate) fn hold_node(&mut self, node: NodeId) {
         self.nodes[node.index()].fencing = true;
+        self.nodes[node.index()].relinking = None;
+        self.abandon_migrations_at(node);
         let m = self.model.clone();
-        for &su in &m.nodes[node.index()].sus {
+        for su in self.sus_on(node) {
             for si in self.model.sgs[m.sus[su.index()].sg.index()].sis.clone() {
                 if self.sis[si.index()].find(su).is_some() {
                     self.sis[si.index()].fenced_on = Some(node);

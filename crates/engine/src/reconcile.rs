@@ -165,6 +165,7 @@ impl Engine {
     pub(crate) fn on_timer(&mut self, timer: Timer) {
         match timer {
             Timer::InstantiateRetry { comp, generation } => self.on_retry_timer(comp, generation),
+            Timer::GuestRelink { node, generation } => self.on_relink_timer(node, generation),
             Timer::SponsorTolerance {
                 dependent,
                 generation,

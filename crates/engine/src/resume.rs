@@ -24,7 +24,7 @@
 
 use std::collections::BTreeSet;
 
-use nines_model::{CompId, CompKind, CsiId, Model, SiId, SuId};
+use nines_model::{CompId, CompKind, CsiId, Model, NodeId, SiId, SuId};
 
 use crate::action::{ActionKind, Event};
 use crate::input::Input;
@@ -34,11 +34,21 @@ use crate::states::{HaState, Presence, Readiness};
 use crate::Engine;
 
 impl Engine {
-    pub(crate) fn resume(&mut self, running: &[CompId], held: &[(CompId, CsiId, HaState)]) {
+    pub(crate) fn resume(
+        &mut self,
+        running: &[CompId],
+        held: &[(CompId, CsiId, HaState)],
+        moved: &[(SuId, NodeId)],
+    ) {
         if self.started {
             return; // only a driver's bug sends it late; the live state wins
         }
         let m = self.model.clone();
+        for &(su, node) in moved {
+            if su.index() < m.sus.len() && node.index() < m.nodes.len() {
+                self.sus[su.index()].host = node;
+            }
+        }
         let running: Vec<CompId> = running
             .iter()
             .copied()
@@ -141,9 +151,14 @@ fn claims(
 
 /// The [`Input::Resume`] for what a restarted driver adopted: each running component with the
 /// CSIs it says it holds (empty for process components). Shared by every driver (director,
-/// simulator) so they resume alike.
-pub fn resume_input(adopted: &[(CompId, Vec<(CsiId, HaState)>)]) -> Input {
+/// simulator) so they resume alike. `moved`: SUs adopted on another node than their
+/// configured one (a VM that was live-migrated), with that node.
+pub fn resume_input(
+    adopted: &[(CompId, Vec<(CsiId, HaState)>)],
+    moved: Vec<(SuId, NodeId)>,
+) -> Input {
     Input::Resume {
+        moved,
         running: adopted.iter().map(|(c, _)| *c).collect(),
         held: adopted
             .iter()

@@ -55,6 +55,34 @@ pub(crate) struct SuRt {
     pub su_restarts: Vec<Instant>,
     /// Readiness last reported in an event.
     pub readiness: Readiness,
+    /// The node it runs on now: its configured node, unless a live migration moved it.
+    pub host: NodeId,
+    /// The live migration under way, if any.
+    pub migration: Option<Migration>,
+    /// When its last migration completed.
+    pub migrated_at: Option<Instant>,
+}
+
+/// One live migration of an SU's VM, from its current host to another node.
+#[derive(Clone, Debug)]
+pub(crate) struct Migration {
+    /// The VM component.
+    pub comp: nines_model::CompId,
+    pub from: NodeId,
+    pub to: NodeId,
+    pub step: MigrationStep,
+    pub started: Instant,
+}
+
+/// Where a live migration is; each step waits for the answer to the action that began it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum MigrationStep {
+    /// `MigrateIn` sent: the destination starts a QEMU that waits for the state.
+    Preparing,
+    /// `MigrateOut` sent: the source sends its state, then quits.
+    Sending,
+    /// `MigrateFinish{commit}` sent: the destination takes the VM over.
+    Finishing,
 }
 
 /// A node's state.
@@ -66,6 +94,10 @@ pub(crate) struct NodeRt {
     pub fencing: bool,
     /// SU failovers inside the node's probation window.
     pub su_failovers: Vec<Instant>,
+    /// A guest whose link was lost while its VM migrated: it is still up and may join again
+    /// (keeping what it runs) until this relink timer's generation fires.
+    pub relinking: Option<u32>,
+    pub relink_gen: u32,
 }
 
 /// One SU's share of an SI.

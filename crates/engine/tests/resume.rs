@@ -56,7 +56,11 @@ fn snapshot(w: &World) -> Snapshot {
 fn resumed(snap: Snapshot) -> World {
     let mut w = World::new(CONFIG);
     let (running, held) = snap;
-    w.feed(Input::Resume { running, held });
+    w.feed(Input::Resume {
+        running,
+        held,
+        moved: Vec::new(),
+    });
     w.feed(Input::Start);
     w
 }
@@ -118,6 +122,7 @@ fn two_actives_are_never_resumed_and_the_second_is_removed() {
     let actions = w.feed(Input::Resume {
         running: vec![c1, c2],
         held: vec![(c1, x, HaState::Active), (c2, x, HaState::Active)],
+        moved: Vec::new(),
     });
     assert!(
         actions
@@ -138,7 +143,11 @@ fn work_on_a_component_that_did_not_survive_is_placed_again() {
     let mut w = World::new(CONFIG);
     let gone = w.comp("app/sg/su-2/c");
     let running: Vec<CompId> = running.into_iter().filter(|c| *c != gone).collect();
-    w.feed(Input::Resume { running, held });
+    w.feed(Input::Resume {
+        running,
+        held,
+        moved: Vec::new(),
+    });
     w.feed(Input::Start);
     // The survivor keeps its work without a callback; the other is started and made standby.
     assert_eq!(w.commands("app/sg/su-1/c", Command::Instantiate), 0);
@@ -157,6 +166,7 @@ fn a_half_finished_quiesce_is_not_resumed() {
     let actions = w.feed(Input::Resume {
         running: vec![c1, c2],
         held: vec![(c1, x, HaState::Quiesced)],
+        moved: Vec::new(),
     });
     assert!(actions
         .iter()
@@ -173,6 +183,7 @@ fn resume_after_start_is_ignored() {
     let actions = w.feed(Input::Resume {
         running: vec![c2],
         held: vec![(c2, x, HaState::Active)],
+        moved: Vec::new(),
     });
     assert!(actions.is_empty(), "{actions:#?}");
     assert_eq!(w.active("app/si-a"), ["app/sg/su-1"]);
@@ -220,6 +231,7 @@ fn a_survivor_of_a_partly_running_su_lets_go_of_its_work() {
             (a2, x, HaState::Standby),
             (b2, y, HaState::Standby),
         ],
+        moved: Vec::new(),
     });
     assert!(
         actions.iter().any(
@@ -244,6 +256,7 @@ fn disagreeing_components_of_an_su_claim_nothing() {
     let actions = w.feed(Input::Resume {
         running: vec![a1, b1],
         held: vec![(a1, x, HaState::Active), (b1, y, HaState::Standby)],
+        moved: Vec::new(),
     });
     let removed = actions
         .iter()
@@ -277,7 +290,11 @@ fn a_node_lost_before_start_is_fenced_before_its_work_moves() {
         .into_iter()
         .filter(|(c, _, _)| !gone.contains(c))
         .collect();
-    w.feed(Input::Resume { running, held });
+    w.feed(Input::Resume {
+        running,
+        held,
+        moved: Vec::new(),
+    });
     let lost = w.feed(Input::NodeLost { node: n1 });
     assert!(
         lost.iter()

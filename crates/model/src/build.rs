@@ -11,7 +11,7 @@ use crate::decode::kind_name as comp_kind_name;
 use crate::defaults;
 use crate::entities::{
     App, Comp, CompKind, Csi, EntityRef, Model, Node, Redundancy, Sg, Si, SiDependency, Su,
-    VmConfig, VmProbe,
+    VmConfig, VmDriver, VmProbe,
 };
 use crate::error::{Diagnostics, Pos};
 use crate::ids::{AppId, CompId, CsiId, NodeId, SgId, SiId, SuId};
@@ -77,6 +77,7 @@ pub(crate) fn build(raw: &RawConfig, diag: &mut Diagnostics) -> Model {
         });
         ctx.app(&mut model, diag, app_id, app, &mut ports);
     }
+    add_migration_ports(&model, &mut ports);
     check_host_ports(&model, diag, &ports);
     for (index, su) in model.sus.iter().enumerate() {
         if let Some(node) = model.nodes.get_mut(su.node.index()) {
@@ -817,16 +818,27 @@ fn vm_config(
             check_probe(diag, &probe.probe, h.pos, path, &hosts);
         }
     }
+    let driver = pick(base, over, |v| v.driver).unwrap_or(defaults::VM_DRIVER);
+    let migrate = pick(base, over, |v| v.migrate.as_ref());
+    if let Some(m) = migrate.filter(|m| m.value && driver == VmDriver::Libvirt) {
+        diag.error(
+            m.pos,
+            path,
+            "`vm.migrate`: live migration is implemented for `driver: qemu` only; a libvirt \
+             VM is stopped and its SIs switch over when its node is locked",
+        );
+    }
     Some(VmConfig {
         kernel: kernel.map(|k| k.value.clone()).unwrap_or_default(),
         initrd: pick(base, over, |v| v.initrd.as_ref()).map(|i| i.value.clone()),
         memory_mib: pick(base, over, |v| v.memory_mib).unwrap_or(defaults::VM_MEMORY_MIB),
         cpus: pick(base, over, |v| v.cpus).unwrap_or(defaults::VM_CPUS),
         accel: pick(base, over, |v| v.accel).unwrap_or(defaults::VM_ACCEL),
-        driver: pick(base, over, |v| v.driver).unwrap_or(defaults::VM_DRIVER),
+        driver,
         forwards: forwards.iter().map(|f| f.value).collect(),
         health: health.and_then(|h| h.value.clone()),
         cmdline_extra: pick(base, over, |v| v.cmdline_extra.clone()).unwrap_or_default(),
+        migrate: migrate.is_some_and(|m| m.value),
     })
 }
 
@@ -868,6 +880,43 @@ fn check_probe(diag: &mut Diagnostics, probe: &VmProbe, pos: Pos, path: &str, ho
     }
 }
 
+/// A VM that may be live-migrated may run on any node of its SG: its host ports are in use
+/// there too, as far as [`check_host_ports`] is concerned.
+fn add_migration_ports(model: &Model, ports: &mut Vec<PortUse>) {
+    let mut extra = Vec::new();
+    for p in ports.iter() {
+        let Some(comp) = model.comps.iter().find(|c| c.path == p.comp) else {
+            continue;
+        };
+        if !comp.vm.as_ref().is_some_and(|v| v.migrate) {
+            continue;
+        }
+        let Some(su) = model.sus.get(comp.su.index()) else {
+            continue;
+        };
+        let Some(sg) = model.sgs.get(su.sg.index()) else {
+            continue;
+        };
+        let mut nodes: Vec<NodeId> = sg
+            .sus
+            .iter()
+            .filter_map(|s| model.sus.get(s.index()).map(|s| s.node))
+            .filter(|&n| n != p.node)
+            .collect();
+        nodes.sort();
+        nodes.dedup();
+        for node in nodes {
+            extra.push(PortUse {
+                node,
+                port: p.port,
+                pos: p.pos,
+                comp: p.comp.clone(),
+            });
+        }
+    }
+    ports.extend(extra);
+}
+
 /// No two VMs of one node may forward the same host port: the second QEMU would fail to
 /// start. (VMs of different nodes may; nodes are different hosts.)
 fn check_host_ports(model: &Model, diag: &mut Diagnostics, ports: &[PortUse]) {
@@ -885,7 +934,8 @@ fn check_host_ports(model: &Model, diag: &mut Diagnostics, ports: &[PortUse]) {
                     format!(
                         "`vm.forwards`: host port {} is also forwarded by `{}` on node `{node}`; \
                          VMs of one node need their own host ports (give an SU its own with \
-                         `units.SU.vm.COMPONENT.forwards`)",
+                         `units.SU.vm.COMPONENT.forwards`; a VM with `vm.migrate` may run on \
+                         any node of its SG)",
                         p.port, earlier.comp
                     ),
                 );

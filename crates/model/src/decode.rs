@@ -93,6 +93,7 @@ const VM_KEYS: &[&str] = &[
     "forwards",
     "health",
     "cmdline_extra",
+    "migrate",
 ];
 const FORWARD_KEYS: &[&str] = &["host", "guest"];
 const VM_HEALTH_KEYS: &[&str] = &["http", "tcp", "expect", "period", "timeout"];
@@ -1065,6 +1066,14 @@ impl Decoder<'_> {
         }
         if let Some(n) = f.get("cmdline_extra") {
             raw.cmdline_extra = Some(self.cmdline_words(n, path));
+        }
+        if let Some(n) = f.get("migrate") {
+            raw.migrate = Some(Sp {
+                value: self
+                    .boolean(n, path, "vm.migrate")
+                    .unwrap_or(defaults::VM_MIGRATE),
+                pos: n.pos,
+            });
         }
         raw
     }

@@ -91,6 +91,11 @@ pub const VM_ACCEL: VmAccel = VmAccel::Auto;
 /// the node and sees a QEMU death fastest; libvirt is for sites that want their VMs in it.
 pub const VM_DRIVER: VmDriver = VmDriver::Qemu;
 
+/// `components.*.vm.migrate`: off. A node's lock or shutdown stops its VMs (their SIs switch
+/// over) unless the VM asks to be live-migrated, which needs the same image on every node of
+/// the SG and a migration port open between them.
+pub const VM_MIGRATE: bool = false;
+
 /// `components.*.vm.health.period`: probe every 500 ms. The probe also paces the wait for a
 /// booting guest, so a longer period delays every repair by up to a period; a shorter one
 /// costs the guest a request more often. Measured with the service image under TCG: one

@@ -382,6 +382,11 @@ pub struct VmConfig {
     pub health: Option<VmHealth>,
     /// Words added to the guest kernel's command line.
     pub cmdline_extra: Vec<String>,
+    /// Planned maintenance of its node (lock or shutdown) live-migrates the running VM to
+    /// another node of its SG instead of stopping it, so its guest keeps its memory, its
+    /// connections and its boot; a failed migration falls back to what the node's admin
+    /// operation does without it.
+    pub migrate: bool,
 }
 
 /// A dependency of one SI on another (its sponsor).

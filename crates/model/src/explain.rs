@@ -189,6 +189,11 @@ terminate is ACPI power-down, then QEMU quit, then SIGKILL, within timeouts.term
                                  healthcheck. Default: {vm_timeout}.
   cmdline_extra                  words added to the guest kernel command line, one word each:
                                  [svcdebug=1]. Default: none.
+  migrate                        true: a lock or shutdown of its node live-migrates the running
+                                 VM to another node of its SG (driver qemu; same image paths
+                                 there); a failed migration falls back to stopping it. With the
+                                 SG's fail_back, it migrates home once its node is unlocked.
+                                 Default: {vm_migrate}.
 
 SI keys (apps.APP.sis.SI):
   sg                             required. The SG (of the same app) that protects it.
@@ -242,6 +247,7 @@ SI keys (apps.APP.sis.SI):
         drivers = names(&DRIVER_NAMES),
         vm_driver = d::VM_DRIVER.name(),
         vm_period = dur(d::VM_HEALTH_PERIOD),
+        vm_migrate = d::VM_MIGRATE,
         vm_timeout = dur(d::VM_HEALTH_TIMEOUT),
     );
     out

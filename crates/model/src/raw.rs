@@ -125,6 +125,7 @@ pub(crate) struct RawVm {
     /// `None` inside: given, but bad.
     pub health: Option<Sp<Option<VmHealth>>>,
     pub cmdline_extra: Option<Vec<String>>,
+    pub migrate: Option<Sp<bool>>,
 }
 
 #[derive(Clone, Debug)]

@@ -55,6 +55,7 @@ fn a_minimal_vm_takes_the_defaults() {
             forwards: Vec::new(),
             health: None,
             cmdline_extra: Vec::new(),
+            migrate: false,
         }
     );
     let m = ok(&text).model;
@@ -105,6 +106,7 @@ fn every_key() {
                 timeout: Duration::from_secs(2),
             }),
             cmdline_extra: vec!["svcdebug=1".into(), "quiet".into()],
+            migrate: false,
         }
     );
 }

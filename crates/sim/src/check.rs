@@ -84,6 +84,15 @@ pub trait StateView {
     fn node_escalation(&self, node: NodeId) -> u32;
     /// See [`Engine::comp_presence`].
     fn comp_presence(&self, comp: CompId) -> Presence;
+    /// See [`Engine::su_host`]; `None` (the default): the SU's configured node.
+    fn su_host(&self, _su: SuId) -> Option<NodeId> {
+        None
+    }
+}
+
+/// Where `su` runs as the engine sees it.
+fn host_of<V: StateView + ?Sized>(m: &Model, v: &V, su: SuId) -> NodeId {
+    v.su_host(su).unwrap_or(m.sus[su.index()].node)
 }
 
 /// What the world drives: an engine's `handle` plus its queries. A trait so tests can drive the
@@ -125,6 +134,9 @@ impl StateView for Engine {
     }
     fn comp_presence(&self, comp: CompId) -> Presence {
         Engine::comp_presence(self, comp)
+    }
+    fn su_host(&self, su: SuId) -> Option<NodeId> {
+        Some(Engine::su_host(self, su))
     }
 }
 
@@ -279,7 +291,7 @@ pub fn check_si<V: StateView + ?Sized>(m: &Model, v: &V, si: SiId) -> Result<(),
             continue;
         }
         let readiness = v.su_readiness(a.su);
-        let node = m.sus[a.su.index()].node;
+        let node = host_of(m, v, a.su);
         let why = if readiness == Readiness::OutOfService {
             Some("is out of service".to_string())
         } else if !v.node_up(node) {
@@ -582,7 +594,7 @@ fn assignable<V: StateView + ?Sized>(
     for (p, &su) in g.sus.iter().enumerate() {
         if v.su_readiness(su) != Readiness::InService
             || v.su_oper(su) != OperState::Enabled
-            || !v.node_up(m.sus[su.index()].node)
+            || !v.node_up(host_of(m, v, su))
         {
             continue;
         }

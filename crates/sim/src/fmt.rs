@@ -86,7 +86,21 @@ fn ha(h: HaState) -> &'static str {
 pub fn input(m: &Model, i: &Input) -> String {
     match i {
         Input::Start => "Start".to_string(),
-        Input::Resume { running, held } => {
+        Input::Resume {
+            running,
+            held,
+            moved,
+        } => {
+            let moved: Vec<String> = moved
+                .iter()
+                .map(|(su, n)| {
+                    format!(
+                        "{} on {}",
+                        m.path(EntityRef::Su(*su)),
+                        m.path(EntityRef::Node(*n))
+                    )
+                })
+                .collect();
             let running: Vec<&str> = running.iter().map(|c| comp(m, *c)).collect();
             let held: Vec<String> = held
                 .iter()
@@ -100,9 +114,10 @@ pub fn input(m: &Model, i: &Input) -> String {
                 })
                 .collect();
             format!(
-                "Resume running [{}] holding [{}]",
+                "Resume running [{}] holding [{}] moved [{}]",
                 running.join(", "),
-                held.join(", ")
+                held.join(", "),
+                moved.join(", ")
             )
         }
         Input::CommandDone {
@@ -160,7 +175,19 @@ pub fn input(m: &Model, i: &Input) -> String {
             target,
         } => format!("Admin #{} {} {}", request, op.name(), m.path(*target)),
         #[allow(unreachable_patterns)]
-        other => format!("{other:?}"),
+        Input::NodeRelinked { node } => {
+            format!("NodeRelinked {}", m.path(EntityRef::Node(*node)))
+        }
+        Input::MigrationPrepared { comp: c, port } => match port {
+            Some(p) => format!("MigrationPrepared {} port {p}", comp(m, *c)),
+            None => format!("MigrationPrepared {} failed", comp(m, *c)),
+        },
+        Input::MigrationSent { comp: c, outcome } => {
+            format!("MigrationSent {} {outcome:?}", comp(m, *c))
+        }
+        Input::MigrationFinished { comp: c, outcome } => {
+            format!("MigrationFinished {} {outcome:?}", comp(m, *c))
+        }
     }
 }
 
@@ -261,7 +288,31 @@ pub fn event(m: &Model, e: &Event) -> String {
             format!("AdminDone {} {}", op.name(), m.path(*target))
         }
         #[allow(unreachable_patterns)]
-        other => format!("{other:?}"),
+        Event::MigrationStarted {
+            comp: c, from, to, ..
+        } => format!(
+            "MigrationStarted {} {} -> {}",
+            comp(m, *c),
+            m.path(EntityRef::Node(*from)),
+            m.path(EntityRef::Node(*to))
+        ),
+        Event::Migrated {
+            comp: c, to, took, ..
+        } => format!(
+            "Migrated {} to {} in {:.3}ms",
+            comp(m, *c),
+            m.path(EntityRef::Node(*to)),
+            took.as_secs_f64() * 1e3
+        ),
+        Event::MigrationFailed {
+            comp: c, reason, ..
+        } => format!("MigrationFailed {}: {reason}", comp(m, *c)),
+        Event::GuestRelinking { node } => {
+            format!("GuestRelinking {}", m.path(EntityRef::Node(*node)))
+        }
+        Event::GuestRelinked { node } => {
+            format!("GuestRelinked {}", m.path(EntityRef::Node(*node)))
+        }
     }
 }
 
@@ -289,6 +340,25 @@ pub fn action(m: &Model, a: &ActionKind) -> String {
         },
         ActionKind::Record(e) => format!("Record {}", event(m, e)),
         #[allow(unreachable_patterns)]
-        other => format!("{other:?}"),
+        ActionKind::MigrateIn { comp: c, to } => format!(
+            "MigrateIn {} on {}",
+            comp(m, *c),
+            m.path(EntityRef::Node(*to))
+        ),
+        ActionKind::MigrateOut { comp: c, to, port } => format!(
+            "MigrateOut {} to {}:{port}",
+            comp(m, *c),
+            m.path(EntityRef::Node(*to))
+        ),
+        ActionKind::MigrateFinish {
+            comp: c,
+            to,
+            commit,
+        } => format!(
+            "MigrateFinish {} on {} {}",
+            comp(m, *c),
+            m.path(EntityRef::Node(*to)),
+            if *commit { "commit" } else { "discard" }
+        ),
     }
 }

@@ -57,6 +57,8 @@ enum Pending {
     NodeLost(NodeId),
     /// A node finished rebooting.
     NodeUp(NodeId),
+    /// A guest whose link a migration cut joins again, keeping what it runs.
+    Relink(NodeId),
     /// The fencing device finished.
     FenceDone(NodeId),
 }
@@ -114,8 +116,6 @@ struct Index {
     node_sgs: Vec<Vec<SgId>>,
     /// SG of each component.
     comp_sg: Vec<SgId>,
-    /// Node of each component.
-    comp_node: Vec<NodeId>,
     /// Time past which a pending timer no longer keeps the world from being "quiet".
     far: u64,
 }
@@ -133,7 +133,6 @@ impl Index {
             l.sort();
         }
         let comp_sg = m.comps.iter().map(|c| m.sus[c.su.index()].sg).collect();
-        let comp_node = m.comps.iter().map(|c| m.sus[c.su.index()].node).collect();
         let mut far = 60 * SEC;
         for c in &m.comps {
             far = far.max(dur(c.instantiation.retry_delay).saturating_mul(2));
@@ -146,7 +145,6 @@ impl Index {
         Index {
             node_sgs,
             comp_sg,
-            comp_node,
             far,
         }
     }
@@ -178,6 +176,8 @@ pub struct World<'m, E: SimEngine> {
     healing: bool,
     /// Whether each component's process really runs (what a restarted driver would adopt).
     running: Vec<bool>,
+    /// The node each component runs on: its SU's node, until a live migration moves it.
+    comp_host: Vec<NodeId>,
     /// The CSIs each SA-aware component has accepted and holds, in which HA state: what it
     /// would say when it registers again with a restarted driver.
     held: Vec<Vec<(CsiId, HaState)>>,
@@ -212,6 +212,7 @@ impl<'m, E: SimEngine> World<'m, E> {
             fifo: vec![Instant::ZERO; m.comps.len()],
             healing: false,
             running: vec![false; m.comps.len()],
+            comp_host: m.comps.iter().map(|c| m.sus[c.su.index()].node).collect(),
             held: vec![Vec::new(); m.comps.len()],
             step: 0,
             next_request: 1,
@@ -357,6 +358,7 @@ impl<'m, E: SimEngine> World<'m, E> {
                 self.rebooting[node.index()] = false;
                 Input::NodeUp { node }
             }
+            Pending::Relink(node) => Input::NodeRelinked { node },
             Pending::FenceDone(node) => Input::FenceDone {
                 node,
                 outcome: Outcome::Ok,
@@ -568,14 +570,96 @@ impl<'m, E: SimEngine> World<'m, E> {
         let at = (self.now + Duration::from_nanos(delay))
             .max(self.fifo[c] + Duration::from_nanos(1_000));
         self.fifo[c] = at;
-        let node = self.idx.comp_node[c];
+        let node = self.agent_of(comp);
         self.push(at, Pending::Answer { input, node });
         at
     }
 
+    /// The node whose agent is told about `comp`: where the engine says its SU runs (the
+    /// director routes by that). Only during a migration may the VM itself be elsewhere.
+    fn agent_of(&self, comp: CompId) -> NodeId {
+        let su = self.m.comps[comp.index()].su;
+        self.engine
+            .su_host(su)
+            .unwrap_or(self.m.sus[su.index()].node)
+    }
+
+    /// Queues an answer about `comp` from another node's agent (a migration's destination).
+    fn answer_from(&mut self, node: NodeId, comp: CompId, delay: u64, input: Input) {
+        let c = comp.index();
+        let at = (self.now + Duration::from_nanos(delay))
+            .max(self.fifo[c] + Duration::from_nanos(1_000));
+        self.fifo[c] = at;
+        self.push(at, Pending::Answer { input, node });
+    }
+
+    /// A live migration's actions: the destination prepares (or cannot), the source sends
+    /// (the VM moves the moment it succeeds, and a guest's link is cut by it and rejoins),
+    /// the destination takes over (or loses the VM) or discards its waiting copy.
+    fn act_migration(&mut self, a: ActionKind) {
+        match a {
+            ActionKind::MigrateIn { comp, to } => {
+                self.mark_entity(EntityRef::Comp(comp));
+                if !self.alive[to.index()] {
+                    self.stats.dropped_answers += 1;
+                    return;
+                }
+                let port = (!self.rng.chance(100)).then_some(49152);
+                let d = self.rng.range(10 * MS, 300 * MS);
+                self.answer_from(to, comp, d, Input::MigrationPrepared { comp, port });
+            }
+            ActionKind::MigrateOut { comp, to, .. } => {
+                self.mark_entity(EntityRef::Comp(comp));
+                if !self.reachable(comp) {
+                    return;
+                }
+                let ok =
+                    self.running[comp.index()] && self.alive[to.index()] && !self.rng.chance(150);
+                let d = self.rng.range(50 * MS, 2 * SEC);
+                let from = self.comp_host[comp.index()];
+                if ok {
+                    self.comp_host[comp.index()] = to;
+                    if let Some(guest) = self.m.comps[comp.index()].guest {
+                        if self.alive[guest.index()] && !self.rebooting[guest.index()] {
+                            let lost =
+                                self.now + Duration::from_nanos(self.rng.range(MS, 100 * MS));
+                            self.push(lost, Pending::NodeLost(guest));
+                            let back =
+                                lost + Duration::from_nanos(self.rng.range(100 * MS, 6 * SEC));
+                            self.push(back, Pending::Relink(guest));
+                        }
+                    }
+                }
+                let outcome = if ok { Outcome::Ok } else { Outcome::Failed };
+                self.answer_from(from, comp, d, Input::MigrationSent { comp, outcome });
+            }
+            ActionKind::MigrateFinish { comp, to, commit } => {
+                self.mark_entity(EntityRef::Comp(comp));
+                if !commit {
+                    // The waiting copy is discarded; a VM already sent there is gone with it.
+                    if self.comp_host[comp.index()] == to && self.alive[to.index()] {
+                        self.stopped(comp);
+                    }
+                    return;
+                }
+                if !self.reachable(comp) {
+                    return;
+                }
+                let ok = self.running[comp.index()] && !self.rng.chance(30);
+                if !ok {
+                    self.stopped(comp);
+                }
+                let outcome = if ok { Outcome::Ok } else { Outcome::Failed };
+                let d = self.rng.range(10 * MS, 500 * MS);
+                self.answer(comp, d, Input::MigrationFinished { comp, outcome });
+            }
+            _ => {}
+        }
+    }
+
     /// Whether the component's agent is alive to answer; counts the dropped action if not.
     fn reachable(&mut self, comp: CompId) -> bool {
-        if self.alive[self.idx.comp_node[comp.index()].index()] {
+        if self.alive[self.agent_of(comp).index()] {
             true
         } else {
             self.stats.dropped_answers += 1;
@@ -588,6 +672,10 @@ impl<'m, E: SimEngine> World<'m, E> {
         match a {
             ActionKind::Instantiate { comp } => {
                 self.mark_entity(EntityRef::Comp(comp));
+                // It starts where the engine says its SU runs (a migration may have moved it).
+                let su = m.comps[comp.index()].su;
+                self.comp_host[comp.index()] =
+                    self.engine.su_host(su).unwrap_or(m.sus[su.index()].node);
                 if self.reachable(comp) {
                     let (d, outcome) =
                         self.answer_timing(m.comps[comp.index()].timeouts.instantiate, 50, 30);
@@ -718,6 +806,9 @@ impl<'m, E: SimEngine> World<'m, E> {
             ActionKind::StartTimer { timer, at } => {
                 self.push(at, Pending::Timer(timer));
             }
+            ActionKind::MigrateIn { .. }
+            | ActionKind::MigrateOut { .. }
+            | ActionKind::MigrateFinish { .. } => self.act_migration(a),
             ActionKind::AdminReply { request, result } => {
                 if result.is_err() {
                     self.stats.admin_refused += 1;
@@ -766,15 +857,16 @@ impl<'m, E: SimEngine> World<'m, E> {
         }
         self.alive[node.index()] = false;
         let before = self.queue.len();
-        self.queue
-            .retain(|Reverse(q)| !matches!(&q.what, Pending::Answer { node: n, .. } if *n == node));
+        self.queue.retain(|Reverse(q)| {
+            !matches!(&q.what, Pending::Answer { node: n, .. } | Pending::Relink(n) if *n == node)
+        });
         let dropped = before - self.queue.len();
         self.non_timers -= dropped;
         self.stats.dropped_answers += dropped as u64;
-        for &su in &self.m.nodes[node.index()].sus {
-            for &c in &self.m.sus[su.index()].comps {
-                self.fifo[c.index()] = Instant::ZERO;
-                self.stopped(c);
+        for c in 0..self.m.comps.len() {
+            if self.comp_host[c] == node {
+                self.fifo[c] = Instant::ZERO;
+                self.stopped(CompId(c as u32));
             }
         }
     }
@@ -904,7 +996,14 @@ impl<'m, E: SimEngine> World<'m, E> {
             .filter(|&c| self.running[c])
             .map(|c| (CompId(c as u32), self.held[c].clone()))
             .collect();
-        let resume = nines_engine::resume_input(&adopted);
+        let moved = (0..m.sus.len())
+            .filter_map(|s| {
+                let first = *m.sus[s].comps.first()?;
+                let host = self.comp_host[first.index()];
+                (host != m.sus[s].node).then_some((SuId(s as u32), host))
+            })
+            .collect();
+        let resume = nines_engine::resume_input(&adopted, moved);
         self.note_injection(&resume);
         self.feed(resume)?;
         self.feed(Input::Start)
@@ -943,7 +1042,7 @@ impl<'m, E: SimEngine> World<'m, E> {
             }
         };
         for &comp in among {
-            if !self.alive[self.idx.comp_node[comp.index()].index()] {
+            if !self.alive[self.comp_host[comp.index()].index()] {
                 continue;
             }
             reachable.push(comp);

@@ -26,6 +26,8 @@ pub struct World {
     pub complete_quiescing: bool,
     /// Nodes fenced by the engine (the world reboots them only when a test says so).
     pub fenced: Vec<NodeId>,
+    /// The live-migration step that fails: 1 prepare, 2 send, 3 finish (0: none).
+    pub failing_migration_step: u8,
     next_request: u64,
 }
 
@@ -60,6 +62,7 @@ impl World {
             auto: true,
             complete_quiescing: true,
             fenced: Vec::new(),
+            failing_migration_step: 0,
             next_request: 1,
         }
     }
@@ -105,6 +108,14 @@ impl World {
             self.feed(Input::TimerFired { timer });
         }
         self.now = until;
+    }
+
+    fn migration_outcome(&self, step: u8) -> Outcome {
+        if self.failing_migration_step == step {
+            Outcome::Failed
+        } else {
+            Outcome::Ok
+        }
     }
 
     fn answer(&mut self, a: &Action) {
@@ -160,6 +171,23 @@ impl World {
                 Input::FenceDone {
                     node,
                     outcome: Outcome::Ok,
+                }
+            }
+            ActionKind::MigrateIn { comp, .. } => Input::MigrationPrepared {
+                comp,
+                port: (self.failing_migration_step != 1).then_some(4444),
+            },
+            ActionKind::MigrateOut { comp, .. } => Input::MigrationSent {
+                comp,
+                outcome: self.migration_outcome(2),
+            },
+            ActionKind::MigrateFinish { comp, commit, .. } => {
+                if !commit {
+                    return;
+                }
+                Input::MigrationFinished {
+                    comp,
+                    outcome: self.migration_outcome(3),
                 }
             }
             ActionKind::StartTimer { timer, at } => {
