@@ -99,6 +99,10 @@ pub(crate) enum Scenario {
     /// UC9: the counter in a guest reports errors until its node's SU failovers escalate to
     /// a reset of that guest's VM.
     VmEscalation,
+    /// Planned maintenance: lock the host of the VM whose guest holds the counter's active;
+    /// the VM is live-migrated to the other host (the counter keeps running in it), and
+    /// back home when the host is unlocked (fail-back).
+    VmMigrate,
 }
 
 impl Scenario {
@@ -116,6 +120,7 @@ impl Scenario {
             Scenario::VmKill => "vm-kill",
             Scenario::VmHang => "vm-hang",
             Scenario::VmEscalation => "vm-escalation",
+            Scenario::VmMigrate => "vm-migrate",
         }
     }
 
@@ -1023,7 +1028,7 @@ pub(crate) fn bench(args: &BenchArgs) -> ExitCode {
 fn run_bench(args: &BenchArgs) -> Result<(), String> {
     if matches!(
         args.scenario,
-        Scenario::VmKill | Scenario::VmHang | Scenario::VmEscalation
+        Scenario::VmKill | Scenario::VmHang | Scenario::VmEscalation | Scenario::VmMigrate
     ) {
         return crate::bench_vm::run(args);
     }
@@ -1089,7 +1094,8 @@ fn run_bench(args: &BenchArgs) -> Result<(), String> {
         | Scenario::DirectorKill
         | Scenario::VmKill
         | Scenario::VmHang
-        | Scenario::VmEscalation => return Err(format!("{name} runs on the cluster testbed")),
+        | Scenario::VmEscalation
+        | Scenario::VmMigrate => return Err(format!("{name} runs on the cluster testbed")),
     };
     let si = match args.scenario {
         Scenario::ProcessKill => "echo/si",

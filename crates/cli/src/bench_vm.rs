@@ -11,6 +11,11 @@
 //!   heartbeats stop, the engine resets the VM (cleanup = SIGKILL) and fails over.
 //! * `vm-escalation` (OPNFV UC9): the active counter reports errors (its `fail` request)
 //!   until the guest's node tolerates no more SU failovers: the guest is reset through its VM.
+//! * `vm-migrate` (planned maintenance): `adm lock` the host of the VM whose guest holds the
+//!   active; the VM (`migrate: true`) is live-migrated to the other host while the counter in
+//!   it keeps serving, its guest relinks, and `adm unlock` brings it home (fail-back). Outage:
+//!   the probe's longest gap from the lock to the migration's end; reaction: lock to
+//!   migration start; recovery: the migration's duration; repair: the fail-back migration's.
 //!
 //! Outage: the probe's gap; reaction: injection to the engine's detection; recovery:
 //! detection to the probe's first answer; repair: the engine's failure to repaired (the VM
@@ -22,7 +27,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nines_director::cluster::{ClusterOptions, FenceMethod, Listen};
-use nines_example_counter::probe::{gap, Mode, Probe, ProbeOptions};
+use nines_example_counter::probe::{gap, Gap, Mode, Probe, ProbeOptions, Sample};
 use nines_link::{ClusterKey, LinkConfig};
 use rustix::process::Signal;
 use serde_json::{json, Value};
@@ -41,9 +46,18 @@ const GUEST_PORT: u16 = 7100;
 
 /// The nested config: hosts `host-1`/`host-2` run VMs `infra/vms/vm-N/guest`, whose guests
 /// are nodes `guest-N`, where the 2N counter runs (`fail` enabled for vm-escalation).
-pub(crate) fn nested_config(image: &Path, forwards: [u16; 2], fail_hook: bool) -> String {
+pub(crate) fn nested_config(image: &Path, forwards: [u16; 2], scenario: Scenario) -> String {
     let img = |f: &str| crate::bench::yaml_str(&image.join(f).to_string_lossy());
-    let hook = if fail_hook { ", fail_hook: \"on\"" } else { "" };
+    let hook = if scenario == Scenario::VmEscalation {
+        ", fail_hook: \"on\""
+    } else {
+        ""
+    };
+    let (migrate, fail_back) = if scenario == Scenario::VmMigrate {
+        (", migrate: true", "\n        fail_back: true")
+    } else {
+        ("", "")
+    };
     format!(
         "cluster: nested
 nodes:
@@ -55,7 +69,7 @@ apps:
   infra:
     sgs:
       vms:
-        redundancy: n-way-active
+        redundancy: n-way-active{fail_back}
         escalation: {{ comp_restart: {{ max: 100000, within: 1s }} }}
         units:
           vm-1: {{ node: host-1, vm: {{ guest: {{ forwards: [{{ host: {f1}, guest: {GUEST_PORT} }}] }} }} }}
@@ -65,7 +79,7 @@ apps:
             kind: vm
             timeouts: {{ instantiate: 60s, terminate: 5s }}
             recovery: restart
-            vm: {{ kernel: {kernel}, initrd: {initrd}, memory: 128M, cpus: 1, accel: auto }}
+            vm: {{ kernel: {kernel}, initrd: {initrd}, memory: 128M, cpus: 1, accel: auto{migrate} }}
     sis:
       hosting: {{ sg: vms, active: 2, csis: {{ main: {{ component: guest }} }} }}
   counter:
@@ -229,7 +243,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on loopback: {e}"))?;
     let director = listener.local_addr().map_err(|e| e.to_string())?;
     let forwards = [free_port()?, free_port()?];
-    let config = nested_config(&image, forwards, args.scenario == Scenario::VmEscalation);
+    let config = nested_config(&image, forwards, args.scenario);
     eprintln!(
         "bench {name}: {} runs, seed {seed}, 2N counter in two TCG guests (ports {} and {}), \
          director on {director}, image {}",
@@ -407,6 +421,9 @@ fn one_vm_fault(
     if scenario == Scenario::VmEscalation {
         return escalate(h, probe, addrs, from);
     }
+    if scenario == Scenario::VmMigrate {
+        return migrate(h, probe, &s, n, from);
+    }
     let sig = if scenario == Scenario::VmHang {
         Signal::STOP
     } else {
@@ -496,4 +513,95 @@ fn escalate(
     Err(format!(
         "four error reports (from event {from}) never escalated to a guest's VM"
     ))
+}
+
+/// The longest gap between consecutive answers to requests sent in `from..to`, bounded by the
+/// last answer before `from`: a planned move has no instant of failure to measure around.
+fn longest_gap(samples: &[Sample], from: Instant, to: Instant) -> Option<Gap> {
+    let mut times: Vec<Instant> = samples
+        .iter()
+        .filter(|s| s.sent < to)
+        .map(|s| s.received)
+        .collect();
+    times.sort();
+    let start = times.iter().rposition(|t| *t < from)?;
+    times[start..]
+        .windows(2)
+        .map(|w| Gap {
+            last_before: w[0],
+            first_after: w[1],
+        })
+        .max_by_key(Gap::outage)
+}
+
+/// vm-migrate: lock the host of guest-`n`'s VM, measure the live migration, unlock it and
+/// measure the migration home. Neither may open a fault.
+fn migrate(
+    h: &mut Harness,
+    probe: &Probe,
+    s: &nines_director::Status,
+    n: usize,
+    from: usize,
+) -> Result<Measured, String> {
+    let vm_su = format!("infra/vms/vm-{n}");
+    let host = s
+        .sgs
+        .iter()
+        .flat_map(|g| &g.sus)
+        .find(|su| su.path == vm_su)
+        .map(|su| su.node.clone())
+        .ok_or_else(|| format!("no node for {vm_su}"))?;
+    let locked_at = Instant::now();
+    h.adm("lock", &host)?;
+    let is = |what: &'static str| {
+        let su = vm_su.clone();
+        move |v: &Value| {
+            (v["event"] == what || v["event"] == "migration-failed") && v["entity"] == su.as_str()
+        }
+    };
+    let started = h.wait_event(from, MILESTONE, is("migration-started"))?;
+    let moved = h.wait_event(started, MILESTONE, is("migrated"))?;
+    if h.history[moved]["event"] == "migration-failed" {
+        return Err(format!("the migration failed: {}", h.history[moved]));
+    }
+    let moved_at = Instant::now();
+    // The service must answer again before the gap is judged.
+    probe
+        .wait_answer_after(moved_at, MILESTONE)
+        .ok_or("the service does not answer after the migration")?;
+    let g =
+        longest_gap(&probe.take(), locked_at, moved_at).ok_or("no answer around the migration")?;
+    let started_ns = h.history[started]["t_ns"].as_u64().map(i128::from);
+    let took_ms = h.history[moved]["took_ms"].as_f64().unwrap_or(f64::NAN);
+    h.adm("unlock", &host)?;
+    let back_start = h.wait_event(moved + 1, MILESTONE, is("migration-started"))?;
+    let back = h.wait_event(back_start, MILESTONE, is("migrated"))?;
+    if h.history[back]["event"] == "migration-failed" {
+        return Err(format!(
+            "the fail-back migration failed: {}",
+            h.history[back]
+        ));
+    }
+    let repair_ms = h.history[back]["took_ms"].as_f64().unwrap_or(f64::NAN);
+    h.wait_status(MILESTONE, "everything back in service", all_settled)?;
+    h.drain();
+    if let Some(f) = h.history[from..]
+        .iter()
+        .find(|v| v["event"] == "fault-detected")
+    {
+        return Err(format!("a planned migration opened a fault: {f}"));
+    }
+    let nanos = |x: i128| Duration::from_nanos(u64::try_from(x.max(0)).unwrap_or(u64::MAX));
+    let reaction = started_ns.map_or(Duration::ZERO, |t| nanos(t - h.clock.ns(locked_at)));
+    Ok(Measured {
+        fault: 0,
+        recovery: "live-migration".into(),
+        fault_at: locked_at,
+        gap: g,
+        reaction,
+        recovery_time: Duration::from_secs_f64(took_ms.max(0.0) / 1e3),
+        repair_ms,
+        engine_outage_ms: None,
+        lines: from..h.history.len(),
+    })
 }

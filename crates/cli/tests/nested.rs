@@ -48,8 +48,14 @@ fn image() -> Option<PathBuf> {
 /// One nested cluster at a time: each boots two TCG guests, and this machine has two cores.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Runs `nines bench SCENARIO --runs N --json` on the image; its JSON object.
+/// Runs `nines bench SCENARIO --runs N --json` on the image; its JSON object. Every run's
+/// fault must have been the guest's node failover (the VM's cleanup as its fence).
 fn bench(scenario: &str, runs: u32) -> Option<Value> {
+    bench_handled_by(scenario, runs, "-> node-failover")
+}
+
+/// As [`bench`], with every run handled by `handling` (as the bench's run lines say).
+fn bench_handled_by(scenario: &str, runs: u32, handling: &str) -> Option<Value> {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let image = image()?;
     let out = Command::new(EXE)
@@ -78,8 +84,7 @@ fn bench(scenario: &str, runs: u32) -> Option<Value> {
     for metric in ["outage_ms", "reaction_ms", "recovery_ms", "repair_ms"] {
         assert!(v[metric]["p50"].as_f64().is_some(), "{metric} in {v}");
     }
-    // Every run's fault was the guest's node failover (the VM's cleanup as its fence).
-    let faults = stderr.matches("-> node-failover").count();
+    let faults = stderr.matches(handling).count();
     assert_eq!(faults, runs as usize, "{stderr}");
     assert_no_qemu_left(&image);
     Some(v)
@@ -119,4 +124,25 @@ fn a_hung_vm_is_reset_through_its_guests_lost_heartbeats() {
 #[test]
 fn repeated_errors_inside_a_guest_escalate_to_a_restart_of_its_vm() {
     bench("vm-escalation", 1);
+}
+
+#[test]
+fn locking_a_host_live_migrates_its_vm_and_the_counter_inside_keeps_serving() {
+    // The bench fails the run if the lock opened any fault (no failover, no VM restart), if
+    // either migration failed, or if the counter went back.
+    let Some(v) = bench_handled_by("vm-migrate", 1, "-> live-migration") else {
+        return;
+    };
+    // Both moves happened and were timed: away on lock (recovery) and home on unlock (repair).
+    for metric in ["recovery_ms", "repair_ms"] {
+        assert!(
+            v[metric]["max"].as_f64().is_some_and(|t| t > 0.0),
+            "{metric} in {v}"
+        );
+    }
+    // A hang guard, not a speed goal: a migration's gap is far below a VM's reboot.
+    assert!(
+        v["outage_ms"]["max"].as_f64().is_some_and(|o| o < 30_000.0),
+        "{v}"
+    );
 }

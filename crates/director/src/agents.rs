@@ -133,11 +133,14 @@ impl Agents {
     /// Hands a component action to the agent of the component's node. Dropped (and `false`)
     /// when that node's agent is being replaced after a fence: everything on the node is dead
     /// by then and the engine learns it through `FenceDone`.
-    pub fn execute(&self, comp: CompId, action: &ActionKind) -> bool {
-        let m = &self.ctx.model;
-        let node = m.sus[m.comps[comp.index()].su.index()].node;
+    pub fn execute(&self, node: NodeId, action: &ActionKind) -> bool {
         let slot = &self.slots[node.index()];
         if let Some(r) = &slot.remote {
+            if let ActionKind::MigrateOut { to, .. } = action {
+                let ip = self.addr_of(*to);
+                return nines_node::wire::Order::migrate_out(action, ip)
+                    .is_some_and(|o| r.send(&nines_node::wire::ToAgent::Order(o)));
+            }
             return r.execute(action);
         }
         match &slot.handle {
@@ -147,6 +150,17 @@ impl Agents {
             }
             None => false,
         }
+    }
+
+    /// The address a node's agent is reached at, as far as this director knows: its link's
+    /// peer address, or loopback for the agents of this process.
+    fn addr_of(&self, node: NodeId) -> std::net::IpAddr {
+        let slot = &self.slots[node.index()];
+        slot.remote
+            .as_ref()
+            .map(|r| r.addr.ip())
+            .or(slot.last_addr.map(|a| a.ip()))
+            .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]))
     }
 
     /// What every agent adopted when it started, once the SA-aware components registered
@@ -209,7 +223,19 @@ pub(crate) fn comp_of(action: &ActionKind) -> Option<CompId> {
         | ActionKind::Terminate { comp }
         | ActionKind::Cleanup { comp }
         | ActionKind::AssignCsi { comp, .. }
-        | ActionKind::RemoveCsi { comp, .. } => Some(*comp),
+        | ActionKind::RemoveCsi { comp, .. }
+        | ActionKind::MigrateIn { comp, .. }
+        | ActionKind::MigrateOut { comp, .. }
+        | ActionKind::MigrateFinish { comp, .. } => Some(*comp),
         _ => None,
+    }
+}
+
+/// The node whose agent carries out a component action: a migration's destination for the
+/// steps that run there, else the node the engine says the component's SU runs on.
+pub(crate) fn node_for(engine: &nines_engine::Engine, comp: CompId, action: &ActionKind) -> NodeId {
+    match action {
+        ActionKind::MigrateIn { to, .. } | ActionKind::MigrateFinish { to, .. } => *to,
+        _ => engine.su_host(engine.model().comps[comp.index()].su),
     }
 }

@@ -414,12 +414,19 @@ async fn join(link: Link<ToAgent, ToDirector>, ctx: Arc<ClusterCtx>) {
     }
 }
 
-/// Whether `comp` runs on `node` (a node speaks for its own components only).
+/// Whether `comp` may run on `node` (a node speaks for its own components only): its SU's
+/// node, or for a VM that live-migrates, any node of its SG.
 fn owns(model: &Model, node: NodeId, comp: nines_model::CompId) -> bool {
-    model
-        .comps
-        .get(comp.index())
-        .is_some_and(|c| model.sus[c.su.index()].node == node)
+    let Some(c) = model.comps.get(comp.index()) else {
+        return false;
+    };
+    let su = &model.sus[c.su.index()];
+    su.node == node
+        || (c.vm.as_ref().is_some_and(|v| v.migrate)
+            && model.sgs[su.sg.index()]
+                .sus
+                .iter()
+                .any(|s| model.sus[s.index()].node == node))
 }
 
 /// Whether an agent's fact is about a component of `node`.
@@ -429,7 +436,10 @@ fn input_owned(model: &Model, node: NodeId, input: &Input) -> bool {
         | Input::ComponentFailed { comp, .. }
         | Input::CsiAssigned { comp, .. }
         | Input::CsiRemoved { comp, .. }
-        | Input::QuiescingComplete { comp, .. } => owns(model, node, *comp),
+        | Input::QuiescingComplete { comp, .. }
+        | Input::MigrationPrepared { comp, .. }
+        | Input::MigrationSent { comp, .. }
+        | Input::MigrationFinished { comp, .. } => owns(model, node, *comp),
         _ => false,
     }
 }
@@ -622,6 +632,9 @@ impl EngineLoop {
         let slot = &self.agents.slots[node.index()];
         let answer = if slot.remote.is_some() {
             JoinAnswer::Refuse("this node is already joined".into())
+        } else if self.engine.node_relinking(node) {
+            // Its VM migrated and the migration cut its link: it may come back as it is.
+            JoinAnswer::Welcome(true)
         } else if slot.fencing || self.engine.node_fencing(node) {
             JoinAnswer::Refuse("this node is being fenced; it may join once that is done".into())
         } else if self.engine.node_up(node) {
@@ -632,8 +645,48 @@ impl EngineLoop {
         self.answer_join(node, addr, answer, reply);
     }
 
-    /// A node finished joining (it was reset: nothing runs on it).
-    pub(crate) fn on_joined(&mut self, node: NodeId, gen: u64, remote: Remote, n: usize) {
+    /// A node finished joining (it was reset: nothing runs on it; or it relinks after its
+    /// VM's migration, keeping what it runs).
+    pub(crate) fn on_joined(
+        &mut self,
+        node: NodeId,
+        gen: u64,
+        remote: Remote,
+        adopted: &[Adopted],
+    ) {
+        let n = adopted.len();
+        if self.agents.slots[node.index()].remote.is_none() && self.engine.node_relinking(node) {
+            // Kept only if it runs exactly what the engine thinks it runs; otherwise the link
+            // is closed, and the relink time runs out (the guest is lost, its VM reset).
+            let mut theirs: Vec<_> = adopted.iter().map(|a| a.comp).collect();
+            theirs.sort();
+            let m = self.model.clone();
+            let ours: Vec<_> = (0..m.comps.len() as u32)
+                .map(nines_model::CompId)
+                .filter(|c| {
+                    self.engine.su_host(m.comps[c.index()].su) == node
+                        && self.engine.comp_presence(*c) == nines_engine::Presence::Instantiated
+                })
+                .collect();
+            let path = m.path(EntityRef::Node(node));
+            if theirs != ours {
+                self.log_director(
+                    "relink-refused",
+                    vec![
+                        ("node", json!(path)),
+                        (
+                            "reason",
+                            json!("it does not run what it ran before the migration"),
+                        ),
+                    ],
+                );
+                return;
+            }
+            self.install(node, gen, remote, true, n);
+            let now = self.clock.now();
+            self.feed(now, Input::NodeRelinked { node });
+            return;
+        }
         if self.agents.slots[node.index()].remote.is_some() || self.engine.node_up(node) {
             return; // raced with another join; dropping `remote` closes this link
         }

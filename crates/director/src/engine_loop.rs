@@ -209,7 +209,7 @@ impl EngineLoop {
                 gen,
                 remote,
                 adopted,
-            } => self.on_joined(node, gen, remote, adopted.len()),
+            } => self.on_joined(node, gen, remote, &adopted),
             Msg::Lost {
                 node,
                 gen,
@@ -293,7 +293,8 @@ impl EngineLoop {
                 }
                 kind => {
                     if let Some(comp) = comp_of(&kind) {
-                        if !self.agents.execute(comp, &kind) {
+                        let node = crate::agents::node_for(&self.engine, comp, &kind);
+                        if !self.agents.execute(node, &kind) {
                             tracing::debug!("dropped {kind:?}: the node's agent is restarting");
                         }
                     } else {

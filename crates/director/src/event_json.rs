@@ -166,6 +166,55 @@ pub fn event_fields(model: &Model, event: &Event, detection: Detection) -> (&'st
             "admin-done",
             vec![("op", json!(op.name())), ("target", path(*target))],
         ),
+        Event::MigrationStarted { su, comp, from, to } => (
+            "migration-started",
+            vec![
+                ("entity", path(EntityRef::Su(*su))),
+                ("vm", path(EntityRef::Comp(*comp))),
+                ("from", path(EntityRef::Node(*from))),
+                ("to", path(EntityRef::Node(*to))),
+            ],
+        ),
+        Event::Migrated {
+            su,
+            comp,
+            from,
+            to,
+            took,
+        } => (
+            "migrated",
+            vec![
+                ("entity", path(EntityRef::Su(*su))),
+                ("vm", path(EntityRef::Comp(*comp))),
+                ("from", path(EntityRef::Node(*from))),
+                ("to", path(EntityRef::Node(*to))),
+                ("took_ms", json!(ms(*took))),
+            ],
+        ),
+        Event::MigrationFailed {
+            su,
+            comp,
+            from,
+            to,
+            reason,
+        } => (
+            "migration-failed",
+            vec![
+                ("entity", path(EntityRef::Su(*su))),
+                ("vm", path(EntityRef::Comp(*comp))),
+                ("from", path(EntityRef::Node(*from))),
+                ("to", to.map_or(Value::Null, |n| path(EntityRef::Node(n)))),
+                ("reason", json!(reason)),
+            ],
+        ),
+        Event::GuestRelinking { node } => (
+            "guest-relinking",
+            vec![("node", path(EntityRef::Node(*node)))],
+        ),
+        Event::GuestRelinked { node } => (
+            "guest-relinked",
+            vec![("node", path(EntityRef::Node(*node)))],
+        ),
         #[allow(unreachable_patterns)]
         other => ("other", vec![("debug", json!(format!("{other:?}")))]),
     }

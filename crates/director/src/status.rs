@@ -139,7 +139,7 @@ impl Status {
             let s = &m.sus[su.index()];
             SuStatus {
                 path: s.path.clone(),
-                node: m.path(EntityRef::Node(s.node)),
+                node: m.path(EntityRef::Node(engine.su_host(su))),
                 rank: s.rank,
                 admin: admin(EntityRef::Su(su)),
                 oper: names::oper(engine.su_oper(su)).to_string(),

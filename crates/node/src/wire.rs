@@ -11,7 +11,7 @@
 //! `Report`s the other, until the link is lost.
 
 use nines_engine::{ActionKind, Command, FaultKind, HaState, Input, Outcome};
-use nines_model::{CompId, CsiId, Model, Recovery};
+use nines_model::{CompId, CsiId, Model, NodeId, Recovery};
 use serde::{Deserialize, Serialize};
 
 /// Messages from an agent to a director.
@@ -148,11 +148,43 @@ pub enum WireHa {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[allow(missing_docs)]
 pub enum Order {
-    Instantiate { comp: u32 },
-    Terminate { comp: u32 },
-    Cleanup { comp: u32 },
-    AssignCsi { comp: u32, csi: u32, ha: WireHa },
-    RemoveCsi { comp: u32, csi: u32 },
+    Instantiate {
+        comp: u32,
+    },
+    Terminate {
+        comp: u32,
+    },
+    Cleanup {
+        comp: u32,
+    },
+    AssignCsi {
+        comp: u32,
+        csi: u32,
+        ha: WireHa,
+    },
+    RemoveCsi {
+        comp: u32,
+        csi: u32,
+    },
+    /// Live migration, step 1, to the destination node `to`.
+    MigrateIn {
+        comp: u32,
+        to: u32,
+    },
+    /// Step 2, to the VM's node: send the VM to `ip:port` (the destination's address, which
+    /// only the director knows).
+    MigrateOut {
+        comp: u32,
+        to: u32,
+        ip: std::net::IpAddr,
+        port: u16,
+    },
+    /// Step 3, to the destination.
+    MigrateFinish {
+        comp: u32,
+        to: u32,
+        commit: bool,
+    },
 }
 
 /// Command outcomes on the wire.
@@ -196,6 +228,18 @@ pub enum Fact {
         comp: u32,
         csi: u32,
     },
+    MigrationPrepared {
+        comp: u32,
+        port: Option<u16>,
+    },
+    MigrationSent {
+        comp: u32,
+        outcome: WireOutcome,
+    },
+    MigrationFinished {
+        comp: u32,
+        outcome: WireOutcome,
+    },
 }
 
 /// Why a message was refused: names the field and the bad value.
@@ -224,6 +268,10 @@ fn check(field: &'static str, value: u32, limit: usize) -> Result<u32, BadIndex>
 
 fn comp(m: &Model, c: u32) -> Result<CompId, BadIndex> {
     check("component", c, m.comps.len()).map(CompId)
+}
+
+fn node(m: &Model, n: u32) -> Result<NodeId, BadIndex> {
+    Ok(NodeId(check("node", n, m.nodes.len())?))
 }
 
 fn csi(m: &Model, c: u32) -> Result<CsiId, BadIndex> {
@@ -292,8 +340,31 @@ impl Order {
                 comp: comp.0,
                 csi: csi.0,
             },
+            ActionKind::MigrateIn { comp, to } => Order::MigrateIn {
+                comp: comp.0,
+                to: to.0,
+            },
+            ActionKind::MigrateFinish { comp, to, commit } => Order::MigrateFinish {
+                comp: comp.0,
+                to: to.0,
+                commit,
+            },
+            // Needs the destination's address: see `Order::migrate_out`.
             _ => return None,
         })
+    }
+
+    /// The order for the engine's `MigrateOut`, with the destination's address.
+    pub fn migrate_out(a: &ActionKind, ip: std::net::IpAddr) -> Option<Order> {
+        match *a {
+            ActionKind::MigrateOut { comp, to, port } => Some(Order::MigrateOut {
+                comp: comp.0,
+                to: to.0,
+                ip,
+                port,
+            }),
+            _ => None,
+        }
     }
 
     /// The engine action, checked against the model.
@@ -314,6 +385,26 @@ impl Order {
             Order::RemoveCsi { comp: c, csi: s } => ActionKind::RemoveCsi {
                 comp: comp(m, c)?,
                 csi: csi(m, s)?,
+            },
+            Order::MigrateIn { comp: c, to } => ActionKind::MigrateIn {
+                comp: comp(m, c)?,
+                to: node(m, to)?,
+            },
+            Order::MigrateOut {
+                comp: c, to, port, ..
+            } => ActionKind::MigrateOut {
+                comp: comp(m, c)?,
+                to: node(m, to)?,
+                port,
+            },
+            Order::MigrateFinish {
+                comp: c,
+                to,
+                commit,
+            } => ActionKind::MigrateFinish {
+                comp: comp(m, c)?,
+                to: node(m, to)?,
+                commit,
             },
         })
     }
@@ -370,6 +461,17 @@ impl Fact {
             Input::QuiescingComplete { comp, csi } => Fact::QuiescingComplete {
                 comp: comp.0,
                 csi: csi.0,
+            },
+            Input::MigrationPrepared { comp, port } => {
+                Fact::MigrationPrepared { comp: comp.0, port }
+            }
+            Input::MigrationSent { comp, outcome } => Fact::MigrationSent {
+                comp: comp.0,
+                outcome: outcome.into(),
+            },
+            Input::MigrationFinished { comp, outcome } => Fact::MigrationFinished {
+                comp: comp.0,
+                outcome: outcome.into(),
             },
             _ => return None,
         })
@@ -434,6 +536,18 @@ impl Fact {
                 comp: comp(m, c)?,
                 csi: csi(m, s)?,
             },
+            Fact::MigrationPrepared { comp: c, port } => Input::MigrationPrepared {
+                comp: comp(m, c)?,
+                port,
+            },
+            Fact::MigrationSent { comp: c, outcome } => Input::MigrationSent {
+                comp: comp(m, c)?,
+                outcome: outcome.into(),
+            },
+            Fact::MigrationFinished { comp: c, outcome } => Input::MigrationFinished {
+                comp: comp(m, c)?,
+                outcome: outcome.into(),
+            },
         })
     }
 }
@@ -486,9 +600,26 @@ mod tests {
                 ha_state: HaState::Quiescing,
             },
             ActionKind::RemoveCsi { comp: c, csi: s },
+            ActionKind::MigrateIn {
+                comp: c,
+                to: NodeId(0),
+            },
+            ActionKind::MigrateFinish {
+                comp: c,
+                to: NodeId(0),
+                commit: true,
+            },
+            ActionKind::MigrateOut {
+                comp: c,
+                to: NodeId(0),
+                port: 4444,
+            },
         ];
         for a in actions {
-            let order = Order::from_action(&a).expect("an agent action");
+            let ip = std::net::IpAddr::from([10, 0, 0, 2]);
+            let order = Order::from_action(&a)
+                .or_else(|| Order::migrate_out(&a, ip))
+                .expect("an agent action");
             let bytes = postcard::to_stdvec(&ToAgent::Order(order)).expect("encodes");
             let ToAgent::Order(back) = postcard::from_bytes(&bytes).expect("decodes") else {
                 panic!("not an order");
@@ -518,6 +649,18 @@ mod tests {
                 outcome: Outcome::Ok,
             },
             Input::QuiescingComplete { comp: c, csi: s },
+            Input::MigrationPrepared {
+                comp: c,
+                port: Some(4444),
+            },
+            Input::MigrationSent {
+                comp: c,
+                outcome: Outcome::Failed,
+            },
+            Input::MigrationFinished {
+                comp: c,
+                outcome: Outcome::Ok,
+            },
         ];
         for i in inputs {
             let fact = Fact::from_input(&i).expect("an agent fact");
