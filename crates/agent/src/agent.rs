@@ -100,6 +100,13 @@ pub(crate) struct Agent {
     pub guest_join: std::sync::OnceLock<crate::vm_guest::GuestJoin>,
     /// The floating IPs this node's components could hold (CSIs with a `vip` attribute).
     pub vips: Vec<NodeVip>,
+    /// Ownership changed by live migration, over the model's placement: `true` for a VM
+    /// migrated in here (or whose migration in was committed and failed: the engine recovers
+    /// it here), `false` for one migrated out. See [`Agent::owns`].
+    moved: Mutex<HashMap<CompId, bool>>,
+    /// Migration destinations: QEMUs waiting for (or holding) a VM's incoming state, not yet
+    /// taken over (see [`crate::vm_migrate`]). Not incarnations: nothing reports for them.
+    incoming: Mutex<HashMap<CompId, crate::vm_migrate::Waiting>>,
 }
 
 impl Agent {
@@ -141,6 +148,8 @@ impl Agent {
             stop: watch::channel(false).0,
             replicator: std::sync::OnceLock::new(),
             guest_join: std::sync::OnceLock::new(),
+            moved: Mutex::new(HashMap::new()),
+            incoming: Mutex::new(HashMap::new()),
         }
     }
 
@@ -156,13 +165,34 @@ impl Agent {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Whether `comp` exists and is configured on this agent's node.
+    /// Whether `comp` exists and runs on this agent's node: where the model places it, unless
+    /// a live migration moved it here or away (the engine's SU host is runtime state, and
+    /// this is the agent's side of it).
     pub(crate) fn owns(&self, comp: CompId) -> bool {
-        self.model
+        let placed = self
+            .model
             .comps
             .get(comp.index())
             .and_then(|c| self.model.sus.get(c.su.index()))
-            .is_some_and(|su| su.node == self.node)
+            .map(|su| su.node == self.node);
+        let Some(placed) = placed else {
+            return false;
+        };
+        self.moved_lock().get(&comp).copied().unwrap_or(placed)
+    }
+
+    /// Records that a migration moved `comp` here (`true`) or away (`false`).
+    pub(crate) fn set_owned(&self, comp: CompId, owned: bool) {
+        self.moved_lock().insert(comp, owned);
+    }
+
+    fn moved_lock(&self) -> MutexGuard<'_, HashMap<CompId, bool>> {
+        self.moved.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The migration destinations waiting here.
+    pub(crate) fn incoming(&self) -> MutexGuard<'_, HashMap<CompId, crate::vm_migrate::Waiting>> {
+        self.incoming.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The model entry of a component this agent owns (check [`Agent::owns`] first).

@@ -16,6 +16,8 @@
 //!   the services being recovered wait for a repair's start; VMs on another thread at the
 //!   agent's priority (their boot is the repair); actions for a component whose spawn is in
 //!   flight wait for it and run in order.
+//! * `vm_migrate`: live migration of QEMU VMs between agents (the engine's `MigrateIn`,
+//!   `MigrateOut`, `MigrateFinish`), and which agent owns a migrated VM.
 //! * `vm`: VM components (`nines-vm`): QEMU spawned as a component process, instantiated once
 //!   its guest is healthy, failed on its exit, on QMP's panic / shutdown / stop events and on a
 //!   missed health probe; terminated by power-down, quit, then SIGKILL. `vm_libvirt`
@@ -87,6 +89,7 @@ mod vm;
 mod vm_guest;
 #[cfg(feature = "libvirt")]
 mod vm_libvirt;
+mod vm_migrate;
 mod wire;
 
 use std::io;
@@ -222,6 +225,19 @@ impl AgentHandle {
         let a = &self.agent;
         let _runtime = a.rt.enter();
         actions::dispatch(a, action);
+    }
+
+    /// Live migration, step 2, with the destination's address: send `comp`'s running VM to
+    /// the QEMU that `MigrateIn` started on the destination node, listening on `dest` (the
+    /// destination node's IP and the port its `MigrationPrepared` named), and answer
+    /// `MigrationSent`. The engine's `MigrateOut` names only the destination node, whose
+    /// address is the driver's to know: [`execute`](Self::execute) sends to `127.0.0.1`
+    /// (every agent in one process, as in `nines run`); a driver whose agents are on other
+    /// hosts calls this instead. Ignored unless this agent runs `comp`. Never blocks.
+    pub fn migrate_out(&self, comp: CompId, dest: std::net::SocketAddr) {
+        let a = &self.agent;
+        let _runtime = a.rt.enter();
+        actions::migrate_out(a, comp, dest);
     }
 
     /// The main process of every component this agent is running (or starting, or stopping),
@@ -361,6 +377,8 @@ impl AgentHandle {
         for stop in stops {
             let _ = stop.await;
         }
+        // Migration destinations are no components: nobody hears of them either.
+        vm_migrate::discard_all(a).await;
         if tokio::time::timeout(SHUTDOWN_DRAIN, a.live.all_reaped())
             .await
             .is_err()

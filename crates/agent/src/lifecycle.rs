@@ -202,9 +202,13 @@ pub(crate) fn on_exit(agent: &Arc<Agent>, comp: CompId, gen: u64, exit: Exit) {
     if matches!(phase, Phase::Running | Phase::Instantiating) {
         inc.failed = true;
     }
+    // A VM that migrated out keeps its assignments: it serves them on the destination.
+    let migrated = inc.vm.as_ref().is_some_and(|r| r.migrated_out());
     drop(comps);
     agent.changed.notify_waiters();
-    agent.groups().remove_comp(&agent.model, comp);
+    if !migrated {
+        agent.groups().remove_comp(&agent.model, comp);
+    }
     // Queued before the failure is reported, so it goes before anything the engine decides.
     vip::drop_comp(agent, comp);
     match phase {

@@ -29,6 +29,7 @@
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -60,11 +61,41 @@ pub(crate) struct VmRun {
     /// empty).
     #[cfg(feature = "libvirt")]
     pub libvirt: Option<Arc<crate::vm_libvirt::Domain>>,
+    /// A live migration out is under way: the guest's pause at the switchover (QMP `STOP`)
+    /// and a probe missed meanwhile are the migration, not failures.
+    pub migrating: AtomicBool,
+    /// A live migration out completed: the VM runs elsewhere now, and this QEMU's end does not
+    /// take the component's assignments with it.
+    pub migrated: AtomicBool,
+}
+
+impl VmRun {
+    /// A QEMU-driver VM started with `spec`, QMP not connected yet.
+    pub(crate) fn new(spec: VmSpec) -> VmRun {
+        VmRun {
+            spec,
+            qmp: Arc::new(tokio::sync::Mutex::new(None)),
+            #[cfg(feature = "libvirt")]
+            libvirt: None,
+            migrating: AtomicBool::new(false),
+            migrated: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether a migration out completed (see [`VmRun::migrated`]).
+    pub(crate) fn migrated_out(&self) -> bool {
+        self.migrated.load(Ordering::SeqCst)
+    }
+
+    /// Whether a migration out is under way.
+    pub(crate) fn migrating(&self) -> bool {
+        self.migrating.load(Ordering::SeqCst)
+    }
 }
 
 /// Longest a QMP command of the terminate ladder other than the power-down waits: `quit` is
 /// answered in milliseconds.
-const QUIT_STEP: Duration = Duration::from_secs(1);
+pub(crate) const QUIT_STEP: Duration = Duration::from_secs(1);
 
 /// The VM's name for QEMU (`-name`) and the guest (`svcname=`): the entity path with `/` as
 /// `.`, other characters QEMU options cannot hold as `_`, the last 64 characters if longer
@@ -208,37 +239,10 @@ pub(crate) fn spawn_incarnation(agent: &Arc<Agent>, comp: CompId, deadline: Inst
         tracing::warn!(component = %m.path, "not instantiating: the agent is shutting down");
         return lifecycle::done(agent, comp, Command::Instantiate, Outcome::Failed);
     }
-    let Some(mut spec) = spec_of(agent, comp) else {
-        return failed("the component has no vm configuration".into());
+    let spec = match prepared_spec(agent, comp, false) {
+        Ok(spec) => spec,
+        Err(why) => return failed(why),
     };
-    let dir = run_dir(&agent.socket);
-    if let Err(e) = ensure_run_dir(&dir) {
-        return failed(format!("socket directory {}: {e}", dir.display()));
-    }
-    if let Some(guest) = m.guest {
-        let node = &agent.model.nodes[guest.index()].name;
-        let Some(join) = agent.guest_join.get() else {
-            return failed(format!(
-                "its guest is node/{node}, but this agent knows no director for it to join (run it under `nines agent`)"
-            ));
-        };
-        let Some(base) = spec.initrd.clone() else {
-            return failed(format!(
-                "its guest is node/{node}, which needs an initrd (the image of scripts/build-vm-image.sh with a nines binary)"
-            ));
-        };
-        let out = dir.join(format!("c{}.initrd", comp.index()));
-        match crate::vm_guest::write_initrd(&base, &out, node, join) {
-            Ok(p) => spec.initrd = Some(p),
-            Err(e) => return failed(format!("the guest's initrd {}: {e}", out.display())),
-        }
-    }
-    // A socket a killed QEMU left would only be replaced by the new one, but an agent that
-    // connected in between would wait on a dead file: start clean.
-    if let Err(e) = nines_vm::cleanup(None, &spec) {
-        return failed(e.to_string());
-    }
-    keep_previous_console(&spec.serial_log);
     // Read here (the accelerator decision and the guest's TSC frequency), so the log says
     // which accelerator this node chose for `auto`.
     let facts = match HostFacts::probe() {
@@ -248,24 +252,11 @@ pub(crate) fn spawn_incarnation(agent: &Arc<Agent>, comp: CompId, deadline: Inst
     if m.vm.as_ref().map(|v| v.driver) == Some(VmDriver::Libvirt) {
         return start_libvirt(agent, comp, spec, &facts, deadline, failed);
     }
-    let mut cmd = match nines_vm::command_with(&spec, &facts) {
-        Ok(cmd) => cmd,
-        Err(e) => return failed(e.to_string()),
-    };
-    let env = agent.env(comp);
-    let log = agent.log_path(comp);
-    let started = spawn::prepare(&mut cmd, &env, log.as_deref())
-        .and_then(|()| Proc::spawn(&mut cmd, agent.clock, &agent.live));
-    let proc = match started {
+    let proc = match start_qemu(agent, comp, &spec, &facts) {
         Ok(proc) => proc,
-        Err(e) => return failed(format!("{}: {e}", spec.qemu.display())),
+        Err(why) => return failed(why),
     };
-    let run = Arc::new(VmRun {
-        spec,
-        qmp: Arc::new(tokio::sync::Mutex::new(None)),
-        #[cfg(feature = "libvirt")]
-        libvirt: None,
-    });
+    let run = Arc::new(VmRun::new(spec));
     let gen = record_incarnation(agent, comp, &proc, run.clone());
     let accel = match (m.vm.as_ref().map(|v| v.accel), facts.kvm_usable) {
         (Some(VmAccel::Auto), true) => "kvm (tcg if it fails)",
@@ -276,6 +267,67 @@ pub(crate) fn spawn_incarnation(agent: &Arc<Agent>, comp: CompId, deadline: Inst
     tracing::info!(component = %m.path, pid = proc.pid(), accel, "VM started");
     let a = agent.clone();
     tokio::spawn(async move { boot(&a, comp, gen, run, proc, deadline).await });
+}
+
+/// The spec `comp`'s QEMU starts with here, its files ready: the socket directory, the
+/// guest's initrd (for a guest node), no stale socket, the previous console kept. A migration
+/// destination (`incoming`) gets `-incoming defer` and its own socket, console and initrd
+/// (`cINDEX-in.*`, `NAME.in.serial`): the source may be a QEMU of the same component on this
+/// host, even of this agent, still running from the normal ones.
+pub(crate) fn prepared_spec(agent: &Agent, comp: CompId, incoming: bool) -> Result<VmSpec, String> {
+    let m = agent.comp(comp);
+    let Some(mut spec) = spec_of(agent, comp) else {
+        return Err("the component has no vm configuration".into());
+    };
+    let dir = run_dir(&agent.socket);
+    let suffix = if incoming { "-in" } else { "" };
+    if incoming {
+        spec.incoming = true;
+        spec.qmp_socket = dir.join(format!("c{}{suffix}.qmp", comp.index()));
+        spec.serial_log = spec.serial_log.with_extension("in.serial");
+    }
+    if let Err(e) = ensure_run_dir(&dir) {
+        return Err(format!("socket directory {}: {e}", dir.display()));
+    }
+    if let Some(guest) = m.guest {
+        let node = &agent.model.nodes[guest.index()].name;
+        let Some(join) = agent.guest_join.get() else {
+            return Err(format!(
+                "its guest is node/{node}, but this agent knows no director for it to join (run it under `nines agent`)"
+            ));
+        };
+        let Some(base) = spec.initrd.clone() else {
+            return Err(format!(
+                "its guest is node/{node}, which needs an initrd (the image of scripts/build-vm-image.sh with a nines binary)"
+            ));
+        };
+        let out = dir.join(format!("c{}{suffix}.initrd", comp.index()));
+        match crate::vm_guest::write_initrd(&base, &out, node, join) {
+            Ok(p) => spec.initrd = Some(p),
+            Err(e) => return Err(format!("the guest's initrd {}: {e}", out.display())),
+        }
+    }
+    // A socket a killed QEMU left would only be replaced by the new one, but an agent that
+    // connected in between would wait on a dead file: start clean.
+    nines_vm::cleanup(None, &spec).map_err(|e| e.to_string())?;
+    keep_previous_console(&spec.serial_log);
+    Ok(spec)
+}
+
+/// Starts QEMU for `spec` as a component process of `comp`: a direct child in its own
+/// process group, watched by a pidfd, its output in the component's log.
+pub(crate) fn start_qemu(
+    agent: &Agent,
+    comp: CompId,
+    spec: &VmSpec,
+    facts: &HostFacts,
+) -> Result<Arc<Proc>, String> {
+    let mut cmd = nines_vm::command_with(spec, facts).map_err(|e| e.to_string())?;
+    let env = agent.env(comp);
+    let log = agent.log_path(comp);
+    spawn::prepare(&mut cmd, &env, log.as_deref())
+        .and_then(|()| Proc::spawn(&mut cmd, agent.clock, &agent.live))
+        .map_err(|e| format!("{}: {e}", spec.qemu.display()))
 }
 
 /// Records a started VM as `comp`'s instantiating incarnation (and in the records, for a later
@@ -471,7 +523,7 @@ fn abandon(agent: &Agent, comp: CompId, gen: u64) -> bool {
 
 /// Starts watching a running VM: its QMP events (when connected) and its probe (when it has
 /// one). Both end on their own once the incarnation is no longer running unfailed.
-fn supervise(
+pub(crate) fn supervise(
     agent: &Arc<Agent>,
     comp: CompId,
     gen: u64,
@@ -560,6 +612,8 @@ async fn watch_events(
     report_failures(agent, comp, gen, events, |ev: &QmpEvent| {
         let judged = match &ev.kind {
             QmpEventKind::Closed(_) => Judged::End,
+            // The switchover of a migration out pauses the source guest.
+            QmpEventKind::Stop if migrating(agent, comp, gen) => Judged::Nothing,
             kind => match failure_of(kind) {
                 Some((kind, why)) => Judged::Failure(kind, why),
                 None => Judged::Nothing,
@@ -568,6 +622,14 @@ async fn watch_events(
         (judged, ev.at)
     })
     .await;
+}
+
+/// Whether incarnation `gen` of `comp` is being migrated out.
+fn migrating(agent: &Agent, comp: CompId, gen: u64) -> bool {
+    agent
+        .comps()
+        .get(&comp)
+        .is_some_and(|i| i.gen == gen && i.vm.as_ref().is_some_and(|r| r.migrating()))
 }
 
 /// Probes every `period` (each bounded by `timeout`) while the incarnation runs; the first
@@ -590,6 +652,12 @@ pub(crate) async fn probe_loop(agent: &Arc<Agent>, comp: CompId, gen: u64, h: Vm
         let nines_vm::Health::Unhealthy(why) = verdict else {
             continue;
         };
+        if migrating(agent, comp, gen) {
+            // The switchover's pause, or the source already paused for good: the migration
+            // decides what happens to this incarnation.
+            tracing::debug!(component = %path, "VM probe missed while migrating: {why}");
+            continue;
+        }
         let at = agent.clock.now();
         if agent.fail(comp, gen, FaultKind::HealthcheckMissed, None, at) {
             tracing::warn!(component = %path, timeout = ?h.timeout, "VM health probe failed: {why}");
@@ -659,12 +727,7 @@ pub(crate) async fn cleaned_up(agent: &Agent, comp: CompId, run: &VmRun) {
 /// What an adopted VM (QEMU outlived the agent that started it) needs beside its pidfd: the
 /// spec it was started with, rebuilt from the model, which names its QMP socket.
 pub(crate) fn adopted_run(agent: &Agent, comp: CompId) -> Option<Arc<VmRun>> {
-    Some(Arc::new(VmRun {
-        spec: spec_of(agent, comp)?,
-        qmp: Arc::new(tokio::sync::Mutex::new(None)),
-        #[cfg(feature = "libvirt")]
-        libvirt: None,
-    }))
+    Some(Arc::new(VmRun::new(spec_of(agent, comp)?)))
 }
 
 /// Supervises adopted incarnation `gen` (already recorded as `Running`): connects to its QMP

@@ -115,6 +115,8 @@ pub(crate) fn spawn_incarnation(
         spec,
         qmp: Arc::new(tokio::sync::Mutex::new(None)),
         libvirt: Some(domain),
+        migrating: std::sync::atomic::AtomicBool::new(false),
+        migrated: std::sync::atomic::AtomicBool::new(false),
     });
     let gen = vm::record_incarnation(agent, comp, &proc, run);
     tracing::info!(component = %m.path, pid = proc.pid(), domain = %name, uri = %lv.uri(), "VM started by libvirt");

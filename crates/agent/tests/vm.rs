@@ -394,3 +394,299 @@ fn an_adopted_vm_is_supervised_and_terminated_through_qmp_again() {
         t.teardown().await;
     });
 }
+
+/// `vm_test` for a test that runs two VMs at once (a live migration's source and
+/// destination).
+fn two_vm_test<F: Future<Output = ()>>(body: impl FnOnce(&'static Image) -> F) {
+    let Some(image) = vmimage::image() else {
+        return;
+    };
+    let _slots = Slot::take_two();
+    vmimage::runtime().block_on(async {
+        tokio::time::timeout(LIMIT, body(image))
+            .await
+            .expect("test timed out");
+    });
+}
+
+/// `vm_config` with `vm.migrate`: `app/sg/su/c` (on n1) forwards `port`, which it keeps on
+/// whichever node it runs; su2's instance (on n2, never started here) gets `other`.
+fn migrating_config(image: &Image, port: u16, other: u16) -> String {
+    let yaml = vm_config(image, port, "60s", &["migrate: true"]);
+    let su2 = format!(
+        "su2: {{ node: n2, vm: {{ c: {{ forwards: [{{ host: {other}, guest: 80 }}], \
+         health: {{ http: \"127.0.0.1:{other}/cgi-bin/health\", expect: healthy }} }} }} }}"
+    );
+    assert!(yaml.contains("su2: { node: n2 }"), "{yaml}");
+    yaml.replace("su2: { node: n2 }", &su2)
+}
+
+/// `GET /` through the forwarded `port`: the service's `ok NAME BOOTID`.
+async fn get_root(port: u16, within: Duration) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        s.write_all(b"GET / HTTP/1.0\r\nHost: vm\r\n\r\n")
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        match text.split_once("\r\n\r\n") {
+            Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => {
+                Ok(body.trim().to_string())
+            }
+            _ => Err(format!("not a 200: {text:?}")),
+        }
+    };
+    tokio::time::timeout(within, fetch)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {within:?}")))
+}
+
+/// The boot id of the service's `ok NAME BOOTID`.
+fn boot_id(body: &str) -> Option<String> {
+    let mut words = body.split_whitespace();
+    match (words.next(), words.next(), words.next()) {
+        (Some("ok"), Some(_), Some(id)) => Some(id.to_string()),
+        _ => None,
+    }
+}
+
+/// The boot id `GET /` answers on `port`, retried for up to `limit`.
+async fn boot_id_on(port: u16, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        match get_root(port, Duration::from_secs(1)).await {
+            Ok(body) => return boot_id(&body).unwrap_or_else(|| panic!("odd answer {body:?}")),
+            Err(e) if Instant::now() > deadline => panic!("GET / on {port}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// The processes whose command line contains `needle`.
+fn qemus_with(needle: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .collect()
+}
+
+fn failures(seen: &[nines_agent::Report]) -> Vec<&nines_agent::Report> {
+    seen.iter()
+        .filter(|r| matches!(r.input, Input::ComponentFailed { .. }))
+        .collect()
+}
+
+#[test]
+fn a_vm_live_migrates_to_another_agent_and_keeps_its_boot() {
+    two_vm_test(|image| async move {
+        let port = vmimage::free_port();
+        let other = vmimage::free_port();
+        let model = load(&migrating_config(image, port, other));
+        let n1 = nines_model::NodeId(0);
+        let n2 = nines_model::NodeId(1);
+        let mut a = TestAgent::start_node(TempDir::new("vm-mig-a"), model.clone(), n1).await;
+        let mut b = TestAgent::start_node(TempDir::new("vm-mig-b"), model, n2).await;
+        let c = a.comp("app/sg/su/c");
+        let asked = Instant::now();
+        a.handle.execute(&ActionKind::Instantiate { comp: c });
+        let r = a.expect(BOOT, is_done(c, Command::Instantiate)).await;
+        assert_eq!(outcome(&r.input), Outcome::Ok, "{}", console(&a));
+        eprintln!("vm-mig: instantiate on n1 -> healthy {:?}", asked.elapsed());
+        let pid_a = a.pid(c).expect("QEMU on n1");
+        let id = boot_id_on(port, Duration::from_secs(5)).await;
+
+        // Every action goes to both agents, as a driver hands them out: each takes its own.
+        let both = |a: &TestAgent, b: &TestAgent, action: ActionKind| {
+            a.handle.execute(&action);
+            b.handle.execute(&action);
+        };
+        let started = Instant::now();
+        both(&a, &b, ActionKind::MigrateIn { comp: c, to: n2 });
+        let r = b
+            .expect(BOOT, |i| matches!(i, Input::MigrationPrepared { .. }))
+            .await;
+        let Input::MigrationPrepared {
+            comp,
+            port: Some(listen),
+        } = r.input
+        else {
+            panic!("destination not prepared: {r:?}");
+        };
+        assert_eq!(comp, c);
+        let prepared = started.elapsed();
+        eprintln!("vm-mig: MigrateIn -> MigrationPrepared (port {listen}) {prepared:?}");
+        assert!(
+            b.pid(c).is_none(),
+            "a waiting destination is no incarnation"
+        );
+
+        let step = Instant::now();
+        both(
+            &a,
+            &b,
+            ActionKind::MigrateOut {
+                comp: c,
+                to: n2,
+                port: listen,
+            },
+        );
+        let r = a
+            .expect(BOOT, |i| matches!(i, Input::MigrationSent { .. }))
+            .await;
+        assert_eq!(
+            r.input,
+            Input::MigrationSent {
+                comp: c,
+                outcome: Outcome::Ok
+            },
+            "{}",
+            console(&a)
+        );
+        eprintln!(
+            "vm-mig: MigrateOut -> MigrationSent(Ok) {:?}",
+            step.elapsed()
+        );
+        assert!(!alive(pid_a), "the source QEMU quit and was reaped");
+        assert!(a.pid(c).is_none());
+
+        let step = Instant::now();
+        both(
+            &a,
+            &b,
+            ActionKind::MigrateFinish {
+                comp: c,
+                to: n2,
+                commit: true,
+            },
+        );
+        let r = b
+            .expect(BOOT, |i| matches!(i, Input::MigrationFinished { .. }))
+            .await;
+        assert_eq!(
+            r.input,
+            Input::MigrationFinished {
+                comp: c,
+                outcome: Outcome::Ok
+            }
+        );
+        eprintln!(
+            "vm-mig: MigrateFinish -> MigrationFinished(Ok) {:?}; whole migration {:?}",
+            step.elapsed(),
+            started.elapsed()
+        );
+        let pid_b = b.pid(c).expect("QEMU on n2 is the component now");
+        assert!(alive(pid_b));
+        let after = boot_id_on(port, Duration::from_secs(5)).await;
+        eprintln!(
+            "vm-mig: GET / answers again {:?} after MigrateIn",
+            started.elapsed()
+        );
+        assert_eq!(after, id, "the same boot: a migration, not a reboot");
+
+        // B supervises it (its probe passes), A reported nothing wrong and ignores it now.
+        b.expect_silence(PERIOD * 5).await;
+        a.handle.execute(&ActionKind::Cleanup { comp: c });
+        a.expect_silence(Duration::from_millis(300)).await;
+        assert!(failures(&a.seen).is_empty(), "{:?}", a.seen);
+        assert!(failures(&b.seen).is_empty(), "{:?}", b.seen);
+        assert!(alive(pid_b));
+
+        // B owns it: a cleanup there kills it.
+        let step = Instant::now();
+        b.cleanup_ok(c).await;
+        eprintln!("vm-mig: cleanup on n2 {:?}", step.elapsed());
+        assert!(!alive(pid_b));
+        assert!(b.pid(c).is_none());
+        a.teardown().await;
+        b.teardown().await;
+    });
+}
+
+#[test]
+fn a_migration_to_nowhere_fails_and_the_vm_serves_on() {
+    // Two: the VM, and later a destination beside it.
+    two_vm_test(|image| async move {
+        let port = vmimage::free_port();
+        let (mut t, c, pid, _) = boot("vm-mig-fail", &vm_config(image, port, "60s", &[])).await;
+        let id = boot_id_on(port, Duration::from_secs(5)).await;
+        let nowhere = vmimage::free_port(); // bound and released: nothing listens there
+        let started = Instant::now();
+        t.handle.execute(&ActionKind::MigrateOut {
+            comp: c,
+            to: nines_model::NodeId(1),
+            port: nowhere,
+        });
+        let r = t
+            .expect(Duration::from_secs(70), |i| {
+                matches!(i, Input::MigrationSent { .. })
+            })
+            .await;
+        assert_eq!(
+            r.input,
+            Input::MigrationSent {
+                comp: c,
+                outcome: Outcome::Failed
+            }
+        );
+        eprintln!(
+            "vm-mig-fail: MigrateOut to nowhere -> MigrationSent(Failed) {:?}",
+            started.elapsed()
+        );
+        assert_eq!(t.pid(c), Some(pid));
+        assert_eq!(boot_id_on(port, Duration::from_secs(5)).await, id);
+        // Still supervised, and healthy: no failure.
+        t.expect_silence(PERIOD * 5).await;
+
+        // A destination on the same agent as the source (its own files), then abandoned:
+        // killed and reaped without an answer, the running VM untouched.
+        let started = Instant::now();
+        t.handle.execute(&ActionKind::MigrateIn {
+            comp: c,
+            to: nines_model::NodeId(0),
+        });
+        let r = t
+            .expect(Duration::from_secs(70), |i| {
+                matches!(i, Input::MigrationPrepared { .. })
+            })
+            .await;
+        assert!(
+            matches!(r.input, Input::MigrationPrepared { port: Some(_), .. }),
+            "{r:?}"
+        );
+        eprintln!(
+            "vm-mig-fail: MigrateIn on the source's own agent -> prepared {:?}",
+            started.elapsed()
+        );
+        let sock = t.dir.path().join("agent.sock.vm");
+        let waiting = qemus_with(&sock.join(format!("c{}-in.qmp", c.0)).to_string_lossy());
+        assert_eq!(waiting.len(), 1, "one destination QEMU: {waiting:?}");
+        t.handle.execute(&ActionKind::MigrateFinish {
+            comp: c,
+            to: nines_model::NodeId(0),
+            commit: false,
+        });
+        t.expect_silence(PERIOD * 3).await;
+        assert!(!alive(waiting[0]), "the abandoned destination is reaped");
+        assert_eq!(t.pid(c), Some(pid));
+        assert_eq!(boot_id_on(port, Duration::from_secs(5)).await, id);
+
+        // And a kill of the VM is still seen.
+        kill9(pid);
+        t.expect_failed(c, FaultKind::Exited, Duration::from_secs(5))
+            .await;
+        t.cleanup_ok(c).await;
+        t.teardown().await;
+    });
+}
