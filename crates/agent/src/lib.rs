@@ -214,9 +214,6 @@ pub async fn start(
 }
 
 impl AgentHandle {
-    /// TEMPORARY STUB (replaced by the agent's migration work).
-    pub fn migrate_out(&self, _comp: CompId, _dest: std::net::SocketAddr) {}
-
     /// Carry out one engine action. Acts on component actions (instantiate, terminate,
     /// cleanup, assign and remove CSI) for components of this node and ignores everything else,
     /// so a driver can hand every action to every agent. Never blocks: the work runs on the
