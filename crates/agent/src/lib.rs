@@ -215,8 +215,10 @@ pub async fn start(
 
 impl AgentHandle {
     /// Carry out one engine action. Acts on component actions (instantiate, terminate,
-    /// cleanup, assign and remove CSI) for components of this node and ignores everything else,
-    /// so a driver can hand every action to every agent. Never blocks: the work runs on the
+    /// cleanup, assign and remove CSI, and a live migration's `MigrateOut`) for components of
+    /// this node, on `MigrateIn` and `MigrateFinish` whose destination is this node, and
+    /// ignores everything else, so a driver can hand every action to every agent. A
+    /// `MigrateOut` sends to `127.0.0.1` (see [`migrate_out`](Self::migrate_out)). Never blocks: the work runs on the
     /// agent's runtime and its outcome arrives as a [`Report`]. May be called from any thread.
     pub fn execute(&self, action: &ActionKind) {
         let a = &self.agent;

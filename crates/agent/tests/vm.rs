@@ -469,6 +469,33 @@ async fn boot_id_on(port: u16, limit: Duration) -> String {
     }
 }
 
+/// GETs `/` on `port` every 10 ms until `stop`: the longest time between two answers, the
+/// boot ids answered (without repeats), and how many attempts succeeded and failed.
+async fn probe_root(
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (Duration, Vec<String>, u32, u32) {
+    let (mut gap, mut ids, mut ok, mut failed) = (Duration::ZERO, Vec::<String>::new(), 0, 0);
+    let mut last = Instant::now();
+    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+        match get_root(port, Duration::from_secs(1)).await {
+            Ok(body) => {
+                ok += 1;
+                gap = gap.max(last.elapsed());
+                last = Instant::now();
+                if let Some(id) = boot_id(&body) {
+                    if ids.last() != Some(&id) {
+                        ids.push(id);
+                    }
+                }
+            }
+            Err(_) => failed += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (gap, ids, ok, failed)
+}
+
 /// The processes whose command line contains `needle`.
 fn qemus_with(needle: &str) -> Vec<u32> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -512,6 +539,10 @@ fn a_vm_live_migrates_to_another_agent_and_keeps_its_boot() {
             a.handle.execute(&action);
             b.handle.execute(&action);
         };
+        // A client GETting `/` all along: the outage it sees, and that it sees one boot.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let prober = tokio::spawn(probe_root(port, stop.clone()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let started = Instant::now();
         both(&a, &b, ActionKind::MigrateIn { comp: c, to: n2 });
         let r = b
@@ -594,6 +625,13 @@ fn a_vm_live_migrates_to_another_agent_and_keeps_its_boot() {
             started.elapsed()
         );
         assert_eq!(after, id, "the same boot: a migration, not a reboot");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (gap, ids, ok, failed) = prober.await.expect("prober");
+        eprintln!(
+            "vm-mig: a client GETting / every 10 ms: longest gap {gap:?}, {ok} ok, {failed} failed"
+        );
+        assert_eq!(ids, vec![id.clone()], "one boot all along");
 
         // B supervises it (its probe passes), A reported nothing wrong and ignores it now.
         b.expect_silence(PERIOD * 5).await;
@@ -646,6 +684,22 @@ fn a_migration_to_nowhere_fails_and_the_vm_serves_on() {
         );
         assert_eq!(t.pid(c), Some(pid));
         assert_eq!(boot_id_on(port, Duration::from_secs(5)).await, id);
+        // The same through the entry for a destination on another host.
+        t.handle
+            .migrate_out(c, std::net::SocketAddr::from(([127, 0, 0, 1], nowhere)));
+        let r = t
+            .expect(Duration::from_secs(70), |i| {
+                matches!(i, Input::MigrationSent { .. })
+            })
+            .await;
+        assert_eq!(
+            r.input,
+            Input::MigrationSent {
+                comp: c,
+                outcome: Outcome::Failed
+            }
+        );
+        assert_eq!(boot_id_on(port, Duration::from_secs(5)).await, id);
         // Still supervised, and healthy: no failure.
         t.expect_silence(PERIOD * 5).await;
 
@@ -682,10 +736,17 @@ fn a_migration_to_nowhere_fails_and_the_vm_serves_on() {
         assert_eq!(t.pid(c), Some(pid));
         assert_eq!(boot_id_on(port, Duration::from_secs(5)).await, id);
 
-        // And a kill of the VM is still seen.
+        // And a kill of the VM is still seen (as its exit, or as the probe it cut off).
         kill9(pid);
-        t.expect_failed(c, FaultKind::Exited, Duration::from_secs(5))
+        let r = t
+            .expect(Duration::from_secs(5), |i| {
+                matches!(i, Input::ComponentFailed { .. })
+            })
             .await;
+        assert!(
+            matches!(r.input, Input::ComponentFailed { comp, kind: FaultKind::Exited | FaultKind::HealthcheckMissed, .. } if comp == c),
+            "{r:?}"
+        );
         t.cleanup_ok(c).await;
         t.teardown().await;
     });
