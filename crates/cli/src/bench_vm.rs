@@ -353,26 +353,43 @@ pub(crate) fn run(args: &BenchArgs) -> Result<(), String> {
         started.elapsed().as_secs_f64(),
         load.map_or("-".to_owned(), |l| format!("{l:.2}"))
     );
+    let planned = args.scenario == Scenario::VmMigrate;
     let rows = [
         (
             "outage_ms",
             &metrics.outage,
-            "probe: the app's gap (last answer before the fault to the first after)",
+            if planned {
+                "probe: the app's longest gap from the lock to the migration's end"
+            } else {
+                "probe: the app's gap (last answer before the fault to the first after)"
+            },
         ),
         (
             "reaction_ms",
             &metrics.reaction,
-            "fault injected to the engine's detection",
+            if planned {
+                "lock to the migration's start"
+            } else {
+                "fault injected to the engine's detection"
+            },
         ),
         (
             "recovery_ms",
             &metrics.recovery,
-            "detection to the probe's first answer (failover in the other guest)",
+            if planned {
+                "engine: the live migration, start to the destination running it"
+            } else {
+                "detection to the probe's first answer (failover in the other guest)"
+            },
         ),
         (
             "repair_ms",
             &metrics.repair,
-            "engine: failure to the VM back and its guest joined",
+            if planned {
+                "engine: the fail-back migration home after the unlock"
+            } else {
+                "engine: failure to the VM back and its guest joined"
+            },
         ),
         (
             "engine_outage_ms",
