@@ -475,6 +475,18 @@ impl FaultBook {
                     ));
                 }
             }
+            // A VM's fault also waits for the SIs its guest held.
+            Event::GuestHeld {
+                fault, affected, ..
+            } => {
+                if let Some(f) = self.open.get_mut(fault) {
+                    for si in affected {
+                        if !f.affected.contains(si) {
+                            f.affected.push(*si);
+                        }
+                    }
+                }
+            }
             Event::ServiceRecovered { fault, .. } if self.open.remove(fault).is_none() => {
                 return Err(Found::new(
                     FAULT_RECOVERED,
