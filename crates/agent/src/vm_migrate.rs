@@ -201,17 +201,18 @@ async fn listen(
     }
 }
 
-/// Kills a QEMU that is no incarnation (a destination), reaps it and removes its socket.
+/// Kills a QEMU that is no incarnation (a destination, or a source that migrated out and
+/// may have quit already), reaps it and removes its socket.
 async fn discard(proc: Arc<Proc>, run: Arc<VmRun>) {
     if let Ok(mut qmp) = run.qmp.try_lock() {
         *qmp = None;
     }
     proc.signal_group(Signal::KILL);
     if timeout(REAP_GRACE, proc.exited()).await.is_err() {
-        tracing::error!(pid = proc.pid(), "migration destination survives SIGKILL");
+        tracing::error!(pid = proc.pid(), "a migration's QEMU survives SIGKILL");
     }
     if let Err(e) = nines_vm::cleanup(None, &run.spec) {
-        tracing::warn!("migration destination cleanup: {e}");
+        tracing::warn!("after a migration: {e}");
     }
 }
 
@@ -304,14 +305,8 @@ async fn send(agent: &Arc<Agent>, comp: CompId, dest: SocketAddr) -> Outcome {
     drop(slot);
     if timeout(QUIT_STEP, proc.exited()).await.is_err() {
         tracing::warn!(component = %m.path, "the migrated-out QEMU did not quit; killed");
-        proc.signal_group(Signal::KILL);
-        if timeout(REAP_GRACE, proc.exited()).await.is_err() {
-            tracing::error!(component = %m.path, pid = proc.pid(), "survives SIGKILL");
-        }
     }
-    if let Err(e) = nines_vm::cleanup(None, &run.spec) {
-        tracing::warn!(component = %m.path, "after the migration: {e}");
-    }
+    discard(proc, run.clone()).await;
     {
         let mut comps = agent.comps();
         if comps.get(&comp).is_some_and(|i| i.gen == gen) {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use nines_engine::{ActionKind, Command, FaultKind, HaState, Input, Outcome};
 use nines_model::CompId;
-use vmimage::{Image, Slot};
+use vmimage::{boot_id, get_root, Image, Slot};
 
 /// Bound of one whole test (boots on a busy host take several seconds).
 const LIMIT: Duration = Duration::from_secs(120);
@@ -419,42 +419,6 @@ fn migrating_config(image: &Image, port: u16, other: u16) -> String {
     );
     assert!(yaml.contains("su2: { node: n2 }"), "{yaml}");
     yaml.replace("su2: { node: n2 }", &su2)
-}
-
-/// `GET /` through the forwarded `port`: the service's `ok NAME BOOTID`.
-async fn get_root(port: u16, within: Duration) -> Result<String, String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let fetch = async {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        s.write_all(b"GET / HTTP/1.0\r\nHost: vm\r\n\r\n")
-            .await
-            .map_err(|e| format!("send: {e}"))?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf)
-            .await
-            .map_err(|e| format!("read: {e}"))?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        match text.split_once("\r\n\r\n") {
-            Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => {
-                Ok(body.trim().to_string())
-            }
-            _ => Err(format!("not a 200: {text:?}")),
-        }
-    };
-    tokio::time::timeout(within, fetch)
-        .await
-        .unwrap_or_else(|_| Err(format!("no answer within {within:?}")))
-}
-
-/// The boot id of the service's `ok NAME BOOTID`.
-fn boot_id(body: &str) -> Option<String> {
-    let mut words = body.split_whitespace();
-    match (words.next(), words.next(), words.next()) {
-        (Some("ok"), Some(_), Some(id)) => Some(id.to_string()),
-        _ => None,
-    }
 }
 
 /// The boot id `GET /` answers on `port`, retried for up to `limit`.

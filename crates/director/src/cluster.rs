@@ -422,11 +422,7 @@ fn owns(model: &Model, node: NodeId, comp: nines_model::CompId) -> bool {
     };
     let su = &model.sus[c.su.index()];
     su.node == node
-        || (c.vm.as_ref().is_some_and(|v| v.migrate)
-            && model.sgs[su.sg.index()]
-                .sus
-                .iter()
-                .any(|s| model.sus[s.index()].node == node))
+        || (c.vm.as_ref().is_some_and(|v| v.migrate) && model.sg_nodes(su.sg).contains(&node))
 }
 
 /// Whether an agent's fact is about a component of `node`.

@@ -43,7 +43,7 @@ impl Engine {
     ) -> RecoveryStep {
         let now = self.now;
         let sg = &self.model.sgs[self.model.sus[su.index()].sg.index()];
-        let node = self.host(su);
+        let node = self.su_host(su);
         let (comp_rule, su_rule) = (sg.comp_restart, sg.su_restart);
         let node_rule = self.model.nodes[node.index()].su_failover;
         let mut step = requested;

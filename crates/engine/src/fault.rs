@@ -26,7 +26,7 @@ impl Engine {
             self.abandon_migration(su, "the VM failed while migrating", false);
         }
         let c = &self.comps[comp.index()];
-        let node = self.host(su);
+        let node = self.su_host(su);
         let reason = if c.presence != Presence::Instantiated || c.awaiting.is_some() {
             Some("component is not running or is already being recovered")
         } else if self.sus[su.index()].oper == OperState::Disabled {
@@ -61,7 +61,7 @@ impl Engine {
         comp: CompId,
     ) {
         let su = self.model.comps[comp.index()].su;
-        let node = self.host(su);
+        let node = self.su_host(su);
         let scope = self.scope_of(step, comp);
         let affected = match step {
             // A switchover moves the healthy SUs' work gracefully; only the faulty SU's is lost.
@@ -77,7 +77,7 @@ impl Engine {
     pub(crate) fn scope_of(&self, step: RecoveryStep, comp: CompId) -> Vec<SuId> {
         let m = &self.model;
         let su = m.comps[comp.index()].su;
-        let node = self.host(su);
+        let node = self.su_host(su);
         let app = m.sgs[m.sus[su.index()].sg.index()].app;
         match step {
             RecoveryStep::ComponentRestart | RecoveryStep::SuRestart | RecoveryStep::SuFailover => {
@@ -105,7 +105,7 @@ impl Engine {
     ) {
         let m = self.model.clone();
         let su = m.comps[comp.index()].su;
-        let node = self.host(su);
+        let node = self.su_host(su);
         match step {
             RecoveryStep::ComponentRestart => self.restart_comps(&[comp], false),
             RecoveryStep::SuRestart => {

@@ -51,7 +51,7 @@ impl Engine {
     /// Fences the node that runs `vm` (resets it, when that node is itself a guest), as a node
     /// fault of its own: everything on it loses its work.
     fn isolate_host_of(&mut self, vm: CompId) {
-        let host = self.host(self.model.comps[vm.index()].su);
+        let host = self.su_host(self.model.comps[vm.index()].su);
         let n = &self.nodes[host.index()];
         if !n.up || n.fencing {
             return;
@@ -165,7 +165,7 @@ impl Engine {
         };
         self.hold_guest(node, Some(fault));
         let su = self.model.comps[vm.index()].su;
-        let host = self.host(su);
+        let host = self.su_host(su);
         let c = &self.comps[vm.index()];
         let running = c.presence == Presence::Instantiated
             && c.awaiting.is_none()

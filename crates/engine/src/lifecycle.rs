@@ -22,7 +22,7 @@ impl Engine {
             if self.sus[su.index()].migration.is_some() {
                 AdminState::Unlocked
             } else {
-                self.nodes[self.host(su).index()].admin
+                self.nodes[self.su_host(su).index()].admin
             },
             self.cluster_admin,
         ]
@@ -30,7 +30,7 @@ impl Engine {
 
     /// Whether the SU's components should be running.
     pub(crate) fn should_run(&self, su: SuId) -> bool {
-        let node = &self.nodes[self.host(su).index()];
+        let node = &self.nodes[self.su_host(su).index()];
         self.started
             && node.up
             && !node.fencing
@@ -44,7 +44,7 @@ impl Engine {
     /// restarted in place keeps its SU in service: the SU keeps its assignments through it.
     pub(crate) fn readiness(&self, su: SuId) -> Readiness {
         let m = &self.model.sus[su.index()];
-        let node = &self.nodes[self.host(su).index()];
+        let node = &self.nodes[self.su_host(su).index()];
         if !node.up || node.fencing || self.sus[su.index()].oper == OperState::Disabled {
             return Readiness::OutOfService;
         }

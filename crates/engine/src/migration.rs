@@ -59,10 +59,6 @@ impl Engine {
         self.sus[su.index()].migration.is_some()
     }
 
-    pub(crate) fn host(&self, su: SuId) -> NodeId {
-        self.sus[su.index()].host
-    }
-
     /// The SUs running on `node` now, in model order.
     pub(crate) fn sus_on(&self, node: NodeId) -> Vec<SuId> {
         (0..self.sus.len() as u32)
@@ -104,16 +100,21 @@ impl Engine {
     /// its SG that runs the fewest of the SG's SUs (model order breaks ties).
     fn migration_target(&self, su: SuId) -> Option<NodeId> {
         let m = &self.model;
-        let from = self.host(su);
+        let from = self.su_host(su);
         let home = m.sus[su.index()].node;
         if home != from && self.takes_vms(home) {
             return Some(home);
         }
-        let sg = &m.sgs[m.sus[su.index()].sg.index()];
-        let load = |n: NodeId| sg.sus.iter().filter(|&&s| self.host(s) == n).count();
+        let sg = m.sus[su.index()].sg;
+        let load = |n: NodeId| {
+            m.sgs[sg.index()]
+                .sus
+                .iter()
+                .filter(|&&s| self.su_host(s) == n)
+                .count()
+        };
         let mut best: Option<(usize, NodeId)> = None;
-        for &s in &sg.sus {
-            let n = m.sus[s.index()].node;
+        for n in m.sg_nodes(sg) {
             if n == from || !self.takes_vms(n) {
                 continue;
             }
@@ -154,7 +155,7 @@ impl Engine {
             let su = SuId(s as u32);
             let m = &self.model;
             let sg = &m.sgs[m.sus[s].sg.index()];
-            if m.sus[s].node != node || self.host(su) == node || !sg.fail_back {
+            if m.sus[s].node != node || self.su_host(su) == node || !sg.fail_back {
                 continue;
             }
             if let Some(comp) = self.migratable(su) {
@@ -164,7 +165,7 @@ impl Engine {
     }
 
     fn start_migration(&mut self, su: SuId, comp: CompId, to: NodeId) {
-        let from = self.host(su);
+        let from = self.su_host(su);
         self.sus[su.index()].migration = Some(Migration {
             comp,
             from,

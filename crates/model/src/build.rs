@@ -894,18 +894,7 @@ fn add_migration_ports(model: &Model, ports: &mut Vec<PortUse>) {
         let Some(su) = model.sus.get(comp.su.index()) else {
             continue;
         };
-        let Some(sg) = model.sgs.get(su.sg.index()) else {
-            continue;
-        };
-        let mut nodes: Vec<NodeId> = sg
-            .sus
-            .iter()
-            .filter_map(|s| model.sus.get(s.index()).map(|s| s.node))
-            .filter(|&n| n != p.node)
-            .collect();
-        nodes.sort();
-        nodes.dedup();
-        for node in nodes {
+        for node in model.sg_nodes(su.sg).into_iter().filter(|&n| n != p.node) {
             extra.push(PortUse {
                 node,
                 port: p.port,

@@ -458,6 +458,19 @@ pub enum EntityRef {
 }
 
 impl Model {
+    /// The nodes an SG's SUs are configured on, each once, in the SG's rank order: where a
+    /// live-migrating VM of the SG may run.
+    pub fn sg_nodes(&self, sg: SgId) -> Vec<NodeId> {
+        let mut nodes: Vec<NodeId> = Vec::new();
+        for su in &self.sgs[sg.index()].sus {
+            let n = self.sus[su.index()].node;
+            if !nodes.contains(&n) {
+                nodes.push(n);
+            }
+        }
+        nodes
+    }
+
     /// The component of `su` that serves `csi`.
     #[inline]
     pub fn comp_for(&self, su: SuId, csi: CsiId) -> CompId {

@@ -287,12 +287,11 @@ async fn session(
             }
             order = rx.recv() => match order {
                 Some(ToAgent::Order(o)) => match o.to_action(&l.model) {
-                    Ok(nines_engine::ActionKind::MigrateOut { comp, port, .. }) => {
-                        let ip = match o {
-                            wire::Order::MigrateOut { ip, .. } => ip,
-                            _ => std::net::IpAddr::from([127, 0, 0, 1]),
-                        };
-                        l.handle.migrate_out(comp, SocketAddr::new(ip, port))
+                    // Only the order knows the destination's address.
+                    Ok(nines_engine::ActionKind::MigrateOut { comp, .. }) => {
+                        if let wire::Order::MigrateOut { ip, port, .. } = o {
+                            l.handle.migrate_out(comp, SocketAddr::new(ip, port));
+                        }
                     }
                     Ok(action) => l.handle.execute(&action),
                     Err(e) => tracing::error!("refused an order from the director: {e}"),

@@ -566,13 +566,7 @@ impl<'m, E: SimEngine> World<'m, E> {
 
     /// Queues an answer for a component, in order with its earlier answers.
     fn answer(&mut self, comp: CompId, delay: u64, input: Input) -> Instant {
-        let c = comp.index();
-        let at = (self.now + Duration::from_nanos(delay))
-            .max(self.fifo[c] + Duration::from_nanos(1_000));
-        self.fifo[c] = at;
-        let node = self.agent_of(comp);
-        self.push(at, Pending::Answer { input, node });
-        at
+        self.answer_from(self.agent_of(comp), comp, delay, input)
     }
 
     /// The node whose agent is told about `comp`: where the engine says its SU runs (the
@@ -584,13 +578,15 @@ impl<'m, E: SimEngine> World<'m, E> {
             .unwrap_or(self.m.sus[su.index()].node)
     }
 
-    /// Queues an answer about `comp` from another node's agent (a migration's destination).
-    fn answer_from(&mut self, node: NodeId, comp: CompId, delay: u64, input: Input) {
+    /// Queues an answer about `comp` from the agent of `node` (its own, or a migration's
+    /// destination), in order with the component's earlier answers.
+    fn answer_from(&mut self, node: NodeId, comp: CompId, delay: u64, input: Input) -> Instant {
         let c = comp.index();
         let at = (self.now + Duration::from_nanos(delay))
             .max(self.fifo[c] + Duration::from_nanos(1_000));
         self.fifo[c] = at;
         self.push(at, Pending::Answer { input, node });
+        at
     }
 
     /// A live migration's actions: the destination prepares (or cannot), the source sends

@@ -331,3 +331,39 @@ pub fn loadavg() -> String {
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
 }
+
+/// One `GET /` with a short timeout: the body (`ok NAME BOOTID`), or why not.
+pub async fn get_root(port: u16, within: Duration) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        s.write_all(b"GET / HTTP/1.0\r\nHost: vm\r\n\r\n")
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        match text.split_once("\r\n\r\n") {
+            Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => {
+                Ok(body.trim().to_string())
+            }
+            _ => Err(format!("not a 200: {text:?}")),
+        }
+    };
+    tokio::time::timeout(within, fetch)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {within:?}")))
+}
+
+/// The guest's boot id from its `GET /` answer `ok NAME BOOTID`.
+pub fn boot_id(body: &str) -> Option<String> {
+    let mut words = body.split_whitespace();
+    match (words.next(), words.next(), words.next()) {
+        (Some("ok"), Some(_), Some(id)) => Some(id.to_string()),
+        _ => None,
+    }
+}
