@@ -85,12 +85,7 @@ where
     K: FnOnce() -> Result<(), Error>,
 {
     if let Some(q) = &mut qmp {
-        let deadline = tokio::time::Instant::now() + timeouts.powerdown;
-        if q.system_powerdown(timeouts.powerdown).await.is_ok()
-            && tokio::time::timeout_at(deadline, &mut *exited)
-                .await
-                .is_ok()
-        {
+        if press_power_button(q, exited, timeouts.powerdown).await {
             return Ok(Terminated::PoweredDown);
         }
     }
@@ -111,6 +106,33 @@ where
             what: "QEMU to exit after SIGKILL".to_string(),
             after: timeouts.kill,
         }),
+    }
+}
+
+/// How often the power button is pressed again while the guest has not shut down.
+const POWER_BUTTON_REPEAT: Duration = Duration::from_secs(1);
+
+/// Presses the ACPI power button and waits up to `within` for QEMU to exit, pressing again
+/// every [`POWER_BUTTON_REPEAT`]: a press can be lost (a guest still starting its ACPI
+/// daemon, or one that missed the event under load), and a second press costs a guest that
+/// is already shutting down nothing. False when a press failed or the guest did not go.
+async fn press_power_button<F>(q: &mut Qmp, exited: &mut F, within: Duration) -> bool
+where
+    F: Future<Output = ()> + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return false;
+        }
+        if q.system_powerdown(deadline - now).await.is_err() {
+            return false;
+        }
+        let next = (tokio::time::Instant::now() + POWER_BUTTON_REPEAT).min(deadline);
+        if tokio::time::timeout_at(next, &mut *exited).await.is_ok() {
+            return true;
+        }
     }
 }
 
