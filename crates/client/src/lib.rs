@@ -535,13 +535,21 @@ impl Session {
             data: data.to_vec(),
             sync,
         };
-        if sync {
-            acked(self.inner.request_idempotent(write)?, "checkpoint write")?;
+        // Kept for a restarted agent before it is sent, not after it is acknowledged: an agent
+        // that stores it and dies before the answer arrives must get it back from the replay,
+        // or the replay would give the next agent the value before it.
+        let previous = self.inner.wrote(checkpoint, section, data);
+        let sent = if sync {
+            self.inner
+                .request_idempotent(write)
+                .and_then(|answer| acked(answer, "checkpoint write"))
         } else {
-            self.inner.send_unanswered(write)?;
+            self.inner.send_unanswered(write)
+        };
+        if sent.is_err() {
+            self.inner.unwrote(checkpoint, section, previous);
         }
-        self.inner.wrote(checkpoint, section, data);
-        Ok(())
+        sent
     }
 
     /// Wait until the agent has stored every checkpoint write this session sent before (and,
@@ -927,39 +935,60 @@ impl Inner {
         }
     }
 
-    /// Keeps the latest data of a section this (active) component wrote.
-    fn wrote(&self, checkpoint: &str, section: &str, data: &[u8]) {
-        if self.is_active() {
-            lock(&self.written)
-                .entry(checkpoint.to_owned())
-                .or_default()
-                .insert(section.to_owned(), data.to_vec());
+    /// Keeps the latest data of a section this (active) component writes, for a restarted
+    /// agent; returns what it replaced, for [`unwrote`](Self::unwrote).
+    fn wrote(&self, checkpoint: &str, section: &str, data: &[u8]) -> Option<Vec<u8>> {
+        if !self.is_active() {
+            return None;
+        }
+        lock(&self.written)
+            .entry(checkpoint.to_owned())
+            .or_default()
+            .insert(section.to_owned(), data.to_vec())
+    }
+
+    /// Takes back a write that failed: the replay gives the data before it again.
+    fn unwrote(&self, checkpoint: &str, section: &str, previous: Option<Vec<u8>>) {
+        let mut written = lock(&self.written);
+        let Some(sections) = written.get_mut(checkpoint) else {
+            return;
+        };
+        match previous {
+            Some(data) => {
+                sections.insert(section.to_owned(), data);
+            }
+            None => {
+                sections.remove(section);
+            }
         }
     }
 
     /// Gives a restarted agent the checkpoints this active component wrote (asynchronously,
-    /// in one burst; refusals surface like any asynchronous write's).
-    fn replay_checkpoints(&self) {
+    /// in one burst; refusals surface like any asynchronous write's). Called on the new
+    /// connection before it is marked up: a write waiting for the connection must reach the
+    /// agent after the replay, or the replay's older data would overwrite it.
+    fn replay_checkpoints(&self) -> Result<(), FrameError> {
         if !self.is_active() {
-            return;
+            return Ok(());
         }
         let written = lock(&self.written).clone();
         for (checkpoint, sections) in written {
             for (section, data) in sections {
-                let checkpoint = checkpoint.clone();
-                let sent = self.send_unanswered(|request| ToAgent::CheckpointWrite {
+                let request = {
+                    let mut r = lock(&self.requests);
+                    r.last += 1;
+                    r.last
+                };
+                self.send_raw(&ToAgent::CheckpointWrite {
                     request,
-                    checkpoint,
+                    checkpoint: checkpoint.clone(),
                     section,
                     data,
                     sync: false,
-                });
-                if let Err(e) = sent {
-                    tracing::warn!("nines: cannot give the restarted agent a checkpoint: {e}");
-                    return;
-                }
+                })?;
             }
         }
+        Ok(())
     }
 }
 
@@ -1005,9 +1034,19 @@ fn reconnect(inner: &Inner, why: &str) -> Option<BufReader<UnixStream>> {
                     let _ = lock(&inner.socket).shutdown(std::net::Shutdown::Both);
                     return None;
                 }
+                if let Err(e) = inner.replay_checkpoints() {
+                    // This connection is done; try the next agent (or give up) as on any
+                    // failed registration.
+                    tracing::warn!("nines: cannot give the restarted agent a checkpoint: {e}");
+                    let _ = lock(&inner.socket).shutdown(std::net::Shutdown::Both);
+                    if std::time::Instant::now() < deadline {
+                        thread::sleep(RECONNECT_RETRY);
+                        continue;
+                    }
+                    return None;
+                }
                 inner.set_connected();
                 tracing::info!("nines: {} registered again", inner.component);
-                inner.replay_checkpoints();
                 return Some(c.reader);
             }
             Err(ClientError::Refused(reason)) => {

@@ -604,9 +604,9 @@ fn with_no_reconnect_window_a_hang_up_closes_the_session_at_once() {
     assert!(hung_up.elapsed() < PATIENCE);
 }
 
-#[test]
-fn a_session_registers_again_with_a_restarted_agent_and_gives_back_its_checkpoints() {
-    let agent = FakeAgent::new();
+/// An active session that holds `app/si` and has written `count` = 41, then 42 (both
+/// acknowledged).
+fn active_that_wrote_42(agent: &FakeAgent) -> (Session, Conn) {
     let (session, mut conn) = agent.start(Scripted::default());
     conn.send(&ToComponent::CsiSet {
         invocation: 1,
@@ -616,26 +616,43 @@ fn a_session_registers_again_with_a_restarted_agent_and_gives_back_its_checkpoin
         attrs: vec![],
         checkpoint: None,
     });
-    assert!(matches!(
-        conn.recv(),
-        ToAgent::Response {
-            invocation: 1,
-            ok: true
-        }
-    ));
+    assert!(matches!(conn.recv(), ToAgent::Response { ok: true, .. }));
     for value in [b"41", b"42"] {
         let s = session.clone();
         let write = thread::spawn(move || s.checkpoint_write("app/si", "count", value, true));
-        match conn.recv() {
-            ToAgent::CheckpointWrite { request, .. } => conn.send(&ToComponent::CheckpointAck {
-                request,
-                ok: true,
-                reason: None,
-            }),
-            other => panic!("expected the write, got {other:?}"),
-        }
+        answer_write(&mut conn, value, true);
         write.join().unwrap().expect("acknowledged");
     }
+    (session, conn)
+}
+
+/// Expects a checkpoint write of `data` and answers it (sync writes only) with `ok`.
+fn answer_write(conn: &mut Conn, data: &[u8], ok: bool) -> bool {
+    match conn.recv() {
+        ToAgent::CheckpointWrite {
+            request,
+            data: got,
+            sync,
+            ..
+        } => {
+            assert_eq!(got, data, "{:?}", String::from_utf8_lossy(&got));
+            if sync {
+                conn.send(&ToComponent::CheckpointAck {
+                    request,
+                    ok,
+                    reason: (!ok).then(|| "no".to_string()),
+                });
+            }
+            sync
+        }
+        other => panic!("expected the write of {data:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_session_registers_again_with_a_restarted_agent_and_gives_back_its_checkpoints() {
+    let agent = FakeAgent::new();
+    let (session, conn) = active_that_wrote_42(&agent);
 
     // The agent dies; a new one listens on the same socket.
     drop(conn);
@@ -677,6 +694,60 @@ fn a_session_registers_again_with_a_restarted_agent_and_gives_back_its_checkpoin
         read.join().unwrap().expect("read"),
         vec![("count".to_string(), b"42".to_vec())]
     );
+}
+
+#[test]
+fn a_write_made_while_the_agent_is_away_reaches_the_new_agent_after_the_replay() {
+    let agent = FakeAgent::new();
+    let (session, conn) = active_that_wrote_42(&agent);
+    drop(conn);
+    let s = session.clone();
+    let write = thread::spawn(move || s.checkpoint_write("app/si", "count", b"43", true));
+    thread::sleep(Duration::from_millis(50));
+    let (mut conn, _) = agent.accept_registration();
+    // The replay (unanswered) already gives the newest value, and nothing older comes after
+    // it: a replay of 42 behind the write would leave the agent with 42 once 43 was
+    // acknowledged.
+    assert!(
+        !answer_write(&mut conn, b"43", true),
+        "the replay is asynchronous"
+    );
+    assert!(
+        answer_write(&mut conn, b"43", true),
+        "then the write itself"
+    );
+    write
+        .join()
+        .unwrap()
+        .expect("acknowledged by the new agent");
+}
+
+#[test]
+fn a_write_lost_in_flight_is_replayed_and_a_refused_one_is_not() {
+    let agent = FakeAgent::new();
+    let (session, mut conn) = active_that_wrote_42(&agent);
+    // The old agent took 43 in and died before answering: it may have stored it, so the
+    // replay must give 43, not 42.
+    let s = session.clone();
+    let write = thread::spawn(move || s.checkpoint_write("app/si", "count", b"43", true));
+    assert!(matches!(conn.recv(), ToAgent::CheckpointWrite { .. }));
+    drop(conn);
+    let (mut conn, _) = agent.accept_registration();
+    assert!(!answer_write(&mut conn, b"43", true));
+    assert!(answer_write(&mut conn, b"43", true), "the write sent again");
+    write
+        .join()
+        .unwrap()
+        .expect("acknowledged by the new agent");
+
+    // A refused write is taken back: the next agent gets 43 again, not 44.
+    let s = session.clone();
+    let write = thread::spawn(move || s.checkpoint_write("app/si", "count", b"44", true));
+    answer_write(&mut conn, b"44", false);
+    assert!(write.join().unwrap().is_err(), "the refusal is reported");
+    drop(conn);
+    let (mut conn, _) = agent.accept_registration();
+    assert!(!answer_write(&mut conn, b"43", true));
 }
 
 #[test]
