@@ -18,6 +18,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use nines_engine::Instant;
 use rustix::process::{Pid, PidfdFlags, Signal, WaitIdStatus};
@@ -354,7 +355,12 @@ impl WatchGuard {
         if let Some(tx) = self.tx.take() {
             let _ = tx.send(Some(exit));
         }
-        self.live = None;
+        // A group we lead may still hold members that were SIGKILLed above but have not died
+        // yet: the watcher keeps this process counted as live until they are gone and reaped
+        // (see [`reap_leftovers`]), so that shutdown does not return with zombies pending.
+        if self.proc.only.is_some() || self.adopted {
+            self.live = None;
+        }
         Some(exit)
     }
 }
@@ -430,8 +436,48 @@ async fn watch_exit(mut guard: WatchGuard, clock: Clock) {
         ready.clear_ready();
         drop(ready);
         if guard.reap(at).is_some() {
+            if guard.live.is_some() {
+                reap_leftovers(guard.proc.leader()).await;
+            }
             return;
         }
+    }
+}
+
+/// How long [`reap_leftovers`] waits for a killed group's members to die before it gives up.
+const LEFTOVER_WAIT: Duration = Duration::from_secs(5);
+
+/// How often [`reap_leftovers`] looks again.
+const LEFTOVER_POLL: Duration = Duration::from_millis(2);
+
+/// Wait until the members of a killed process group have died and been reaped.
+///
+/// The leader is reaped as soon as it exits, but a member SIGKILLed a moment before may still
+/// be running on a loaded host; its SIGCHLD may then come after the agent stopped sweeping,
+/// leaving a zombie. The members are orphans of this subreaper, so sweeping reaps them; the
+/// group id cannot be reused while a member (even a zombie) still carries it, so probing it
+/// with signal 0 is safe. Bounded: a member that moved into another group is not ours to wait
+/// for, and a member stuck in the kernel must not hold the agent's shutdown forever.
+async fn reap_leftovers(group: Pid) {
+    let deadline = tokio::time::Instant::now() + LEFTOVER_WAIT;
+    loop {
+        reaper::sweep();
+        match rustix::process::test_kill_process_group(group) {
+            Err(rustix::io::Errno::SRCH) => return,
+            Err(e) => {
+                tracing::warn!(pgid = group.as_raw_nonzero().get(), error = %e, "cannot probe a killed process group");
+                return;
+            }
+            Ok(()) => {}
+        }
+        if tokio::time::Instant::now() > deadline {
+            tracing::warn!(
+                pgid = group.as_raw_nonzero().get(),
+                "members of a killed process group are still alive after {LEFTOVER_WAIT:?}"
+            );
+            return;
+        }
+        tokio::time::sleep(LEFTOVER_POLL).await;
     }
 }
 

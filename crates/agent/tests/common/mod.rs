@@ -338,7 +338,11 @@ pub async fn assert_no_zombies() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     while !suspects.is_empty() {
         if tokio::time::Instant::now() > deadline {
-            panic!("zombie children not reaped: {suspects:?}");
+            let stats: Vec<String> = suspects
+                .iter()
+                .map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default())
+                .collect();
+            panic!("zombie children not reaped: {suspects:?}: {stats:?}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
         let now = zombies();
