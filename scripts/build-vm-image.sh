@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the nines service-VM guest from Debian packages: OUT_DIR/vmlinuz (a copy of the
 # installed linux-image-cloud-amd64 kernel), OUT_DIR/vmlinux (the same kernel uncompressed,
-# which boots faster through QEMU's PVH entry) and OUT_DIR/initramfs.cpio.gz (static busybox, the
+# which boots faster through QEMU's PVH entry) and OUT_DIR/initramfs.cpio (static busybox, the
 # virtio modules of that kernel, an init that configures the network from the kernel command
 # line, and a tiny HTTP service). See ../shared/VM-RECIPE.md §2 for the facts behind each step.
 #
@@ -35,7 +35,7 @@
 #   before SVC-READY, with the svc* variables in its environment; a script there is how
 #   `nines agent` will be started inside the guest.
 #
-# Needs (Debian): linux-image-cloud-amd64 busybox-static cpio lz4 (and gzip); .ci/run installs
+# Needs (Debian): linux-image-cloud-amd64 busybox-static cpio lz4; .ci/run installs
 # them.
 set -euo pipefail
 
@@ -61,7 +61,6 @@ if command -v ldd >/dev/null 2>&1 && ldd "$BUSYBOX" >/dev/null 2>&1; then
     die "$BUSYBOX is dynamically linked: install the Debian package busybox-static"
 fi
 command -v cpio >/dev/null 2>&1 || die "cpio not found: install the Debian package cpio"
-command -v gzip >/dev/null 2>&1 || die "gzip not found: install the Debian package gzip"
 command -v lz4 >/dev/null 2>&1 || die "lz4 not found: install the Debian package lz4"
 
 # The newest installed Debian cloud kernel that has its modules (KERNEL_VERSION overrides).
@@ -120,7 +119,7 @@ stamp_of() {
 }
 STAMP=$(stamp_of)
 if [ -f "$OUT/stamp" ] && [ "$(cat "$OUT/stamp")" = "$STAMP" ] &&
-    [ -f "$OUT/vmlinuz" ] && [ -f "$OUT/initramfs.cpio.gz" ]; then
+    [ -f "$OUT/vmlinuz" ] && [ -f "$OUT/initramfs.cpio" ]; then
     say "up to date: $OUT (kernel $KVER)"
     exit 0
 fi
@@ -298,7 +297,10 @@ else
     say "warning: not root, /dev/console is not in the image (early console output is lost)"
     cp "$WORK/files.cpio" "$WORK/all.cpio"
 fi
-gzip -9 -n -c "$WORK/all.cpio" >"$WORK/initramfs.cpio.gz"
+# Uncompressed: the guest kernel would decompress the archive under TCG at every boot, which
+# costs more than QEMU copying the bigger file into guest RAM (measured on the 17 MB image with
+# the agent: SVC-READY 1.60 s after spawn instead of 1.89 s, medians of 6 boots each; LZ4 1.77 s).
+mv "$WORK/all.cpio" "$WORK/initramfs.cpio"
 
 cp "$KERNEL" "$WORK/vmlinuz"
 # The same kernel uncompressed: QEMU boots an ELF vmlinux through its PVH entry point, which
@@ -317,6 +319,8 @@ else
     say "note: no LZ4 payload in $KERNEL, so no vmlinux (boot vmlinuz instead)"
 fi
 mv -f "$WORK/vmlinuz" "$OUT/vmlinuz"
-mv -f "$WORK/initramfs.cpio.gz" "$OUT/initramfs.cpio.gz"
+mv -f "$WORK/initramfs.cpio" "$OUT/initramfs.cpio"
+# An image built before the archive was uncompressed: its old archive would only mislead.
+rm -f "$OUT/initramfs.cpio.gz"
 echo "$STAMP" >"$OUT/stamp"
-say "done: $OUT/vmlinuz ($(stat -c %s "$OUT/vmlinuz") bytes), $OUT/initramfs.cpio.gz ($(stat -c %s "$OUT/initramfs.cpio.gz") bytes)"
+say "done: $OUT/vmlinuz ($(stat -c %s "$OUT/vmlinuz") bytes), $OUT/initramfs.cpio ($(stat -c %s "$OUT/initramfs.cpio") bytes)"

@@ -781,7 +781,7 @@ apps:
             kind: vm
             vm:
               kernel: /img/vmlinux
-              initrd: /img/initramfs.cpio.gz
+              initrd: /img/initramfs.cpio
               memory: 256M
               cpus: 2
               accel: tcg
@@ -812,7 +812,7 @@ apps:
         assert_eq!(spec.kernel, Path::new("/img/vmlinux"));
         assert_eq!(
             spec.initrd.as_deref(),
-            Some(Path::new("/img/initramfs.cpio.gz"))
+            Some(Path::new("/img/initramfs.cpio"))
         );
         assert_eq!((spec.memory_mib, spec.vcpus), (256, 2));
         assert_eq!(spec.accel, Accel::Tcg);

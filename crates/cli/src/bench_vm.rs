@@ -111,7 +111,7 @@ apps:
         } else {
             "vmlinuz"
         }),
-        initrd = img("initramfs.cpio.gz"),
+        initrd = img("initramfs.cpio"),
     )
 }
 
@@ -121,7 +121,7 @@ fn image_dir(args: &BenchArgs) -> Result<PathBuf, String> {
         .image
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_IMAGE));
-    let stamp = dir.join("initramfs.cpio.gz");
+    let stamp = dir.join("initramfs.cpio");
     if !stamp.is_file() {
         return Err(format!(
             "no guest image in {}: build it with scripts/build-guest-image.sh {} (or pass --image DIR)",

@@ -67,7 +67,7 @@ fn a_minimal_vm_takes_the_defaults() {
 fn every_key() {
     let vm = "
         kernel: /img/vmlinux
-        initrd: /img/initramfs.cpio.gz
+        initrd: /img/initramfs.cpio
         memory: 1G
         cpus: 2
         accel: tcg
@@ -81,7 +81,7 @@ fn every_key() {
         got,
         VmConfig {
             kernel: "/img/vmlinux".into(),
-            initrd: Some("/img/initramfs.cpio.gz".into()),
+            initrd: Some("/img/initramfs.cpio".into()),
             memory_mib: 1024,
             cpus: 2,
             accel: VmAccel::Tcg,

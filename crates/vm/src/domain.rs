@@ -192,7 +192,7 @@ mod tests {
         let mut s = VmSpec::new(
             "vm1",
             "/img/vmlinux",
-            Some("/img/initramfs.cpio.gz".into()),
+            Some("/img/initramfs.cpio".into()),
             Path::new("/run/x"),
         );
         s.network = Network::User {

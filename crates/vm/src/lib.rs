@@ -42,7 +42,7 @@
 //!
 //! # async fn f() -> Result<(), nines_vm::Error> {
 //! let dir = std::path::Path::new("/run/nines/vm1");
-//! let mut spec = VmSpec::new("vm1", "img/vmlinux", Some("img/initramfs.cpio.gz".into()), dir);
+//! let mut spec = VmSpec::new("vm1", "img/vmlinux", Some("img/initramfs.cpio".into()), dir);
 //! spec.network = Network::User { forwards: vec![PortForward { host: 18080, guest: 80 }] };
 //! let mut child = nines_vm::command(&spec)?.spawn().expect("spawn"); // the agent's spawner
 //! let (mut qmp, mut events) = Qmp::connect(&spec.qmp_socket, Duration::from_secs(10)).await?;

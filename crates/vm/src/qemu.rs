@@ -442,7 +442,7 @@ mod tests {
         let mut s = VmSpec::new(
             "vm1",
             "/img/vmlinuz",
-            Some("/img/initramfs.cpio.gz".into()),
+            Some("/img/initramfs.cpio".into()),
             Path::new("/run/x"),
         );
         s.network = Network::User {
@@ -467,7 +467,7 @@ mod tests {
         assert_eq!(
             line(&spec(), &HOST),
             "-accel tcg -M microvm -nodefaults -no-user-config -display none -m 128 -smp 1 -name vm1 \
-             -kernel /img/vmlinuz -initrd /img/initramfs.cpio.gz \
+             -kernel /img/vmlinuz -initrd /img/initramfs.cpio \
              -append console=ttyS0 quiet tsc_early_khz=2596146 tsc=reliable lpj=10384584 pci=off cryptomgr.notests svcname=vm1 \
              -netdev user,id=n0,hostfwd=tcp:127.0.0.1:18080-:80 -device virtio-net-device,netdev=n0 \
              -object rng-random,id=rng0,filename=/dev/urandom -device virtio-rng-device,rng=rng0 \

@@ -74,7 +74,7 @@ fn build_image() -> Option<Image> {
         } else {
             out.join("vmlinuz")
         },
-        initrd: out.join("initramfs.cpio.gz"),
+        initrd: out.join("initramfs.cpio"),
     })
 }
 
