@@ -17,7 +17,9 @@
 //!   the probe's longest gap from the lock to the migration's end; reaction: lock to
 //!   migration start; recovery: the migration's duration; repair: the fail-back migration's.
 //!
-//! Outage: the probe's gap; reaction: injection to the engine's detection; recovery:
+//! Outage: the probe's gap (for vm-escalation the longest from the error report until the
+//! service recovered: the failing counter answers until it is stopped); reaction: injection
+//! to the engine's detection; recovery:
 //! detection to the probe's first answer; repair: the engine's failure to repaired (the VM
 //! instantiated and its guest joined again).
 
@@ -193,9 +195,16 @@ fn vm_pid(s: &nines_director::Status, n: usize) -> Option<u32> {
 }
 
 /// Asks the active counter (through whichever of `addrs` reaches it) to report an error; a
-/// standby's port answers nothing, so both are tried, for up to a few seconds.
-fn request_fail(addrs: &[SocketAddr]) -> Result<(), String> {
+/// standby's port answers nothing, so both are tried, for up to a few seconds. Returns when
+/// the request that was accepted went out: that is the fault's instant, not the return (a
+/// guest still booting can hold a connection through QEMU's port forward for seconds first).
+///
+/// A request is accepted when the counter answers `failing`, or when the engine detected an
+/// error report (after event `before`) although no answer came: the fault's own recovery can
+/// kill the VM before the answer leaves it. Asking again then would fail the new active too.
+fn request_fail(h: &mut Harness, addrs: &[SocketAddr], before: usize) -> Result<Instant, String> {
     use std::io::{BufRead, BufReader, Write};
+    let reported = |v: &Value| v["event"] == "fault-detected" && v["kind"] == "error-report";
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut seen = Vec::new();
     while Instant::now() < deadline {
@@ -205,13 +214,21 @@ fn request_fail(addrs: &[SocketAddr]) -> Result<(), String> {
                 continue;
             };
             let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let sent = Instant::now();
             if s.write_all(b"fail\n").is_err() {
                 continue;
             }
             let mut line = String::new();
             let _ = BufReader::new(&s).read_line(&mut line);
             if line.trim() == "failing" {
-                return Ok(());
+                return Ok(sent);
+            }
+            // No answer (a standby, or an answer lost with its VM) or a refusal (`ERR ...`).
+            if !line.starts_with("ERR")
+                && h.wait_event(before, Duration::from_millis(200), reported)
+                    .is_ok()
+            {
+                return Ok(sent);
             }
             seen.push(format!("{addr}: {:?}", line.trim()));
         }
@@ -360,6 +377,8 @@ pub(crate) fn run(args: &BenchArgs) -> Result<(), String> {
             &metrics.outage,
             if planned {
                 "probe: the app's longest gap from the lock to the migration's end"
+            } else if args.scenario == Scenario::VmEscalation {
+                "probe: the app's longest gap from the error report until it answers again"
             } else {
                 "probe: the app's gap (last answer before the fault to the first after)"
             },
@@ -509,20 +528,28 @@ fn escalate(
 ) -> Result<Measured, String> {
     for _ in 0..4 {
         let before = h.history.len();
-        request_fail(addrs)?;
-        let fault_at = Instant::now();
-        let back = probe
-            .wait_answer_after(fault_at, MILESTONE)
-            .ok_or("the service did not come back")?;
-        let g = gap(&probe.take(), fault_at).ok_or("no answer on one side of the fault")?;
+        let fault_at = request_fail(h, addrs, before)?;
         let detected = h.wait_event(before, MILESTONE, |v| v["event"] == "fault-detected")?;
+        let fault = h.history[detected]["fault"].clone();
         let escalated_to_guest = h
             .wait_event(detected, Duration::from_millis(500), |v| {
                 v["event"] == "guest-reset"
             })
             .is_ok();
+        // The failing counter goes on answering until the engine stops it (with its VM, once
+        // escalated), so the outage is not the gap around the request: it is the longest gap
+        // from the request to an answer sent after the service recovered.
+        h.wait_event(detected, MILESTONE, |v| {
+            v["event"] == "service-recovered" && v["fault"] == fault
+        })?;
+        let back = probe
+            .wait_answer_after(Instant::now(), MILESTONE)
+            .ok_or("the service did not come back")?;
+        let samples = probe.take();
         if escalated_to_guest {
-            return measure(h, detected, fault_at, back.received, g);
+            let g = longest_gap(&samples, fault_at, back.received)
+                .ok_or("no answer before the error report")?;
+            return measure(h, detected, fault_at, g.first_after, g);
         }
         // Not yet: let the failed SU come back as the standby before the next failure.
         h.wait_status(MILESTONE, "the failed SU back as standby", all_settled)?;
@@ -533,7 +560,8 @@ fn escalate(
 }
 
 /// The longest gap between consecutive answers to requests sent in `from..to`, bounded by the
-/// last answer before `from`: a planned move has no instant of failure to measure around.
+/// last answer before `from`: a planned move has no instant of failure to measure around, and
+/// a component that reported an error goes on answering until the engine stops it.
 fn longest_gap(samples: &[Sample], from: Instant, to: Instant) -> Option<Gap> {
     let mut times: Vec<Instant> = samples
         .iter()
