@@ -224,13 +224,15 @@ else
 fi
 dbg "network $NET"
 
+# ACPI power button (QMP system_powerdown) -> power off; svcnoacpi=1 plays a guest that
+# ignores it (to test the terminate ladder). Before the service: once the service answers,
+# the VM counts as healthy and may be asked to stop at once, and a press that comes before
+# acpid runs is lost.
+[ "${svcnoacpi:-0}" = 1 ] || acpid -c /etc/acpi -l /dev/null 2>/dev/null
+
 # The service.
 echo "ok $svcname $BOOTID" >/www/index.html
 httpd -p "$svcport" -h /www
-
-# ACPI power button (QMP system_powerdown) -> power off; svcnoacpi=1 plays a guest that
-# ignores it (to test the terminate ladder).
-[ "${svcnoacpi:-0}" = 1 ] || acpid -c /etc/acpi -l /dev/null 2>/dev/null
 
 # Hooks (e.g. the nines agent inside the guest).
 for h in /etc/svc.d/*; do

@@ -238,17 +238,8 @@ pub(crate) async fn terminate(
     let limit = m.timeouts.terminate;
     let destroy_step = (limit / 5).min(DESTROY_STEP);
     let powerdown = limit.saturating_sub(destroy_step);
-    let d = dom.clone();
-    let asked = blocking(move || d.dom.shutdown()).await;
-    if let Err(e) = &asked {
-        tracing::debug!(component = %m.path, "ACPI shutdown: {e}");
-    }
     let mut how = "shut down";
-    if asked.is_err()
-        || tokio::time::timeout(powerdown, proc.exited())
-            .await
-            .is_err()
-    {
+    if !press_power_button(dom, proc, powerdown, &m.path).await {
         how = "destroyed";
         let d = dom.clone();
         let destroyed = tokio::time::timeout(destroy_step, blocking(move || d.dom.destroy()));
@@ -271,6 +262,28 @@ pub(crate) async fn terminate(
     tracing::debug!(component = %m.path, how, "VM ended");
     remove(agent, comp, dom).await;
     Outcome::Ok
+}
+
+/// Asks libvirt for an ACPI shutdown and waits up to `within` for QEMU to exit, asking again
+/// every [`nines_vm::POWER_BUTTON_REPEAT`]: a guest under load, or one still starting its
+/// ACPI daemon, can miss a press (CI: the terminate fell through to destroy). False when a
+/// request failed or the guest did not go.
+async fn press_power_button(dom: &Arc<Domain>, proc: &Proc, within: Duration, path: &str) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        let d = dom.clone();
+        if let Err(e) = blocking(move || d.dom.shutdown()).await {
+            tracing::debug!(component = %path, "ACPI shutdown: {e}");
+            return false;
+        }
+        let next = (Instant::now() + nines_vm::POWER_BUTTON_REPEAT).min(deadline);
+        if tokio::time::timeout_at(next, proc.exited()).await.is_ok() {
+            return true;
+        }
+    }
 }
 
 /// Destroys and undefines the domain and removes its staged files (after QEMU is gone, or

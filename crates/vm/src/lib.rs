@@ -78,7 +78,7 @@ pub use domain::{domain_uuid, domain_xml, BootFiles};
 pub use error::Error;
 pub use lifecycle::{
     cleanup, probe, terminate, terminate_with, wait_healthy, Health, Probe, TerminateTimeouts,
-    Terminated,
+    Terminated, POWER_BUTTON_REPEAT,
 };
 pub use qemu::{
     command, command_with, Accel, HostFacts, Network, PortForward, VmSpec, DEFAULT_QEMU, NETDEV_ID,

@@ -109,8 +109,9 @@ where
     }
 }
 
-/// How often the power button is pressed again while the guest has not shut down.
-const POWER_BUTTON_REPEAT: Duration = Duration::from_secs(1);
+/// How often the power button is pressed again while the guest has not shut down (by this
+/// crate's QMP terminate, and by the agent's libvirt driver through `virDomainShutdown`).
+pub const POWER_BUTTON_REPEAT: Duration = Duration::from_secs(1);
 
 /// Presses the ACPI power button and waits up to `within` for QEMU to exit, pressing again
 /// every [`POWER_BUTTON_REPEAT`]: a press can be lost (a guest still starting its ACPI
