@@ -327,6 +327,13 @@ struct WatchGuard {
 }
 
 impl WatchGuard {
+    /// Whether this process leads a group of ours, whose members [`reap`](Self::reap) kills
+    /// and the watcher then waits for ([`reap_leftovers`]): not a foreign process (`only`),
+    /// not one adopted from an earlier agent (its orphans are not ours to wait for).
+    fn leads_group(&self) -> bool {
+        self.proc.only.is_none() && !self.adopted
+    }
+
     /// Kill the leftovers of the group, reap the leader and publish the exit. `None` if the
     /// leader turned out not to be waitable yet.
     fn reap(&mut self, at: Instant) -> Option<Exit> {
@@ -358,7 +365,7 @@ impl WatchGuard {
         // A group we lead may still hold members that were SIGKILLed above but have not died
         // yet: the watcher keeps this process counted as live until they are gone and reaped
         // (see [`reap_leftovers`]), so that shutdown does not return with zombies pending.
-        if self.proc.only.is_some() || self.adopted {
+        if !self.leads_group() {
             self.live = None;
         }
         Some(exit)
@@ -436,7 +443,7 @@ async fn watch_exit(mut guard: WatchGuard, clock: Clock) {
         ready.clear_ready();
         drop(ready);
         if guard.reap(at).is_some() {
-            if guard.live.is_some() {
+            if guard.leads_group() {
                 reap_leftovers(guard.proc.leader()).await;
             }
             return;
