@@ -545,9 +545,10 @@ fn escalate(
         let back = probe
             .wait_answer_after(Instant::now(), MILESTONE)
             .ok_or("the service did not come back")?;
-        let samples = probe.take();
+        // Taken only here: the earlier rounds' answers stay, because the last answer before
+        // this request may have come before the previous round ended (a quick settle).
         if escalated_to_guest {
-            let g = longest_gap(&samples, fault_at, back.received)
+            let g = longest_gap(&probe.take(), fault_at, back.received)
                 .ok_or("no answer before the error report")?;
             return measure(h, detected, fault_at, g.first_after, g);
         }
