@@ -69,6 +69,7 @@ mod agent;
 mod checkpoint;
 mod clock;
 mod commands;
+mod cpu_policy;
 mod csi;
 mod dispatch;
 mod env;

@@ -156,6 +156,8 @@ fn spawn_incarnation(agent: &Arc<Agent>, comp: CompId) {
         spawner::restore(leader);
         done(agent, comp, Command::Instantiate, Outcome::Ok);
         healthcheck::start_monitor(agent, comp, gen);
+        // Still on the background spawner: whatever the process started already.
+        spawner::restore_members(leader);
     }
 }
 

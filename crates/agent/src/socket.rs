@@ -304,8 +304,10 @@ fn register(
             vip::settle(agent, comp, csi, Some(ha), |_| {});
         }
     } else {
-        // Registered: the component is started, and runs at the agent's priority from now on.
+        // Registered: the component is started, and runs at the agent's priority from now on
+        // (what else it started meanwhile, too, once a blocking thread has found it).
         spawner::restore(group_leader);
+        tokio::task::spawn_blocking(move || spawner::restore_members(group_leader));
         agent.report(
             agent.clock.now(),
             Input::CommandDone {

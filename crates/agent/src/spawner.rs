@@ -6,24 +6,33 @@
 //! exec'd (vfork semantics), which on a virtualised host takes from a third of a millisecond
 //! to a few milliseconds. Done on the engine's thread, that blocks every decision; done at
 //! normal priority, the new process's start competes for the CPU with the service that just
-//! took over. Measured on the 2-core development host (`nines bench sa-kill`), the repair
-//! doubled the outage seen by clients (p50 3.4 ms against 1.75 ms with the repair deferred).
+//! took over.
 //!
-//! So instantiation hands the spawn to one dedicated thread whose nice value is
-//! [`BACKGROUND_NICE`]: the exec'ing child and the new process inherit it, and only use CPU
-//! that the running services leave idle. Once the component is instantiated (an SA-aware one
-//! registered, a process component spawned), [`restore`] gives its whole process group the
-//! agent's own priority back, so a started component never runs at a lower priority than
-//! the agent intended.
+//! So instantiation hands the spawn to one dedicated thread in the `SCHED_IDLE` policy (and
+//! at nice [`BACKGROUND_NICE`]): the exec'ing child and the new process inherit both, and only
+//! use CPU that the running services leave idle. A nice value alone is not enough: under
+//! EEVDF (Linux 6.6 and later) a nice-19 task that got the CPU keeps it for its whole slice,
+//! 1.5 ms on two CPUs, whatever wakes up meanwhile. Measured on the 2-core development host
+//! (`nines bench sa-kill --runs 200`): with nice 19 alone the new active's first connection
+//! waited behind the repair's exec in a third of the faults (outage p90 3.1 ms); in
+//! `SCHED_IDLE` the p90 is 1.7 ms. Once the component is instantiated (an SA-aware one
+//! registered, a process component spawned), [`restore`] gives every thread of every process
+//! in its group the normal policy and the agent's own priority back, so a started component
+//! never runs at a lower priority than the agent intended.
 //!
 //! VM components are the exception: booting a guest *is* the repair (seconds of CPU-bound
-//! emulation under TCG, during which the service is down), and at nice 19 it would take
-//! even longer on a busy host. They are spawned by [`run_foreground`], on a second thread that
-//! runs at the agent's own priority, so QEMU starts and stays there.
+//! emulation under TCG, during which the service is down), and in the background it would
+//! take even longer on a busy host. They are spawned by [`run_foreground`], on a second
+//! thread that runs at the agent's own priority, so QEMU starts and stays there.
 //!
-//! Lowering a nice value again needs privilege (`CAP_SYS_NICE`, or `RLIMIT_NICE`). An agent
-//! without it cannot restore, so it does not lower either: [`background_allowed`] finds out
-//! once, on a throwaway thread, and without it components start at normal priority.
+//! Going back to a normal priority needs the right to (`CAP_SYS_NICE`, or an `RLIMIT_NICE`
+//! that allows it). An agent without it cannot restore, so it does not lower either:
+//! [`background_allowed`] finds out once, on a throwaway thread, and without it components
+//! start at normal priority.
+//!
+//! Threads inherit their creator's policy: a thread started from a spawner job (a blocking
+//! task tokio starts on demand, say) runs in the background too. The jobs only spawn and
+//! record processes.
 
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
@@ -31,25 +40,55 @@ use std::thread;
 
 use rustix::process::Pid;
 
+use crate::cpu_policy::{self, Policy};
+
 /// The nice value new component processes start with (the lowest priority).
 pub(crate) const BACKGROUND_NICE: i32 = 19;
 
 /// A spawn to run on the spawner thread.
 type Job = Box<dyn FnOnce() + Send>;
 
+/// Where a spawner thread runs.
+#[derive(Clone, Copy, Debug)]
+enum Lane {
+    /// `SCHED_IDLE` at [`BACKGROUND_NICE`].
+    Background,
+    /// The normal policy at the agent's nice value, set explicitly: the thread may be created
+    /// from the background spawner, whose policy it would otherwise inherit.
+    Foreground,
+    /// Whatever the creating thread has (the agent may not change priorities).
+    Inherited,
+}
+
+impl Lane {
+    /// Puts the calling thread in this lane. Best effort: a thread left where it was only
+    /// means its spawns compete with the services (or are not helped by them).
+    fn enter(self) {
+        match self {
+            Lane::Background => {
+                // Only this thread changes (who = 0, tid = 0: the calling thread).
+                let _ = rustix::process::setpriority_process(None, BACKGROUND_NICE);
+                let _ = cpu_policy::set(0, Policy::Idle);
+            }
+            Lane::Foreground => {
+                let _ = cpu_policy::set(0, Policy::Normal);
+                let _ = rustix::process::setpriority_process(None, normal_nice());
+            }
+            Lane::Inherited => {}
+        }
+    }
+}
+
 struct Spawner {
     jobs: Mutex<mpsc::Sender<Job>>,
 }
 
 impl Spawner {
-    /// A thread named `name` that runs jobs in order at nice value `nice` (`None`: inherited).
-    fn start(name: &str, nice: Option<i32>) -> Spawner {
+    /// A thread named `name` that runs jobs in order in `lane`.
+    fn start(name: &str, lane: Lane) -> Spawner {
         let (tx, rx) = mpsc::channel::<Job>();
         let started = thread::Builder::new().name(name.into()).spawn(move || {
-            if let Some(nice) = nice {
-                // Only this thread's nice value changes (who = 0 is the calling thread).
-                let _ = rustix::process::setpriority_process(None, nice);
-            }
+            lane.enter();
             for job in rx {
                 job();
             }
@@ -76,23 +115,29 @@ impl Spawner {
     }
 }
 
-/// The spawner of process and SA-aware components, at [`BACKGROUND_NICE`] when allowed.
+/// The spawner of process and SA-aware components, in the background when allowed.
 fn background() -> &'static Spawner {
     static SPAWNER: OnceLock<Spawner> = OnceLock::new();
     SPAWNER.get_or_init(|| {
-        let nice = background_allowed().then_some(BACKGROUND_NICE);
-        Spawner::start("nines-spawner", nice)
+        let lane = if background_allowed() {
+            Lane::Background
+        } else {
+            Lane::Inherited
+        };
+        Spawner::start("nines-spawner", lane)
     })
 }
 
-/// The spawner of VM components, at the agent's own priority. Set explicitly rather than
-/// inherited: the thread may be created from the background spawner (a deferred instantiate
-/// replayed there), whose nice value a new thread would inherit.
+/// The spawner of VM components, at the agent's own priority.
 fn foreground() -> &'static Spawner {
     static SPAWNER: OnceLock<Spawner> = OnceLock::new();
     SPAWNER.get_or_init(|| {
-        let nice = background_allowed().then(normal_nice);
-        Spawner::start("nines-vm-spawner", nice)
+        let lane = if background_allowed() {
+            Lane::Foreground
+        } else {
+            Lane::Inherited
+        };
+        Spawner::start("nines-vm-spawner", lane)
     })
 }
 
@@ -108,20 +153,22 @@ pub(crate) fn run_foreground(job: impl FnOnce() + Send + 'static) {
     foreground().run(Box::new(job));
 }
 
-/// Whether this process may start components at background priority: it must be able to
-/// give them their priority back. Found out once, on a throwaway thread whose nice value is
-/// raised and then lowered again.
+/// Whether this process may start components in the background: it must be able to give
+/// them their policy and priority back. Found out once, on a throwaway thread that goes into
+/// the background and comes back.
 pub(crate) fn background_allowed() -> bool {
     static ALLOWED: OnceLock<bool> = OnceLock::new();
     *ALLOWED.get_or_init(|| {
         let normal = normal_nice();
-        if normal >= BACKGROUND_NICE {
+        if normal >= BACKGROUND_NICE || cpu_policy::get(0).ok() != Some(Policy::Normal) {
             return false;
         }
         thread::Builder::new()
             .name("nines-nice-check".into())
             .spawn(move || {
                 rustix::process::setpriority_process(None, BACKGROUND_NICE).is_ok()
+                    && cpu_policy::set(0, Policy::Idle).is_ok()
+                    && cpu_policy::set(0, Policy::Normal).is_ok()
                     && rustix::process::setpriority_process(None, normal).is_ok()
             })
             .ok()
@@ -136,21 +183,62 @@ fn normal_nice() -> i32 {
     *NORMAL.get_or_init(|| rustix::process::getpriority_process(None).unwrap_or(0))
 }
 
-/// Gives every thread of every process in the group led by `leader` the agent's priority
-/// back (`setpriority(PRIO_PGRP)` covers all of them). Best effort: a group that is already
-/// gone has nothing left to restore.
+/// Gives the threads of the group leader `leader` the normal policy and every process of its
+/// group the agent's nice value back: a few system calls, so it is done inline at the moment
+/// the component counts as started. Threads that chose another policy themselves
+/// (real-time, say) keep it. Other processes the component started before this keep the
+/// background policy until [`restore_members`] finds them. Best effort: a group that is
+/// already gone has nothing left to restore.
 pub(crate) fn restore(leader: Pid) {
     if !background_allowed() {
         return;
     }
+    // One call covers the nice value of every thread in the group.
     if let Err(e) = rustix::process::setpriority_pgrp(Some(leader), normal_nice()) {
         tracing::debug!(pgid = leader.as_raw_nonzero().get(), error = %e, "cannot restore priority");
+    }
+    restore_threads(leader.as_raw_nonzero().get());
+}
+
+/// Like [`restore`] for the other processes of the group: those a component started before
+/// it registered inherited the background policy. Scans `/proc` (a read per process on the
+/// host, milliseconds on a busy one), so it belongs on a blocking thread.
+pub(crate) fn restore_members(leader: Pid) {
+    if !background_allowed() {
+        return;
+    }
+    let pgid = leader.as_raw_nonzero().get();
+    for pid in cpu_policy::group_members(pgid) {
+        if pid != pgid {
+            restore_threads(pid);
+        }
+    }
+}
+
+/// Moves the threads of `pid` still in the background policy to the normal one. A second
+/// pass catches threads that a not yet restored thread started during the first (they
+/// inherited the background policy).
+fn restore_threads(pid: i32) {
+    for _ in 0..2 {
+        let mut moved = false;
+        for tid in cpu_policy::threads(pid) {
+            if cpu_policy::get(tid).ok() == Some(Policy::Idle) {
+                if let Err(e) = cpu_policy::set(tid, Policy::Normal) {
+                    tracing::debug!(pid, tid, error = %e, "cannot restore the scheduling policy");
+                }
+                moved = true;
+            }
+        }
+        if !moved {
+            return;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::CommandExt;
 
     #[test]
     fn jobs_run_in_order_on_the_spawner_thread() {
@@ -180,29 +268,124 @@ mod tests {
         run(move || {
             run_foreground(move || {
                 let name = thread::current().name().map(str::to_owned);
-                let _ = tx.send((name, rustix::process::getpriority_process(None).ok()));
+                let _ = tx.send((
+                    name,
+                    rustix::process::getpriority_process(None).ok(),
+                    cpu_policy::get(0).ok(),
+                ));
             });
         });
-        let (name, nice) = rx
+        let (name, nice, policy) = rx
             .recv_timeout(std::time::Duration::from_secs(10))
             .expect("the job runs");
         assert_eq!(name.as_deref(), Some("nines-vm-spawner"));
         assert_eq!(nice, Some(normal_nice()));
+        assert_eq!(policy, Some(Policy::Normal));
     }
 
     #[test]
     fn the_spawner_thread_runs_at_background_priority_when_it_can_restore() {
         let (tx, rx) = mpsc::channel();
         run(move || {
-            let _ = tx.send(rustix::process::getpriority_process(None).ok());
+            let _ = tx.send((
+                rustix::process::getpriority_process(None).ok(),
+                cpu_policy::get(0).ok(),
+            ));
         });
-        let nice = rx
+        let (nice, policy) = rx
             .recv_timeout(std::time::Duration::from_secs(10))
             .expect("the job runs");
         if background_allowed() {
             assert_eq!(nice, Some(BACKGROUND_NICE));
+            assert_eq!(policy, Some(Policy::Idle));
         } else {
             assert_eq!(nice, Some(normal_nice()));
+            assert_eq!(policy, Some(Policy::Normal));
         }
+    }
+
+    /// The policy and nice value of every thread of `pid`.
+    fn thread_priorities(pid: i32) -> Vec<(Option<Policy>, Option<i32>)> {
+        cpu_policy::threads(pid)
+            .into_iter()
+            .map(|tid| {
+                let nice = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat"))
+                    .ok()
+                    .and_then(|s| {
+                        let rest = s[s.rfind(')')? + 1..].to_owned();
+                        rest.split_whitespace().nth(16)?.parse().ok()
+                    });
+                (cpu_policy::get(tid).ok(), nice)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_started_component_is_restored_with_all_its_threads_and_processes() {
+        if !background_allowed() {
+            eprintln!("skipped: this process may not change priorities");
+            return;
+        }
+        // Two processes of one group, both started in the background lane: the leader and a
+        // member (a component's child, say).
+        let (tx, rx) = mpsc::channel();
+        run(move || {
+            let spawn = |group: i32| {
+                std::process::Command::new("sleep")
+                    .arg("30")
+                    .process_group(group)
+                    .spawn()
+            };
+            let pair = spawn(0).and_then(|leader| {
+                let group = leader.id() as i32;
+                spawn(group).map(|member| (leader, member))
+            });
+            let _ = tx.send(pair);
+        });
+        let (mut child, mut member) = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the job runs")
+            .expect("sleep starts");
+        let leader = Pid::from_raw(child.id() as i32).expect("pid");
+        let pgid = leader.as_raw_nonzero().get();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while cpu_policy::group_members(pgid).len() < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the group never had 2 members"
+            );
+            thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let members = cpu_policy::group_members(pgid);
+        for &pid in &members {
+            assert!(
+                thread_priorities(pid)
+                    .iter()
+                    .all(|p| *p == (Some(Policy::Idle), Some(BACKGROUND_NICE))),
+                "{pid} did not start in the background: {:?}",
+                thread_priorities(pid)
+            );
+        }
+        restore(leader);
+        assert!(
+            thread_priorities(pgid)
+                .iter()
+                .all(|p| *p == (Some(Policy::Normal), Some(normal_nice()))),
+            "the leader was not restored: {:?}",
+            thread_priorities(pgid)
+        );
+        restore_members(leader);
+        for &pid in &members {
+            assert!(
+                thread_priorities(pid)
+                    .iter()
+                    .all(|p| *p == (Some(Policy::Normal), Some(normal_nice()))),
+                "{pid} was not restored: {:?}",
+                thread_priorities(pid)
+            );
+        }
+        let _ = rustix::process::kill_process_group(leader, rustix::process::Signal::KILL);
+        let _ = child.wait();
+        let _ = member.wait();
     }
 }
