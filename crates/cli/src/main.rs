@@ -68,6 +68,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    if let Some(code) = example::direct(std::env::args_os()) {
+        return code;
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Validate(args) => validate::validate(&args),
