@@ -370,7 +370,10 @@ fn parse_rfc3339_ns(s: &str) -> Option<i128> {
 pub(crate) struct Harness {
     rt: tokio::runtime::Runtime,
     runtime: Option<Runtime>,
-    lines: mpsc::Receiver<Value>,
+    /// Event-log lines as written. Parsed on this thread, when they are pulled: the follower
+    /// task runs on the runtime under test, and on a host whose scheduler packs threads onto
+    /// one CPU any work it does during a failover is part of the measured outage.
+    lines: mpsc::Receiver<Arc<str>>,
     /// Every event-log line of this run so far, parsed, in order.
     pub(crate) history: Vec<Value>,
     control: PathBuf,
@@ -426,15 +429,12 @@ impl Harness {
             .map_err(|e| format!("cannot follow the event log: {e}"))?;
         let (tx, lines) = mpsc::channel();
         let mut next = 0;
-        let mut forward = move |seq: u64, json: &str| -> bool {
+        let mut forward = move |seq: u64, json: &Arc<str>| -> bool {
             if seq < next {
                 return true;
             }
             next = seq + 1;
-            match serde_json::from_str::<Value>(json) {
-                Ok(v) => tx.send(v).is_ok(),
-                Err(_) => true,
-            }
+            tx.send(Arc::clone(json)).is_ok()
         };
         for l in &backlog {
             forward(l.seq, &l.json);
@@ -486,11 +486,19 @@ impl Harness {
 
     /// Moves lines that arrived into `history`, waiting up to `timeout` for the first one.
     fn pull(&mut self, timeout: Duration) {
-        if let Ok(v) = self.lines.recv_timeout(timeout) {
-            self.history.push(v);
-            while let Ok(v) = self.lines.try_recv() {
-                self.history.push(v);
+        if let Ok(line) = self.lines.recv_timeout(timeout) {
+            self.keep_line(&line);
+            while let Ok(line) = self.lines.try_recv() {
+                self.keep_line(&line);
             }
+        }
+    }
+
+    /// Parses `line` into `history`; a line that does not parse is skipped, as every reader
+    /// of the log does (a torn last line after a crash).
+    fn keep_line(&mut self, line: &str) {
+        if let Ok(v) = serde_json::from_str::<Value>(line) {
+            self.history.push(v);
         }
     }
 
@@ -764,6 +772,10 @@ pub(crate) fn one_fault(
             }
         }
     }
+    // The service first: the probe is silent until it is back, so this thread sleeps through
+    // the outage instead of waking for every event-log line the failover writes (the
+    // engine's timeline is read afterwards; it carries its own instants).
+    let back = probe.wait_answer_after(fault_at, MILESTONE);
     let su = comp
         .rsplit_once('/')
         .map_or(comp.as_str(), |(su, _)| su)
@@ -781,9 +793,7 @@ pub(crate) fn one_fault(
     let run = detected["run"].clone();
     let recovery = detected["recovery"].as_str().unwrap_or("?").to_owned();
 
-    probe
-        .wait_answer_after(fault_at, MILESTONE)
-        .ok_or_else(|| format!("the service did not come back within {MILESTONE:?}"))?;
+    back.ok_or_else(|| format!("the service did not come back within {MILESTONE:?}"))?;
     let this =
         |v: &Value, event: &str| v["event"] == event && v["fault"] == fault && v["run"] == run;
     let r = h

@@ -56,6 +56,17 @@ impl Checkpoint for SiCheckpoint {
     }
 }
 
+/// Writes `line` to stderr with one system call. `eprintln!` with arguments writes each piece
+/// of the format separately (stderr is unbuffered): a dozen calls, on the thread that is
+/// about to tell the agent the service is active.
+fn log_line(line: &str) {
+    use std::io::Write;
+    let mut bytes = Vec::with_capacity(line.len() + 1);
+    bytes.extend_from_slice(line.as_bytes());
+    bytes.push(b'\n');
+    let _ = std::io::stderr().lock().write_all(&bytes);
+}
+
 /// One CSI this component has been given.
 struct Assigned {
     counter: Arc<Counter>,
@@ -141,19 +152,19 @@ impl CounterComponent {
         };
         match listening.serve(service) {
             Ok(server) => {
-                eprintln!(
-                    "counter: active for {csi} on 127.0.0.1:{port}, continuing from {value} \
+                log_line(&format!(
+                    "counter: active for {csi} on {host}:{port}, continuing from {value} \
                      (listening after {} us, checkpoint read in {} us, serving after {} us)",
                     (t1 - t0).as_micros(),
                     (t2 - t1).as_micros(),
                     t0.elapsed().as_micros()
-                );
+                ));
                 entry.server = Some(server);
                 Ok(())
             }
             Err(e) => {
                 entry.counter.deactivate();
-                Err(format!("cannot serve on 127.0.0.1:{port}: {e}"))
+                Err(format!("cannot serve on {host}:{port}: {e}"))
             }
         }
     }

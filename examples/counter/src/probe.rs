@@ -236,6 +236,9 @@ pub fn gap(samples: &[Sample], fault: Instant) -> Option<Gap> {
 }
 
 fn probe_loop(opts: &ProbeOptions, shared: &Shared) {
+    // The kernel may stretch a sleep by the thread's timer slack (50 us by default): half the
+    // default spacing again, which would widen every gap the probe measures. Best effort.
+    let _ = rustix::thread::set_current_timer_slack(std::num::NonZeroU64::new(1_000));
     let mut conn: Option<(TcpStream, BufReader<TcpStream>)> = None;
     let mut line = String::new();
     let mut n: u64 = 0;
