@@ -1,5 +1,6 @@
-//! `Session::start` reads its configuration from the environment the agent sets. Alone in its
-//! own test binary because it changes the process environment.
+//! `Session::start` and `Session::run` read their configuration from the environment the agent
+//! sets. Alone in its own test binary, and in one test, because it changes the process
+//! environment.
 
 mod common;
 
@@ -8,7 +9,7 @@ use nines_client::{ClientError, Session};
 use nines_proto::{ToAgent, ToComponent, ENV_AGENT_SOCKET, ENV_COMPONENT};
 
 #[test]
-fn start_reads_socket_and_component_from_the_environment() {
+fn start_and_run_read_socket_and_component_from_the_environment() {
     std::env::remove_var(ENV_AGENT_SOCKET);
     std::env::remove_var(ENV_COMPONENT);
     match Session::start(Scripted::default()) {
@@ -18,6 +19,10 @@ fn start_reads_socket_and_component_from_the_environment() {
         }
         other => panic!("expected NotConfigured, got {other:?}"),
     }
+    assert!(matches!(
+        Session::run(Scripted::default()),
+        Err(ClientError::NotConfigured("NINES_AGENT_SOCKET"))
+    ));
 
     let agent = FakeAgent::new();
     std::env::set_var(ENV_AGENT_SOCKET, &agent.path);
@@ -31,17 +36,27 @@ fn start_reads_socket_and_component_from_the_environment() {
         Session::start(Scripted::default()),
         Err(ClientError::NotConfigured("NINES_COMPONENT"))
     ));
+    assert!(matches!(
+        Session::run(Scripted::default()),
+        Err(ClientError::NotConfigured("NINES_COMPONENT"))
+    ));
 
     std::env::set_var(ENV_COMPONENT, COMPONENT);
     let client = std::thread::spawn(|| Session::start(Scripted::default()));
-    let mut conn = agent.accept();
-    match conn.recv() {
-        ToAgent::Register { component, .. } => assert_eq!(component, COMPONENT),
-        other => panic!("expected Register, got {other:?}"),
-    }
-    conn.send(&ToComponent::Registered {
-        ok: true,
-        reason: None,
-    });
+    // Checks that it registers as COMPONENT.
+    let _conn = agent.accept_first_registration();
     assert!(client.join().unwrap().is_ok());
+
+    // `run` registers the same way, then dispatches until the agent lets it go.
+    let client = std::thread::spawn(|| Session::run(Scripted::default()));
+    let mut conn = agent.accept_first_registration();
+    conn.send(&ToComponent::Terminate { invocation: 1 });
+    assert_eq!(
+        conn.recv(),
+        ToAgent::Response {
+            invocation: 1,
+            ok: true
+        }
+    );
+    assert!(common::within(move || client.join().unwrap()).is_ok());
 }

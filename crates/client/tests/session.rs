@@ -6,23 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{within, Call, Conn, FakeAgent, Scripted, PATIENCE};
+use common::{answer_write, csi_set, within, Call, Conn, FakeAgent, Scripted, PATIENCE};
 use nines_client::{ClientError, HaState, Recovery, Session};
 use nines_proto::{HeldCsi, ToAgent, ToComponent, MAX_FRAME};
-
-fn csi_set(invocation: u64, ha: HaState, attrs: &[(&str, &str)]) -> ToComponent {
-    ToComponent::CsiSet {
-        invocation,
-        si: "app/si".into(),
-        csi: "app/si/csi".into(),
-        ha,
-        attrs: attrs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        checkpoint: None,
-    }
-}
 
 fn calls(c: &Arc<Mutex<Vec<Call>>>) -> Vec<Call> {
     c.lock().unwrap().clone()
@@ -624,29 +610,6 @@ fn active_that_wrote_42(agent: &FakeAgent) -> (Session, Conn) {
         write.join().unwrap().expect("acknowledged");
     }
     (session, conn)
-}
-
-/// Expects a checkpoint write of `data` and answers it (sync writes only) with `ok`.
-fn answer_write(conn: &mut Conn, data: &[u8], ok: bool) -> bool {
-    match conn.recv() {
-        ToAgent::CheckpointWrite {
-            request,
-            data: got,
-            sync,
-            ..
-        } => {
-            assert_eq!(got, data, "{:?}", String::from_utf8_lossy(&got));
-            if sync {
-                conn.send(&ToComponent::CheckpointAck {
-                    request,
-                    ok,
-                    reason: (!ok).then(|| "no".to_string()),
-                });
-            }
-            sync
-        }
-        other => panic!("expected the write of {data:?}, got {other:?}"),
-    }
 }
 
 #[test]

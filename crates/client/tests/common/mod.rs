@@ -19,6 +19,9 @@ pub const PATIENCE: Duration = Duration::from_secs(5);
 
 pub const COMPONENT: &str = "app/sg/su-1/comp";
 
+/// Name of the thread [`FakeAgent::run_reconnecting`] calls `Session::run_with_reconnect` on.
+pub const RUN_THREAD: &str = "component-main";
+
 /// A directory removed on drop, also when the test fails.
 pub struct TempDir(pub PathBuf);
 
@@ -95,17 +98,44 @@ impl FakeAgent {
         let client = thread::spawn(move || {
             Session::start_with_reconnect(&path, COMPONENT, component, window)
         });
+        let conn = self.accept_first_registration();
+        let session = client
+            .join()
+            .expect("client thread")
+            .expect("registration accepted");
+        (session, conn)
+    }
+
+    /// Run a session for `component` with [`Session::run_with_reconnect`] on a new thread
+    /// named [`RUN_THREAD`] (the component's "main"), and accept its registration. The handle
+    /// gives what `run` returned, and names the thread callbacks must run on.
+    pub fn run_reconnecting<C: Component>(
+        &self,
+        component: C,
+        window: Duration,
+    ) -> (thread::JoinHandle<Result<(), ClientError>>, Conn) {
+        let path = self.path.clone();
+        let client = thread::Builder::new()
+            .name(RUN_THREAD.into())
+            .spawn(move || Session::run_with_reconnect(&path, COMPONENT, component, window))
+            .expect("spawn the run thread");
+        (client, self.accept_first_registration())
+    }
+
+    /// Accept a session's first registration, check what it says, and accept it.
+    pub fn accept_first_registration(&self) -> Conn {
         let mut conn = self.accept();
         match conn.recv() {
             ToAgent::Register {
                 component,
                 pid,
                 version,
-                ..
+                held,
             } => {
                 assert_eq!(component, COMPONENT);
                 assert_eq!(pid, std::process::id());
                 assert_eq!(version, PROTOCOL_VERSION);
+                assert!(held.is_empty(), "a new session holds nothing");
             }
             other => panic!("expected Register, got {other:?}"),
         }
@@ -113,11 +143,7 @@ impl FakeAgent {
             ok: true,
             reason: None,
         });
-        let session = client
-            .join()
-            .expect("client thread")
-            .expect("registration accepted");
-        (session, conn)
+        conn
     }
 
     /// Accept a session registering again (after its agent went away), answer it, and return
@@ -288,4 +314,42 @@ pub fn within<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     });
     rx.recv_timeout(PATIENCE)
         .expect("did not finish in time (or panicked)")
+}
+
+/// A `CsiSet` request for `app/si/csi` of `app/si` with these attributes.
+pub fn csi_set(invocation: u64, ha: HaState, attrs: &[(&str, &str)]) -> ToComponent {
+    ToComponent::CsiSet {
+        invocation,
+        si: "app/si".into(),
+        csi: "app/si/csi".into(),
+        ha,
+        attrs: attrs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        checkpoint: None,
+    }
+}
+
+/// Expects a checkpoint write of `data` and answers it (sync writes only) with `ok`.
+pub fn answer_write(conn: &mut Conn, data: &[u8], ok: bool) -> bool {
+    match conn.recv() {
+        ToAgent::CheckpointWrite {
+            request,
+            data: got,
+            sync,
+            ..
+        } => {
+            assert_eq!(got, data, "{:?}", String::from_utf8_lossy(&got));
+            if sync {
+                conn.send(&ToComponent::CheckpointAck {
+                    request,
+                    ok,
+                    reason: (!ok).then(|| "no".to_string()),
+                });
+            }
+            sync
+        }
+        other => panic!("expected the write of {data:?}, got {other:?}"),
+    }
 }
