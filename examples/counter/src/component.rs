@@ -11,6 +11,7 @@
 //! (`on` enables the benchmark's `fail` request; anything else, or absent, leaves it off).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -78,6 +79,9 @@ struct Assigned {
 pub struct CounterComponent {
     session: Option<Session>,
     csis: HashMap<String, Assigned>,
+    /// Set once registered, for a caller that must tell a failed registration from a session
+    /// lost later (both end [`Session::run`] with an error).
+    registered_flag: Option<Arc<AtomicBool>>,
 }
 
 /// The value of attribute `name`, if configured.
@@ -116,6 +120,12 @@ impl CounterComponent {
     /// A component with no CSI yet.
     pub fn new() -> CounterComponent {
         CounterComponent::default()
+    }
+
+    /// Sets `flag` when the agent accepts the registration.
+    pub fn with_registered_flag(mut self, flag: Arc<AtomicBool>) -> CounterComponent {
+        self.registered_flag = Some(flag);
+        self
     }
 
     fn activate(&mut self, si: &str, csi: &str, attrs: &[(String, String)]) -> Result<(), String> {
@@ -184,6 +194,9 @@ impl CounterComponent {
 impl Component for CounterComponent {
     fn registered(&mut self, session: &Session) {
         self.session = Some(session.clone());
+        if let Some(flag) = &self.registered_flag {
+            flag.store(true, Ordering::SeqCst);
+        }
     }
 
     fn csi_set(

@@ -25,6 +25,9 @@ pub mod probe;
 pub mod protocol;
 pub mod server;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use nines_client::{ClientError, Session};
 
 pub use component::CounterComponent;
@@ -49,11 +52,18 @@ pub enum RunError {
 
 /// Runs the counter component until the agent asks it to terminate (`Ok`) or the session is
 /// lost. Needs `NINES_AGENT_SOCKET` and `NINES_COMPONENT`, which the agent sets.
+///
+/// The callbacks run on the calling thread ([`Session::run`]): the process has no thread
+/// that only waits, and each thread it has delays the moment its death is seen.
 pub fn run() -> Result<(), RunError> {
-    let session = match Session::start(CounterComponent::new()) {
-        Ok(s) => s,
-        Err(e @ ClientError::NotConfigured(_)) => return Err(RunError::NotManaged(e)),
-        Err(e) => return Err(RunError::Register(e)),
-    };
-    session.wait().map_err(RunError::Lost)
+    let registered = Arc::new(AtomicBool::new(false));
+    let component = CounterComponent::new().with_registered_flag(Arc::clone(&registered));
+    match Session::run(component) {
+        Ok(()) => Ok(()),
+        Err(e @ ClientError::NotConfigured(_)) => Err(RunError::NotManaged(e)),
+        Err(e) if !registered.load(Ordering::SeqCst) => {
+            Err(RunError::Register(e))
+        }
+        Err(e) => Err(RunError::Lost(e)),
+    }
 }
