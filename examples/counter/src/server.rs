@@ -1,20 +1,37 @@
 //! The TCP side of the counter: a listener on 127.0.0.1 that exists only while the component
-//! is active, and one thread per client connection.
+//! is active, and one thread that serves it and every client connection.
 //!
 //! The listener is closed (not merely ignored) when the component stops being active, and it
 //! is bound with `SO_REUSEADDR`, so that the component that becomes active next, in another
 //! process, can bind the same port at once. Clients therefore always reach whichever
 //! component is active at one fixed address, and a failover is seen by them as a short burst
 //! of refused connections.
+//!
+//! One thread multiplexes the listener and all connections with `poll`, rather than a thread
+//! per connection, because threads are on the failover's critical path. The kernel tears a
+//! SIGKILLed process down thread by thread, about 65 µs each (every thread must be woken and
+//! scheduled to die), before the supervisor sees the exit; and a newly active counter that
+//! spawned a thread for the probe's reconnection paid about 40-60 µs (clone and first
+//! schedule) before answering it. On a 2-vCPU VM where everything runs on one vCPU, that is a
+//! large part of the sub-millisecond outage `nines bench sa-kill` aims at. So an active
+//! counter with N clients has one server thread, not 1 + N, and accepting a connection spawns
+//! nothing. Answering all clients from one thread costs no concurrency: the counter's lock
+//! serializes requests anyway (an `inc` holds it through its checkpoint write).
+//!
+//! A connection's buffers are bounded, so that no client can make the service hold memory
+//! without end: a request line is at most [`MAX_LINE`] bytes, and the requests of a client
+//! that does not read its replies are left unread (so the kernel soon stops it sending more)
+//! until it does; one that takes none of its pending replies for ten seconds is hung up.
 
-use std::collections::HashMap;
-use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddrV4, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
+use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 use crate::counter::{Checkpoint, Counter};
@@ -25,6 +42,24 @@ use crate::protocol::{self, Request, MAX_LINE};
 /// closed before its exit is reported), so this only covers a listener being torn down
 /// concurrently; it stays well under the default 1 s CSI callback timeout.
 pub const BIND_PATIENCE: Duration = Duration::from_millis(300);
+
+/// How long a client may leave its pending replies unread, taking none, before it is hung up:
+/// long, because a client that reads at all (the probe, a person with `nc`) never comes near
+/// it (the kernel's socket buffers absorb its pauses before replies pend here), and waiting
+/// costs only the connection's bounded buffers.
+const STUCK_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Bytes of replies a connection may have pending before its further requests are left unread
+/// (a few hundred replies).
+const MAX_PENDING_REPLIES: usize = 4096;
+
+/// Bytes read from one connection per turn, so that a client pipelining many requests takes
+/// turns with the others instead of holding the thread.
+const READ_CHUNK: usize = 4096;
+
+/// How long accepting pauses after an unexpected accept error (out of descriptors, say): the
+/// listener stays readable, and retrying at once would spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(10);
 
 /// Reports the component faulty when a client sends `fail` (the benchmark's error-report
 /// scenario); `None` disables the request.
@@ -41,28 +76,14 @@ pub struct Service {
     pub fail: Option<FailHook>,
 }
 
-/// A running listener and its connections.
+/// A running listener and its connections, served by one thread (see the module doc for why
+/// one).
 pub struct Server {
     port: u16,
-    stopping: Arc<AtomicBool>,
-    /// A second handle on the listening socket, to shut it down while the accept thread is
-    /// blocked in `accept` on the first.
-    listener: TcpListener,
-    accept: Option<JoinHandle<()>>,
-    conns: Arc<Conns>,
-}
-
-/// Live connections, so that stopping can hang them up.
-#[derive(Default)]
-struct Conns {
-    next: AtomicU64,
-    open: Mutex<HashMap<u64, TcpStream>>,
-}
-
-impl Conns {
-    fn lock(&self) -> MutexGuard<'_, HashMap<u64, TcpStream>> {
-        self.open.lock().unwrap_or_else(PoisonError::into_inner)
-    }
+    /// An eventfd that the serving thread polls along with the sockets, written by `stop`: it
+    /// wakes the thread at once, whatever the sockets are doing, without a timeout to wait out.
+    stop_signal: Arc<OwnedFd>,
+    thread: Option<JoinHandle<()>>,
 }
 
 /// Binds 127.0.0.1:`port` with `SO_REUSEADDR` and listens (see [`bind_on`]).
@@ -116,32 +137,45 @@ impl Listening {
         }
     }
 
-    /// Starts accepting connections (those already waiting first) for `service`.
+    /// Starts serving connections (those already waiting first) for `service`, on the one
+    /// thread that will serve all of them.
     pub fn serve(self, service: Service) -> io::Result<Server> {
+        self.serve_with(service, STUCK_PATIENCE)
+    }
+
+    /// [`serve`](Self::serve) with another patience for clients that read no replies, so that
+    /// tests need not wait out the real one.
+    fn serve_with(self, service: Service, patience: Duration) -> io::Result<Server> {
         let listener = self.listener;
         let port = listener.local_addr()?.port();
-        let handle = listener.try_clone()?;
-        let stopping = Arc::new(AtomicBool::new(false));
-        let conns = Arc::new(Conns::default());
-        let accept = {
-            let (stopping, conns) = (Arc::clone(&stopping), Arc::clone(&conns));
-            thread::Builder::new()
-                .name(format!("counter-accept-{port}"))
-                .spawn(move || accept_loop(listener, &stopping, &conns, &service))?
+        listener.set_nonblocking(true)?;
+        let stop_signal = Arc::new(rustix::event::eventfd(
+            0,
+            EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK,
+        )?);
+        let serving = Serving {
+            listener,
+            stop_signal: Arc::clone(&stop_signal),
+            conns: Vec::new(),
+            service,
+            patience,
+            accept_paused_until: None,
+            accept_error: None,
         };
+        let thread = thread::Builder::new()
+            .name(format!("counter-serve-{port}"))
+            .spawn(move || serving.run())?;
         Ok(Server {
             port,
-            stopping,
-            listener: handle,
-            accept: Some(accept),
-            conns,
+            stop_signal,
+            thread: Some(thread),
         })
     }
 }
 
 impl Server {
     /// Binds the port (retrying for up to [`BIND_PATIENCE`] while it is in use) and starts
-    /// accepting connections for `service`.
+    /// serving connections for `service`.
     pub fn start(port: u16, service: Service) -> io::Result<Server> {
         Listening::bind(port)?.serve(service)
     }
@@ -152,106 +186,294 @@ impl Server {
     }
 
     /// Stops accepting, closes the listener and hangs up every connection. When this returns
-    /// the port is free for another process to bind.
+    /// the port is free for another process to bind, which is what lets the next active take
+    /// over at once.
     pub fn stop(mut self) {
         self.shutdown();
     }
 
     fn shutdown(&mut self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        // On Linux, shutting down a listening socket wakes a thread blocked in accept (which
-        // then fails) and takes the socket out of the listening state at once.
-        let _ = rustix::net::shutdown(&self.listener, rustix::net::Shutdown::Both);
-        if let Some(accept) = self.accept.take() {
-            let _ = accept.join();
-        }
-        for (_, stream) in self.conns.lock().drain() {
-            let _ = stream.shutdown(Shutdown::Both);
+        if let Some(thread) = self.thread.take() {
+            // Adding 1 to a fresh eventfd cannot fail (only an overflowing count would).
+            let _ = rustix::io::write(&*self.stop_signal, &1u64.to_ne_bytes());
+            // The thread closes the listener and the connections before it ends.
+            let _ = thread.join();
         }
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        if self.accept.is_some() {
-            self.shutdown();
-        }
+        self.shutdown();
     }
 }
 
-fn accept_loop(
+/// The serving thread's state. Dropping it closes the listener first (freeing the port as
+/// early as possible), then every connection.
+struct Serving {
     listener: TcpListener,
-    stopping: &AtomicBool,
-    conns: &Arc<Conns>,
-    service: &Service,
-) {
-    loop {
-        let accepted = listener.accept();
-        if stopping.load(Ordering::SeqCst) {
-            return;
-        }
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(e) => {
-                // Out of descriptors or a connection reset before accept: keep serving the
-                // others, without spinning.
-                eprintln!("counter: accept failed: {e}");
-                thread::sleep(Duration::from_millis(10));
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let id = conns.next.fetch_add(1, Ordering::Relaxed);
-        match stream.try_clone() {
-            Ok(clone) => {
-                conns.lock().insert(id, clone);
-            }
-            Err(e) => {
-                eprintln!("counter: cannot track a connection: {e}");
-                continue;
-            }
-        }
-        let (conns2, service) = (Arc::clone(conns), service.clone());
-        let spawned = thread::Builder::new()
-            .name("counter-conn".into())
-            .spawn(move || {
-                serve(stream, &service);
-                conns2.lock().remove(&id);
+    stop_signal: Arc<OwnedFd>,
+    conns: Vec<Conn>,
+    service: Service,
+    patience: Duration,
+    /// Set after an unexpected accept error: the listener is not polled until then.
+    accept_paused_until: Option<Instant>,
+    /// The last accept error, so that a persistent one is logged once, not every backoff.
+    accept_error: Option<Errno>,
+}
+
+impl Serving {
+    fn run(mut self) {
+        // What poll reported for each descriptor: the stop signal, the listener, then
+        // `self.conns` in order.
+        let mut ready = Vec::new();
+        loop {
+            let timeout = self.next_deadline().and_then(|deadline| {
+                Timespec::try_from(deadline.saturating_duration_since(Instant::now())).ok()
             });
-        if let Err(e) = spawned {
-            eprintln!("counter: cannot start a connection thread: {e}");
-            conns.lock().remove(&id);
+            let listen = match self.accept_paused_until {
+                None => PollFlags::IN,
+                Some(_) => PollFlags::empty(),
+            };
+            let mut fds = Vec::with_capacity(2 + self.conns.len());
+            fds.push(PollFd::new(&*self.stop_signal, PollFlags::IN));
+            fds.push(PollFd::new(&self.listener, listen));
+            fds.extend(
+                self.conns
+                    .iter()
+                    .map(|c| PollFd::new(&c.stream, c.interest())),
+            );
+            match rustix::event::poll(&mut fds, timeout.as_ref()) {
+                Ok(_) => {}
+                Err(Errno::INTR) => continue,
+                Err(e) => {
+                    // The kernel short of memory, say: wait a little rather than spin, and try
+                    // again.
+                    log(&format!("counter: poll failed: {e}\n"));
+                    thread::sleep(ACCEPT_BACKOFF);
+                    continue;
+                }
+            }
+            ready.clear();
+            ready.extend(fds.iter().map(PollFd::revents));
+            drop(fds);
+            if ready.first().is_some_and(|r| !r.is_empty()) {
+                return;
+            }
+            let now = Instant::now();
+            let (service, patience) = (&self.service, self.patience);
+            let mut conn_ready = ready.iter().skip(2);
+            self.conns.retain_mut(|conn| {
+                let revents = conn_ready.next().copied().unwrap_or(PollFlags::empty());
+                conn.turn(revents, service, now, patience)
+            });
+            if self.accept_paused_until.is_some_and(|until| now >= until) {
+                self.accept_paused_until = None;
+            }
+            if listen.contains(PollFlags::IN) && ready.get(1).is_some_and(|r| !r.is_empty()) {
+                self.accept_all(now);
+            }
+        }
+    }
+
+    /// When poll must return even if nothing happens: the end of an accept backoff or of a
+    /// stuck client's patience.
+    fn next_deadline(&self) -> Option<Instant> {
+        let stuck = self.conns.iter().filter_map(|c| c.waiting_since);
+        stuck
+            .map(|since| since + self.patience)
+            .chain(self.accept_paused_until)
+            .min()
+    }
+
+    /// Accepts every connection waiting, so that a burst of reconnecting clients (a failover)
+    /// costs one wakeup.
+    fn accept_all(&mut self, now: Instant) {
+        loop {
+            let flags = SocketFlags::NONBLOCK | SocketFlags::CLOEXEC;
+            match rustix::net::accept_with(&self.listener, flags) {
+                Ok(fd) => {
+                    // Replies are single small writes: without this, each would wait for the
+                    // acknowledgement of the one before (Nagle).
+                    let _ = rustix::net::sockopt::set_tcp_nodelay(&fd, true);
+                    self.conns.push(Conn::new(TcpStream::from(fd)));
+                    self.accept_error = None;
+                }
+                Err(Errno::AGAIN) => return,
+                Err(Errno::INTR) => {}
+                Err(e) => {
+                    // Out of descriptors or a connection reset before accept: keep serving the
+                    // others, and come back to the listener after a pause.
+                    if self.accept_error != Some(e) {
+                        log(&format!("counter: accept failed: {e}\n"));
+                    }
+                    self.accept_error = Some(e);
+                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
+                    return;
+                }
+            }
         }
     }
 }
 
-/// Answers one connection's requests in order until it closes or misbehaves.
-fn serve(stream: TcpStream, service: &Service) {
-    let mut writer = match stream.try_clone() {
-        Ok(w) => w,
-        Err(_) => return,
-    };
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    loop {
-        line.clear();
-        let n = match (&mut reader).take(MAX_LINE as u64 + 1).read_line(&mut line) {
-            Ok(n) => n,
-            // Reset, shut down by `stop`, or not UTF-8: nothing sensible to answer.
-            Err(_) => return,
-        };
-        if n == 0 {
-            return;
+/// Writes `line` to stderr with one write call, so that it cannot be interleaved with the
+/// output of other threads (stderr is unbuffered, and `eprintln!` with arguments writes each
+/// piece separately).
+fn log(line: &str) {
+    let _ = io::stderr().write_all(line.as_bytes());
+}
+
+/// One client connection: the bytes received but not yet answered, and the replies not yet
+/// taken by the client.
+struct Conn {
+    stream: TcpStream,
+    /// Received, not yet answered: at most one partial line (up to `MAX_LINE` bytes) plus one
+    /// read's worth, since nothing is read while complete lines wait here.
+    input: Vec<u8>,
+    /// Answered, not yet written: up to `MAX_PENDING_REPLIES` plus one reply.
+    output: Vec<u8>,
+    /// Since when `output` has waited for the client to read, without any of it being taken.
+    waiting_since: Option<Instant>,
+    /// The client sent its last request (end of stream) or an endless line: hang up once the
+    /// replies are written.
+    finished: bool,
+}
+
+impl Conn {
+    fn new(stream: TcpStream) -> Conn {
+        Conn {
+            stream,
+            input: Vec::new(),
+            output: Vec::new(),
+            waiting_since: None,
+            finished: false,
         }
-        if !line.ends_with('\n') && n > MAX_LINE {
-            let _ = writer.write_all(protocol::error_reply("request line too long").as_bytes());
-            return;
+    }
+
+    /// While replies are pending, only the client reading them can move this connection on;
+    /// its requests wait in the kernel, which stops the client sending once they fill it.
+    fn interest(&self) -> PollFlags {
+        if self.output.is_empty() {
+            PollFlags::IN
+        } else {
+            PollFlags::OUT
         }
-        let reply = answer(&line, service);
-        if writer.write_all(reply.as_bytes()).is_err() {
-            return;
+    }
+
+    /// Serves what poll reported for this connection; false when it is to be closed.
+    fn turn(
+        &mut self,
+        revents: PollFlags,
+        service: &Service,
+        now: Instant,
+        patience: Duration,
+    ) -> bool {
+        if !revents.is_empty() && !self.pump(service, now) {
+            return false;
         }
+        self.waiting_since
+            .is_none_or(|since| now.saturating_duration_since(since) < patience)
+    }
+
+    /// Writes pending replies, answers the complete requests received (in order), and reads
+    /// once more when they are all answered; false when the connection is to be closed (the
+    /// client is gone or done).
+    fn pump(&mut self, service: &Service, now: Instant) -> bool {
+        let mut has_read = false;
+        loop {
+            match self.flush(now) {
+                Err(_) => return false,
+                Ok(false) => return true,
+                Ok(true) => {}
+            }
+            if self.answer_lines(service) {
+                continue;
+            }
+            if self.finished {
+                return false;
+            }
+            if has_read {
+                return true;
+            }
+            has_read = true;
+            if self.read().is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Writes as much of the pending replies as the socket takes; true once none are left.
+    fn flush(&mut self, now: Instant) -> io::Result<bool> {
+        while !self.output.is_empty() {
+            match self.stream.write(&self.output) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.output.drain(..n);
+                    self.waiting_since = None;
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.waiting_since.get_or_insert(now);
+                    return Ok(false);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.waiting_since = None;
+        Ok(true)
+    }
+
+    /// Reads what the client sent, up to [`READ_CHUNK`] bytes. At the end of the stream, a last
+    /// request without its newline is still answered before the connection closes, as it was
+    /// when each connection had a thread reading lines.
+    fn read(&mut self) -> io::Result<()> {
+        let mut chunk = [0; READ_CHUNK];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => {
+                if self.input.last().is_some_and(|&b| b != b'\n') {
+                    self.input.push(b'\n');
+                }
+                self.finished = true;
+                Ok(())
+            }
+            Ok(n) => {
+                self.input.extend_from_slice(&chunk[..n]);
+                Ok(())
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Answers the complete request lines received, in order, until the pending replies reach
+    /// their bound; refuses a line longer than [`MAX_LINE`] (finished: nothing after it can be
+    /// told apart). True if it added any reply.
+    fn answer_lines(&mut self, service: &Service) -> bool {
+        let mut used = 0;
+        let mut too_long = false;
+        while self.output.len() < MAX_PENDING_REPLIES {
+            let rest = &self.input[used..];
+            let Some(len) = rest.iter().position(|&b| b == b'\n') else {
+                too_long = rest.len() > MAX_LINE;
+                break;
+            };
+            if len > MAX_LINE {
+                too_long = true;
+                break;
+            }
+            let reply = answer(&String::from_utf8_lossy(&rest[..=len]), service);
+            self.output.extend_from_slice(reply.as_bytes());
+            used += len + 1;
+        }
+        if too_long {
+            let reply = protocol::error_reply("request line too long");
+            self.output.extend_from_slice(reply.as_bytes());
+            self.input.clear();
+            self.finished = true;
+        } else {
+            self.input.drain(..used);
+        }
+        used > 0 || too_long
     }
 }
 
@@ -283,7 +505,9 @@ pub fn answer(line: &str, service: &Service) -> String {
 mod tests {
     use super::*;
     use crate::counter::tests::MemCheckpoint;
-    use std::sync::atomic::AtomicUsize;
+    use std::io::{BufRead, BufReader};
+    use std::process::Command;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn service(fail: Option<FailHook>) -> (Service, Arc<MemCheckpoint>) {
         let ck = Arc::new(MemCheckpoint::default());
@@ -380,6 +604,220 @@ mod tests {
         let mut rest = String::new();
         assert_eq!(r.read_line(&mut rest).unwrap_or(0), 0);
         server.stop();
+    }
+
+    /// Names of this process's threads.
+    fn thread_names() -> Vec<String> {
+        std::fs::read_dir("/proc/self/task")
+            .expect("/proc/self/task")
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim_end().to_owned())
+            .collect()
+    }
+
+    /// Set in the child process that runs one test alone.
+    const ALONE: &str = "NINES_COUNTER_SERVER_TEST_ALONE";
+
+    #[test]
+    fn one_thread_serves_many_interleaved_connections() {
+        const NAME: &str = "server::tests::one_thread_serves_many_interleaved_connections";
+        // Threads are counted per process, and the other tests' servers run in this one: count
+        // in a child that runs only this test.
+        if std::env::var_os(ALONE).is_none() {
+            let exe = std::env::current_exe().expect("test executable");
+            let out = Command::new(exe)
+                .args([NAME, "--exact", "--test-threads=1", "--nocapture"])
+                .env(ALONE, "1")
+                .output()
+                .expect("run the test alone");
+            let (stdout, stderr) = (
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+            );
+            assert!(out.status.success(), "{stdout}\n{stderr}");
+            assert!(stdout.contains("1 passed"), "did not run:\n{stdout}");
+            return;
+        }
+        let (svc, ck) = service(None);
+        let server = Server::start(0, svc).expect("start");
+        let before = thread_names();
+        let mut clients: Vec<_> = (0..20).map(|_| connect(server.port())).collect();
+        let mut seen: Vec<Vec<u64>> = vec![Vec::new(); clients.len()];
+        for _round in 0..5 {
+            // Every client's requests are in flight at once, two pipelined on each.
+            for (s, _) in &mut clients {
+                s.write_all(b"inc\ninc\n").expect("write");
+            }
+            for ((_, r), seen) in clients.iter_mut().zip(&mut seen) {
+                for _ in 0..2 {
+                    let mut line = String::new();
+                    r.read_line(&mut line).expect("read");
+                    seen.push(protocol::parse_reply(&line).expect("a value"));
+                }
+            }
+        }
+        for values in &seen {
+            assert!(values.windows(2).all(|w| w[0] < w[1]), "{values:?}");
+        }
+        let mut all: Vec<u64> = seen.concat();
+        all.sort_unstable();
+        assert_eq!(all, (1..=200).collect::<Vec<u64>>());
+        assert_eq!(ck.load(), Ok(Some(200)));
+
+        let after = thread_names();
+        let servers: Vec<_> = after.iter().filter(|n| n.starts_with("counter")).collect();
+        assert_eq!(servers.len(), 1, "{after:?}");
+        // The kernel keeps 15 bytes of a thread's name.
+        assert!(servers[0].starts_with("counter-serve-"), "{after:?}");
+        assert_eq!(before.len(), after.len(), "{before:?} -> {after:?}");
+        server.stop();
+    }
+
+    #[test]
+    fn a_request_split_across_writes_is_answered_once_complete() {
+        let (svc, _) = service(None);
+        let server = Server::start(0, svc).expect("start");
+        let (mut s, mut r) = connect(server.port());
+        s.write_all(b"in").expect("write");
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let mut line = String::new();
+        let early = r.read_line(&mut line);
+        assert!(
+            early
+                .as_ref()
+                .is_err_and(|e| matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+            "answered half a request: {early:?} {line:?}"
+        );
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        thread::sleep(Duration::from_millis(10));
+        s.write_all(b"c\nge").expect("write");
+        line.clear();
+        r.read_line(&mut line).expect("read");
+        assert_eq!(line, "1\n");
+        s.write_all(b"t\n").expect("write");
+        line.clear();
+        r.read_line(&mut line).expect("read");
+        assert_eq!(line, "1\n");
+        // The last request may end with the stream instead of a newline.
+        s.write_all(b"get").expect("write");
+        s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        line.clear();
+        r.read_line(&mut line).expect("read");
+        assert_eq!(line, "1\n");
+        line.clear();
+        assert_eq!(r.read_line(&mut line).expect("end of stream"), 0);
+        server.stop();
+    }
+
+    /// Connects with small socket buffers and pipelines `get` requests without reading a reply
+    /// until the server takes no more (writes keep blocking); fails if it never stops, as it
+    /// would if it read on and buffered the replies without bound (then it would also hang the
+    /// client up for taking none of them, at which the writes fail).
+    fn flood(port: u16) -> TcpStream {
+        let fd = rustix::net::socket_with(
+            AddressFamily::INET,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .expect("socket");
+        rustix::net::sockopt::set_socket_recv_buffer_size(&fd, 4096).expect("SO_RCVBUF");
+        rustix::net::sockopt::set_socket_send_buffer_size(&fd, 4096).expect("SO_SNDBUF");
+        rustix::net::connect(&fd, &SocketAddrV4::new(Ipv4Addr::LOCALHOST, port)).expect("connect");
+        let mut stream = TcpStream::from(fd);
+        stream.set_nonblocking(true).expect("nonblocking");
+        let requests = "get\n".repeat(1024);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut blocked_since = None;
+        loop {
+            match stream.write(requests.as_bytes()) {
+                Ok(_) => blocked_since = None,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    let since = *blocked_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= Duration::from_millis(300) {
+                        return stream;
+                    }
+                    thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("flooding the server: {e}"),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server kept taking requests from a client that reads no reply"
+            );
+        }
+    }
+
+    /// Whether the server hung `stream` up, waiting up to `wait` for it.
+    fn hung_up(stream: &TcpStream, wait: Duration) -> bool {
+        let mut fds = [PollFd::new(stream, PollFlags::RDHUP)];
+        let timeout = Timespec::try_from(wait).expect("timeout");
+        rustix::event::poll(&mut fds, Some(&timeout)).expect("poll");
+        fds[0]
+            .revents()
+            .intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR)
+    }
+
+    #[test]
+    fn a_client_that_never_reads_does_not_hold_up_the_others() {
+        let (svc, _) = service(None);
+        let server = Server::start(0, svc).expect("start");
+        let stuck = flood(server.port());
+        let (mut s, mut r) = connect(server.port());
+        // Generous: only a hang is a failure.
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        assert_eq!(call(&mut s, &mut r, "inc\n"), "1\n");
+        // Served while the other was still connected, not after it was given up on.
+        assert!(!hung_up(&stuck, Duration::ZERO));
+        server.stop();
+    }
+
+    #[test]
+    fn a_client_stuck_with_a_full_buffer_is_hung_up() {
+        let (svc, _) = service(None);
+        let server = Listening::bind(0)
+            .expect("bind")
+            // Longer than `flood` takes to see the server stop reading.
+            .serve_with(svc, Duration::from_secs(2))
+            .expect("serve");
+        let stuck = flood(server.port());
+        assert!(hung_up(&stuck, Duration::from_secs(10)));
+        let (mut s, mut r) = connect(server.port());
+        assert_eq!(call(&mut s, &mut r, "get\n"), "0\n");
+        server.stop();
+    }
+
+    #[test]
+    fn stop_hangs_up_connected_clients_and_frees_the_port() {
+        let (svc, _) = service(None);
+        let server = Server::start(0, svc).expect("start");
+        let port = server.port();
+        let mut clients: Vec<_> = (0..3).map(|_| connect(port)).collect();
+        for (s, r) in &mut clients {
+            assert_eq!(call(s, r, "get\n"), "0\n");
+        }
+        let (mut partial, partial_r) = connect(port);
+        partial.write_all(b"in").expect("write");
+        clients.push((partial, partial_r));
+
+        server.stop();
+        for (s, _) in &mut clients {
+            s.set_read_timeout(Some(Duration::from_secs(5)))
+                .expect("timeout");
+            let mut buf = [0; 16];
+            match s.read(&mut buf) {
+                Ok(0) => {}
+                Ok(n) => panic!("unexpected bytes after stop: {:?}", &buf[..n]),
+                Err(e) => assert!(
+                    !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+                    "still connected after stop"
+                ),
+            }
+        }
+        drop(bind(port).expect("the port is free once stop returns"));
     }
 
     #[test]
