@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use crate::admin_store::AdminStore;
 use crate::agents::{comp_of, Agents};
 use crate::event_json::{self, Detection, Fields};
-use crate::event_log::EventLog;
+use crate::event_log::{EventLog, LineFn};
 use crate::msg::Msg;
 use crate::names;
 use crate::status::Status;
@@ -305,10 +305,10 @@ impl EngineLoop {
         }
         if !records.is_empty() {
             let lines: Vec<_> = records
-                .iter()
-                .map(|(at, event)| self.record(*at, event, detection))
+                .into_iter()
+                .map(|(at, event)| self.record(at, event, detection))
                 .collect();
-            self.log.append_all(&lines);
+            self.log.append_lazy(lines);
         }
         admin_result
     }
@@ -333,19 +333,19 @@ impl EngineLoop {
         }
     }
 
-    /// The log line of an engine event; persists admin-state changes on the way.
-    fn record(
-        &mut self,
-        at: Instant,
-        event: &Event,
-        detection: Detection,
-    ) -> (Instant, &'static str, Fields) {
-        if let Event::Admin { entity, admin } = event {
+    /// The log line of an engine event, built later by the log's writer (see
+    /// [`crate::event_log`]); persists admin-state changes now, on the way.
+    fn record(&mut self, at: Instant, event: Event, detection: Detection) -> (Instant, LineFn) {
+        if let Event::Admin { entity, admin } = &event {
             let path = self.model.path(*entity);
             self.admin_store.set(&path, *admin);
         }
-        let (name, fields) = event_json::event_fields(&self.model, event, detection);
-        (at, name, fields)
+        let model = Arc::clone(&self.model);
+        let line: LineFn = Box::new(move || {
+            let (name, fields) = event_json::event_fields(&model, &event, detection);
+            (name.into(), fields)
+        });
+        (at, line)
     }
 
     /// Logs a director milestone (not an engine event) at the current instant.
@@ -377,6 +377,7 @@ impl EngineLoop {
         self.agents.shutdown_all(extra).await;
         self.admin_store.close().await;
         self.log_director("run-stopped", Vec::new());
+        self.log.flush();
     }
 }
 
