@@ -9,7 +9,8 @@
 //! The probe has one connection at a time and one request in flight; after any failure
 //! (refused, reset, timeout, an `ERR` reply) it drops the connection and tries again after
 //! `spacing`, so during an outage it keeps knocking at sub-millisecond intervals and sees the
-//! service the moment it is back.
+//! service the moment it is back. When a connection that was answering breaks, the first
+//! new attempt is made at once, as any client that loses its connection would.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -246,6 +247,7 @@ fn probe_loop(opts: &ProbeOptions, shared: &Shared) {
         .chain(opts.others.iter().copied())
         .collect();
     let mut next = 0;
+    let mut reconnected_at_once = false;
     while !shared.stop.load(Ordering::SeqCst) {
         if conn.is_none() {
             conn = connect(opts, addrs[next % addrs.len()]);
@@ -301,9 +303,17 @@ fn probe_loop(opts: &ProbeOptions, shared: &Shared) {
                 shared.failures.fetch_add(1, Ordering::Relaxed);
                 if conn.take().is_some() {
                     next += 1; // the connection broke: the service may have moved
+                    if !reconnected_at_once {
+                        // Connect again at once, as a client that loses its connection
+                        // does; the pause is for attempts that found nobody (or a service
+                        // that keeps failing them).
+                        reconnected_at_once = true;
+                        continue;
+                    }
                 }
             }
         }
+        reconnected_at_once = false;
         thread::sleep(opts.spacing);
     }
 }
