@@ -182,13 +182,16 @@ async fn registration_deadline(agent: &Arc<Agent>, comp: CompId, gen: u64, limit
     done(agent, comp, Command::Instantiate, Outcome::TimedOut);
 }
 
+/// How long after a component's exit its record file is removed (see [`on_exit`]).
+const RECORD_REMOVAL_DELAY: Duration = Duration::from_millis(100);
+
 /// The leader of incarnation `gen` exited (and is reaped): a failure if nobody asked for it.
 ///
 /// The failure is reported as soon as the agent's own state says the incarnation is gone, and
 /// nothing that only tidies up runs before the engine has acted on it: the record file is
-/// removed in the background lane (an `openat`, a `read` and an `unlink`, 60-70 us measured
-/// on the development VM, all of it outage when done here), the log line comes after the
-/// report.
+/// removed later, in the background lane (an `openat`, a `read` and an `unlink`, 60-70 us
+/// measured on the development VM, all of it outage when done here), the log line comes after
+/// the report.
 pub(crate) fn on_exit(agent: &Arc<Agent>, comp: CompId, gen: u64, exit: Exit) {
     let path = &agent.comp(comp).path;
     let mut comps = agent.comps();
@@ -242,10 +245,16 @@ pub(crate) fn on_exit(agent: &Arc<Agent>, comp: CompId, gen: u64, exit: Exit) {
         }
         _ => {}
     }
-    // Housekeeping, in the background lane: after the spawns queued before it (so never
-    // before the record it removes was written) and before any later one.
+    // Housekeeping, once the failover this exit starts is over, and then in the background
+    // lane. The lane alone is not enough: under EEVDF a `SCHED_IDLE` thread is preempted
+    // by every wake-up, but can still be picked over a normal thread that has used more than
+    // its share, and the failover's threads have (a 70 us removal was traced amid one).
+    // Records::remove keeps the record if a new incarnation has written its own meanwhile.
     let (records, comp_path) = (agent.records.clone(), path.clone());
-    spawner::run(move || records.remove(&comp_path, pid));
+    tokio::spawn(async move {
+        tokio::time::sleep(RECORD_REMOVAL_DELAY).await;
+        spawner::run(move || records.remove(&comp_path, pid));
+    });
     match phase {
         Phase::Instantiating => {
             let before = if agent.comp(comp).kind == CompKind::Vm {

@@ -412,7 +412,7 @@ impl Harness {
                 .map_err(|e| format!("cannot clear {}: {e}", dir.display()))?;
         }
         let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(1)
             .thread_name("nines-rt")
             .enable_all()
             .build()
