@@ -67,8 +67,12 @@ pub(crate) fn agent(args: &AgentArgs) -> ExitCode {
             ..ConnectOptions::default()
         },
     };
-    let Some(rt) = crate::async_runtime() else {
-        return ExitCode::FAILURE;
+    let rt = match crate::async_runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nines: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     rt.block_on(async move {
         let Some((mut int, mut term)) = crate::stop_signals() else {

@@ -411,12 +411,8 @@ impl Harness {
             std::fs::remove_dir_all(&dir)
                 .map_err(|e| format!("cannot clear {}: {e}", dir.display()))?;
         }
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("nines-rt")
-            .enable_all()
-            .build()
-            .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+        // The runtime `nines run` uses, so the benchmark measures what users run.
+        let rt = crate::async_runtime()?;
         let runtime = rt
             .block_on(Runtime::start(RunOptions {
                 model: Arc::new(model),

@@ -84,8 +84,12 @@ pub(crate) fn director(args: &DirectorArgs) -> ExitCode {
     let etcd = (!args.etcd.is_empty()).then(|| {
         nines_store::EtcdOptions::new(args.etcd.clone(), format!("/nines/{}", model.cluster))
     });
-    let Some(rt) = crate::async_runtime() else {
-        return ExitCode::FAILURE;
+    let rt = match crate::async_runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nines: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     let run_once = || {
         crate::run::serve(RunOptions {
