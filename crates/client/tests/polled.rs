@@ -119,6 +119,12 @@ fn terminate(conn: &mut Conn, driven: thread::JoinHandle<Driven>) -> Duration {
 }
 
 #[test]
+fn a_dispatcher_can_move_to_the_thread_that_runs_the_loop() {
+    fn assert_send<T: Send + 'static>() {}
+    assert_send::<Dispatcher<Scripted>>();
+}
+
+#[test]
 fn dispatch_runs_a_csi_set_on_the_calling_thread_once_the_fd_is_readable() {
     let agent = FakeAgent::new();
     let (component, seen) = recorder();
