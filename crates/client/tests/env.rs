@@ -1,6 +1,6 @@
-//! `Session::start` and `Session::run` read their configuration from the environment the agent
-//! sets. Alone in its own test binary, and in one test, because it changes the process
-//! environment.
+//! `Session::start`, `Session::run` and `Session::open_polled` read their configuration from
+//! the environment the agent sets. Alone in its own test binary, and in one test, because it
+//! changes the process environment.
 
 mod common;
 
@@ -40,6 +40,10 @@ fn start_and_run_read_socket_and_component_from_the_environment() {
         Session::run(Scripted::default()),
         Err(ClientError::NotConfigured("NINES_COMPONENT"))
     ));
+    assert!(matches!(
+        Session::open_polled(Scripted::default()),
+        Err(ClientError::NotConfigured("NINES_COMPONENT"))
+    ));
 
     std::env::set_var(ENV_COMPONENT, COMPONENT);
     let client = std::thread::spawn(|| Session::start(Scripted::default()));
@@ -59,4 +63,9 @@ fn start_and_run_read_socket_and_component_from_the_environment() {
         }
     );
     assert!(common::within(move || client.join().unwrap()).is_ok());
+
+    // So does `open_polled`.
+    let client = std::thread::spawn(|| Session::open_polled(Scripted::default()).map(|_| ()));
+    let _conn = agent.accept_first_registration();
+    assert!(client.join().unwrap().is_ok());
 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use nines_client::{ClientError, Component, HaState, Session};
+use nines_client::{ClientError, Component, Dispatch, Dispatcher, HaState, Session};
 use nines_proto::{read_frame, write_frame, ToAgent, ToComponent, PROTOCOL_VERSION};
 
 /// How long the fake agent waits for anything before failing the test instead of hanging.
@@ -122,6 +122,27 @@ impl FakeAgent {
         (client, self.accept_first_registration())
     }
 
+    /// Open a polled session for `component` with [`Session::open_polled_with_reconnect`] on
+    /// a thread named [`OPEN_THREAD`] (opening blocks until the agent answers), and accept its
+    /// registration.
+    pub fn open_polled<C: Component>(
+        &self,
+        component: C,
+        window: Duration,
+    ) -> (Session, Dispatcher<C>, Conn) {
+        let path = self.path.clone();
+        let client = thread::Builder::new()
+            .name(OPEN_THREAD.into())
+            .spawn(move || Session::open_polled_with_reconnect(&path, COMPONENT, component, window))
+            .expect("spawn the opening thread");
+        let conn = self.accept_first_registration();
+        let (session, dispatcher) = client
+            .join()
+            .expect("open does not unwind")
+            .expect("registration accepted");
+        (session, dispatcher, conn)
+    }
+
     /// Accept a session's first registration, check what it says, and accept it.
     pub fn accept_first_registration(&self) -> Conn {
         let mut conn = self.accept();
@@ -175,6 +196,33 @@ impl FakeAgent {
         let client = thread::spawn(move || Session::start_with(&path, COMPONENT, component));
         (client, self.accept())
     }
+}
+
+/// Name of the thread [`FakeAgent::open_polled`] opens the session on.
+pub const OPEN_THREAD: &str = "polled-open";
+
+/// Whether `fd` becomes readable within `timeout` (poll(2)).
+pub fn readable(fd: std::os::fd::BorrowedFd<'_>, timeout: Duration) -> bool {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let mut fds = [PollFd::from_borrowed_fd(fd, PollFlags::IN)];
+    let timeout = Timespec::try_from(timeout).expect("timeout");
+    poll(&mut fds, Some(&timeout)).expect("poll") == 1 && fds[0].revents().contains(PollFlags::IN)
+}
+
+/// Poll the dispatcher's selection object and dispatch until the session ends; fails the
+/// test if it does not within `2 * PATIENCE`.
+pub fn dispatch_until_ended<C: Component>(
+    dispatcher: &mut Dispatcher<C>,
+) -> Result<(), ClientError> {
+    let deadline = Instant::now() + 2 * PATIENCE;
+    while Instant::now() < deadline {
+        if readable(dispatcher.fd(), Duration::from_millis(50)) {
+            if let Dispatch::Ended(outcome) = dispatcher.dispatch() {
+                return outcome;
+            }
+        }
+    }
+    panic!("the polled session did not end in time");
 }
 
 pub struct Conn {
@@ -233,15 +281,21 @@ pub enum Call {
     ReadInCallback(Result<Vec<(String, Vec<u8>)>, String>),
 }
 
+/// What a [`Scripted`] component that becomes active does inside `csi_set`, with its session.
+pub type OnActive = Box<dyn FnMut(&Session) + Send>;
+
 /// A component that records its calls and behaves as its script says: `csi_set` refuses when
 /// the attributes hold `("refuse", reason)` and panics on `("panic", _)`; healthchecks answer
 /// from a queue (healthy when empty); with `read_on_active`, becoming active reads that
-/// checkpoint from inside the callback.
+/// checkpoint from inside the callback, and `on_active` runs then too. `on_callback` runs at
+/// the start of every callback, `registered` included.
 #[derive(Default)]
 pub struct Scripted {
     pub calls: Arc<Mutex<Vec<Call>>>,
     pub health: VecDeque<Result<(), String>>,
     pub read_on_active: Option<String>,
+    pub on_active: Option<OnActive>,
+    pub on_callback: Option<Box<dyn FnMut() + Send>>,
     session: Option<Session>,
 }
 
@@ -252,7 +306,10 @@ impl Scripted {
         (s, calls)
     }
 
-    fn record(&self, call: Call) {
+    fn record(&mut self, call: Call) {
+        if let Some(hook) = &mut self.on_callback {
+            hook();
+        }
         self.calls.lock().unwrap().push(call);
     }
 }
@@ -282,7 +339,12 @@ impl Component for Scripted {
             (ha, &self.read_on_active, &self.session)
         {
             let got = session.checkpoint_read(ckpt).map_err(|e| e.to_string());
-            self.record(Call::ReadInCallback(got));
+            self.calls.lock().unwrap().push(Call::ReadInCallback(got));
+        }
+        if let (HaState::Active, Some(hook), Some(session)) =
+            (ha, &mut self.on_active, &self.session)
+        {
+            hook(session);
         }
         Ok(())
     }
