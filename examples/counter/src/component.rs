@@ -10,15 +10,15 @@
 //! listen on, default 127.0.0.1; `0.0.0.0` for clients on other hosts) and `fail_hook`
 //! (`on` enables the benchmark's `fail` request; anything else, or absent, leaves it off).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use nines_client::{Component, HaState, Recovery, Session};
+use rustix::event::{PollFd, PollFlags, Timespec};
 
 use crate::counter::{self, Checkpoint, Counter};
-use crate::server::{FailHook, Listening, Server, Service};
+use crate::server::{Endpoint, FailHook, Listening, Service};
 
 /// The SI's checkpoint as the counter sees it: one section in the checkpoint named after the
 /// SI, written synchronously so an acknowledged value is on the standby's node before the
@@ -71,17 +71,19 @@ fn log_line(line: &str) {
 /// One CSI this component has been given.
 struct Assigned {
     counter: Arc<Counter>,
-    server: Option<Server>,
+    /// While active: the listener and its connections, served by the component's event loop.
+    endpoint: Option<Endpoint>,
 }
 
 /// The counter component: one counter (and, while active, one listener) per CSI.
+///
+/// It starts no thread: its listeners and connections are served by the same event loop that
+/// dispatches its callbacks ([`crate::run`]), through [`poll_fds`](Self::poll_fds),
+/// [`serve_ready`](Self::serve_ready) and [`poll_timeout`](Self::poll_timeout).
 #[derive(Default)]
 pub struct CounterComponent {
     session: Option<Session>,
-    csis: HashMap<String, Assigned>,
-    /// Set once registered, for a caller that must tell a failed registration from a session
-    /// lost later (both end [`Session::run`] with an error).
-    registered_flag: Option<Arc<AtomicBool>>,
+    csis: BTreeMap<String, Assigned>,
 }
 
 /// The value of attribute `name`, if configured.
@@ -122,19 +124,40 @@ impl CounterComponent {
         CounterComponent::default()
     }
 
-    /// Sets `flag` when the agent accepts the registration.
-    pub fn with_registered_flag(mut self, flag: Arc<AtomicBool>) -> CounterComponent {
-        self.registered_flag = Some(flag);
-        self
+    /// Appends the descriptors of every active CSI's endpoint (in a fixed order: nothing but
+    /// a callback adds or removes an endpoint) for the event loop to poll.
+    pub fn poll_fds<'a>(&'a self, fds: &mut Vec<PollFd<'a>>) {
+        for endpoint in self.csis.values().filter_map(|a| a.endpoint.as_ref()) {
+            endpoint.poll_fds(fds);
+        }
+    }
+
+    /// Serves what poll reported for the descriptors of [`poll_fds`](Self::poll_fds), in the
+    /// same order. No callback may run in between (it could add or remove an endpoint).
+    pub fn serve_ready(&mut self, ready: &[PollFlags]) {
+        let mut rest = ready;
+        for endpoint in self.csis.values_mut().filter_map(|a| a.endpoint.as_mut()) {
+            let (mine, others) = rest.split_at(endpoint.fd_count().min(rest.len()));
+            endpoint.serve_ready(mine);
+            rest = others;
+        }
+    }
+
+    /// The longest the event loop's poll may wait (`None`: no limit).
+    pub fn poll_timeout(&self) -> Option<Timespec> {
+        self.csis
+            .values()
+            .filter_map(|a| a.endpoint.as_ref()?.poll_timeout())
+            .min_by_key(|t| (t.tv_sec, t.tv_nsec))
     }
 
     fn activate(&mut self, si: &str, csi: &str, attrs: &[(String, String)]) -> Result<(), String> {
         let session = self.session.clone().ok_or("not registered yet")?;
         let entry = self.csis.entry(csi.to_owned()).or_insert_with(|| Assigned {
             counter: Arc::new(Counter::new()),
-            server: None,
+            endpoint: None,
         });
-        if entry.server.is_some() && entry.counter.is_serving() {
+        if entry.endpoint.is_some() && entry.counter.is_serving() {
             return Ok(());
         }
         let port = port_of(attrs)?;
@@ -160,8 +183,8 @@ impl CounterComponent {
             checkpoint,
             fail,
         };
-        match listening.serve(service) {
-            Ok(server) => {
+        match listening.endpoint(service) {
+            Ok(endpoint) => {
                 log_line(&format!(
                     "counter: active for {csi} on {host}:{port}, continuing from {value} \
                      (listening after {} us, checkpoint read in {} us, serving after {} us)",
@@ -169,7 +192,7 @@ impl CounterComponent {
                     (t2 - t1).as_micros(),
                     t0.elapsed().as_micros()
                 ));
-                entry.server = Some(server);
+                entry.endpoint = Some(endpoint);
                 Ok(())
             }
             Err(e) => {
@@ -180,13 +203,12 @@ impl CounterComponent {
     }
 
     /// Stops serving `csi`: the counter first (waits for an increment in flight, so nothing is
-    /// acknowledged afterwards), then the listener and connections.
+    /// acknowledged afterwards), then the listener and connections, closed at once (the port
+    /// is free for the next active when this returns).
     fn stop(&mut self, csi: &str) {
         if let Some(entry) = self.csis.get_mut(csi) {
             entry.counter.deactivate();
-            if let Some(server) = entry.server.take() {
-                server.stop();
-            }
+            entry.endpoint = None;
         }
     }
 }
@@ -194,9 +216,6 @@ impl CounterComponent {
 impl Component for CounterComponent {
     fn registered(&mut self, session: &Session) {
         self.session = Some(session.clone());
-        if let Some(flag) = &self.registered_flag {
-            flag.store(true, Ordering::SeqCst);
-        }
     }
 
     fn csi_set(
@@ -212,7 +231,7 @@ impl Component for CounterComponent {
                 self.stop(csi);
                 self.csis.entry(csi.to_owned()).or_insert_with(|| Assigned {
                     counter: Arc::new(Counter::new()),
-                    server: None,
+                    endpoint: None,
                 });
                 Ok(())
             }

@@ -1,5 +1,7 @@
 //! The TCP side of the counter: a listener on 127.0.0.1 that exists only while the component
-//! is active, and one thread that serves it and every client connection.
+//! is active, served with every client connection by one poll loop: the component's own
+//! ([`Endpoint`], which the counter uses, so that the whole component is one thread), or a
+//! thread of its own ([`Server`], for tests and other users).
 //!
 //! The listener is closed (not merely ignored) when the component stops being active, and it
 //! is bound with `SO_REUSEADDR`, so that the component that becomes active next, in another
@@ -7,8 +9,8 @@
 //! component is active at one fixed address, and a failover is seen by them as a short burst
 //! of refused connections.
 //!
-//! One thread multiplexes the listener and all connections with `poll`, rather than a thread
-//! per connection, because threads are on the failover's critical path. The kernel tears a
+//! One poll loop multiplexes the listener and all connections, rather than a thread per
+//! connection, because threads are on the failover's critical path. The kernel tears a
 //! SIGKILLed process down thread by thread, about 65 µs each (every thread must be woken and
 //! scheduled to die), before the supervisor sees the exit; and a newly active counter that
 //! spawned a thread for the probe's reconnection paid about 40-60 µs (clone and first
@@ -146,29 +148,41 @@ impl Listening {
     /// [`serve`](Self::serve) with another patience for clients that read no replies, so that
     /// tests need not wait out the real one.
     fn serve_with(self, service: Service, patience: Duration) -> io::Result<Server> {
-        let listener = self.listener;
-        let port = listener.local_addr()?.port();
-        listener.set_nonblocking(true)?;
+        let endpoint = self.endpoint_with(service, patience)?;
+        let port = endpoint.port;
         let stop_signal = Arc::new(rustix::event::eventfd(
             0,
             EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK,
         )?);
-        let serving = Serving {
+        let stop = Arc::clone(&stop_signal);
+        let thread = thread::Builder::new()
+            .name(format!("counter-serve-{port}"))
+            .spawn(move || run(endpoint, &stop))?;
+        Ok(Server {
+            port,
+            stop_signal,
+            thread: Some(thread),
+        })
+    }
+
+    /// Serves connections for `service` from the caller's own poll loop (see [`Endpoint`]):
+    /// no thread is started.
+    pub fn endpoint(self, service: Service) -> io::Result<Endpoint> {
+        self.endpoint_with(service, STUCK_PATIENCE)
+    }
+
+    fn endpoint_with(self, service: Service, patience: Duration) -> io::Result<Endpoint> {
+        let listener = self.listener;
+        let port = listener.local_addr()?.port();
+        listener.set_nonblocking(true)?;
+        Ok(Endpoint {
+            port,
             listener,
-            stop_signal: Arc::clone(&stop_signal),
             conns: Vec::new(),
             service,
             patience,
             accept_paused_until: None,
             accept_error: None,
-        };
-        let thread = thread::Builder::new()
-            .name(format!("counter-serve-{port}"))
-            .spawn(move || serving.run())?;
-        Ok(Server {
-            port,
-            stop_signal,
-            thread: Some(thread),
         })
     }
 }
@@ -208,11 +222,13 @@ impl Drop for Server {
     }
 }
 
-/// The serving thread's state. Dropping it closes the listener first (freeing the port as
+/// A listener and its connections, served by whoever polls them: the counter component's own
+/// event loop, so that the whole component is one thread (see [`crate::component`]), or a
+/// thread of its own ([`Server`]). Dropping it closes the listener first (freeing the port as
 /// early as possible), then every connection.
-struct Serving {
+pub struct Endpoint {
+    port: u16,
     listener: TcpListener,
-    stop_signal: Arc<OwnedFd>,
     conns: Vec<Conn>,
     service: Service,
     patience: Duration,
@@ -222,57 +238,88 @@ struct Serving {
     accept_error: Option<Errno>,
 }
 
-impl Serving {
-    fn run(mut self) {
-        // What poll reported for each descriptor: the stop signal, the listener, then
-        // `self.conns` in order.
-        let mut ready = Vec::new();
-        loop {
-            let timeout = self.next_deadline().and_then(|deadline| {
-                Timespec::try_from(deadline.saturating_duration_since(Instant::now())).ok()
-            });
-            let listen = match self.accept_paused_until {
-                None => PollFlags::IN,
-                Some(_) => PollFlags::empty(),
-            };
-            let mut fds = Vec::with_capacity(2 + self.conns.len());
-            fds.push(PollFd::new(&*self.stop_signal, PollFlags::IN));
-            fds.push(PollFd::new(&self.listener, listen));
-            fds.extend(
-                self.conns
-                    .iter()
-                    .map(|c| PollFd::new(&c.stream, c.interest())),
-            );
-            match rustix::event::poll(&mut fds, timeout.as_ref()) {
-                Ok(_) => {}
-                Err(Errno::INTR) => continue,
-                Err(e) => {
-                    // The kernel short of memory, say: wait a little rather than spin, and try
-                    // again.
-                    log(&format!("counter: poll failed: {e}\n"));
-                    thread::sleep(ACCEPT_BACKOFF);
-                    continue;
-                }
+/// The serving thread of a [`Server`]: polls the stop signal and the endpoint until stopped.
+fn run(mut endpoint: Endpoint, stop_signal: &OwnedFd) {
+    // What poll reported for each descriptor: the stop signal, then the endpoint's.
+    let mut ready = Vec::new();
+    loop {
+        let timeout = endpoint.poll_timeout();
+        let mut fds = vec![PollFd::new(stop_signal, PollFlags::IN)];
+        endpoint.poll_fds(&mut fds);
+        match rustix::event::poll(&mut fds, timeout.as_ref()) {
+            Ok(_) => {}
+            Err(Errno::INTR) => continue,
+            Err(e) => {
+                // The kernel short of memory, say: wait a little rather than spin, and try
+                // again.
+                log(&format!("counter: poll failed: {e}\n"));
+                thread::sleep(ACCEPT_BACKOFF);
+                continue;
             }
-            ready.clear();
-            ready.extend(fds.iter().map(PollFd::revents));
-            drop(fds);
-            if ready.first().is_some_and(|r| !r.is_empty()) {
-                return;
-            }
-            let now = Instant::now();
-            let (service, patience) = (&self.service, self.patience);
-            let mut conn_ready = ready.iter().skip(2);
-            self.conns.retain_mut(|conn| {
-                let revents = conn_ready.next().copied().unwrap_or(PollFlags::empty());
-                conn.turn(revents, service, now, patience)
-            });
-            if self.accept_paused_until.is_some_and(|until| now >= until) {
-                self.accept_paused_until = None;
-            }
-            if listen.contains(PollFlags::IN) && ready.get(1).is_some_and(|r| !r.is_empty()) {
-                self.accept_all(now);
-            }
+        }
+        ready.clear();
+        ready.extend(fds.iter().map(PollFd::revents));
+        drop(fds);
+        if ready.first().is_some_and(|r| !r.is_empty()) {
+            return;
+        }
+        endpoint.serve_ready(&ready[1..]);
+    }
+}
+
+impl Endpoint {
+    /// The port actually bound.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Appends the descriptors to poll, with what to poll them for: the listener, then each
+    /// connection. [`serve_ready`](Self::serve_ready) takes what poll reported for them, in
+    /// the same order, and nothing may change the endpoint in between.
+    pub fn poll_fds<'a>(&'a self, fds: &mut Vec<PollFd<'a>>) {
+        let listen = match self.accept_paused_until {
+            None => PollFlags::IN,
+            Some(_) => PollFlags::empty(),
+        };
+        fds.push(PollFd::new(&self.listener, listen));
+        fds.extend(
+            self.conns
+                .iter()
+                .map(|c| PollFd::new(&c.stream, c.interest())),
+        );
+    }
+
+    /// How many descriptors [`poll_fds`](Self::poll_fds) adds.
+    pub fn fd_count(&self) -> usize {
+        1 + self.conns.len()
+    }
+
+    /// The longest the caller's poll may wait, `None` for no limit: the end of an accept
+    /// backoff or of a stuck client's patience.
+    pub fn poll_timeout(&self) -> Option<Timespec> {
+        self.next_deadline().and_then(|deadline| {
+            Timespec::try_from(deadline.saturating_duration_since(Instant::now())).ok()
+        })
+    }
+
+    /// Serves what poll reported for the descriptors of [`poll_fds`](Self::poll_fds), given
+    /// in the same order (fewer are taken as nothing to report): answers requests, writes
+    /// replies, accepts connections, hangs up the finished and the stuck.
+    pub fn serve_ready(&mut self, ready: &[PollFlags]) {
+        let now = Instant::now();
+        let listen_ready =
+            self.accept_paused_until.is_none() && ready.first().is_some_and(|r| !r.is_empty());
+        let (service, patience) = (&self.service, self.patience);
+        let mut conn_ready = ready.iter().skip(1);
+        self.conns.retain_mut(|conn| {
+            let revents = conn_ready.next().copied().unwrap_or(PollFlags::empty());
+            conn.turn(revents, service, now, patience)
+        });
+        if self.accept_paused_until.is_some_and(|until| now >= until) {
+            self.accept_paused_until = None;
+        }
+        if listen_ready {
+            self.accept_all(now);
         }
     }
 
@@ -534,6 +581,58 @@ mod tests {
         let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         let r = BufReader::new(s.try_clone().expect("clone"));
         (s, r)
+    }
+
+    /// Polls `endpoint` on this thread until `done` says so (bounded, to catch hangs).
+    fn drive(endpoint: &mut Endpoint, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "the endpoint never got there");
+            let mut fds = Vec::new();
+            endpoint.poll_fds(&mut fds);
+            assert_eq!(fds.len(), endpoint.fd_count());
+            let ten_ms = Timespec::try_from(Duration::from_millis(10)).expect("timespec");
+            rustix::event::poll(&mut fds, Some(&ten_ms)).expect("poll");
+            let ready: Vec<PollFlags> = fds.iter().map(PollFd::revents).collect();
+            drop(fds);
+            endpoint.serve_ready(&ready);
+        }
+    }
+
+    #[test]
+    fn an_endpoint_is_served_from_the_callers_own_poll_loop_without_a_thread() {
+        let (svc, ck) = service(None);
+        let mut endpoint = Listening::bind(0)
+            .expect("bind")
+            .endpoint(svc)
+            .expect("endpoint");
+        let port = endpoint.port();
+        let threads = || std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
+        let before = threads();
+        let mut a = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let mut b = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        a.write_all(b"inc\n").expect("write");
+        b.write_all(b"inc\ninc\n").expect("write");
+        drive(&mut endpoint, || ck.load() == Ok(Some(3)));
+        // Answered by this thread alone (other tests' threads may come and go, but none of
+        // the endpoint's: it has no way to start one).
+        let (mut ra, mut rb) = (BufReader::new(a), BufReader::new(b.try_clone().expect("b")));
+        let mut line = String::new();
+        ra.read_line(&mut line).expect("a's reply");
+        let mut got = vec![line.clone()];
+        for _ in 0..2 {
+            line.clear();
+            rb.read_line(&mut line).expect("b's replies");
+            got.push(line.clone());
+        }
+        got.sort();
+        assert_eq!(got, vec!["1\n", "2\n", "3\n"]);
+        assert!(threads() <= before + 1, "threads {before} -> {}", threads());
+        // Dropping the endpoint hangs up and frees the port at once.
+        drop(endpoint);
+        line.clear();
+        assert_eq!(rb.read_line(&mut line).unwrap_or(0), 0);
+        assert!(Server::start(port, service(None).0).is_ok());
     }
 
     #[test]

@@ -10,9 +10,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::Duration;
 
-use nines_client::{HaState, Session};
-use nines_example_counter::counter;
-use nines_example_counter::CounterComponent;
+use nines_client::HaState;
+use nines_example_counter::{counter, run_with};
 use nines_proto::{read_frame, write_frame, ToAgent, ToComponent};
 
 const SI: &str = "counter/si";
@@ -22,7 +21,6 @@ struct Agent {
     dir: PathBuf,
     stream: UnixStream,
     reader: BufReader<UnixStream>,
-    _session: Session,
 }
 
 impl Drop for Agent {
@@ -43,12 +41,13 @@ impl Agent {
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join("agent.sock");
         let listener = UnixListener::bind(&path).expect("bind");
-        let client = {
+        // The counter's own event loop, on a thread of its own (in production, the process's
+        // only thread). It ends when the test's fake agent goes away (after the reconnect
+        // window).
+        {
             let path = path.clone();
-            thread::spawn(move || {
-                Session::start_with(&path, "counter/sg/su-1/counterd", CounterComponent::new())
-            })
-        };
+            thread::spawn(move || run_with(&path, "counter/sg/su-1/counterd"));
+        }
         let (stream, _) = listener.accept().expect("accept");
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
@@ -67,12 +66,10 @@ impl Agent {
             },
         )
         .expect("send");
-        let session = client.join().expect("thread").expect("registered");
         Agent {
             dir,
             stream,
             reader,
-            _session: session,
         }
     }
 
