@@ -323,6 +323,9 @@ mod tests {
 
     #[test]
     fn a_started_component_is_restored_with_all_its_threads_and_processes() {
+        let _alone = crate::reaper::CHILD_TESTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if !background_allowed() {
             eprintln!("skipped: this process may not change priorities");
             return;

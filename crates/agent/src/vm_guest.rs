@@ -164,6 +164,10 @@ mod tests {
     /// files and then the node's, with the key private.
     #[test]
     fn the_appended_archive_unpacks_after_the_base() {
+        // Runs cpio and waits for it: no other test's sweep may reap it first.
+        let _alone = crate::reaper::CHILD_TESTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let dir = std::env::temp_dir().join(format!("nines-guest-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("dir");
