@@ -114,11 +114,7 @@ fn take_over(agent: &Arc<Agent>, comp: CompId, rec: &Record) -> bool {
         },
     );
     tracing::info!(component = %rec.comp, pid = rec.pid, "adopted");
-    let a = agent.clone();
-    tokio::spawn(async move {
-        let exit = proc.exited().await;
-        lifecycle::on_exit(&a, comp, gen, exit);
-    });
+    lifecycle::watch_exit(agent, comp, gen, proc.clone());
     if let Some(run) = vm {
         vm::supervise_adopted(agent, comp, gen, run);
     } else if !sa_aware {

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nines_engine::{Command, FaultKind, Input, Outcome};
+use nines_engine::{Command, FaultKind, Input, Instant, Outcome};
 use nines_model::{CompId, CompKind};
 use nines_proto::ToComponent;
 use rustix::process::Signal;
@@ -19,7 +19,7 @@ use tokio::time::{sleep, timeout, timeout_at};
 use crate::agent::{Agent, Incarnation, Phase};
 use crate::commands::{self, CommandResult, CommandSpec, REAP_GRACE};
 use crate::healthcheck;
-use crate::pidfd::{Exit, Proc};
+use crate::pidfd::{ExitStatus, Proc};
 use crate::session::Pending;
 use crate::spawn;
 use crate::{spawner, spawning, vip, vm};
@@ -141,11 +141,7 @@ fn spawn_incarnation(agent: &Arc<Agent>, comp: CompId) {
     agent.records.write(&m.path, proc.pid());
     tracing::info!(component = %m.path, pid = proc.pid(), "started");
     let leader = proc.leader();
-    let a = agent.clone();
-    tokio::spawn(async move {
-        let exit = proc.exited().await;
-        on_exit(&a, comp, gen, exit);
-    });
+    watch_exit(agent, comp, gen, proc);
     if sa_aware {
         let a = agent.clone();
         let limit = m.timeouts.instantiate;
@@ -185,21 +181,35 @@ async fn registration_deadline(agent: &Arc<Agent>, comp: CompId, gen: u64, limit
 /// How long after a component's exit its record file is removed (see [`on_exit`]).
 const RECORD_REMOVAL_DELAY: Duration = Duration::from_millis(100);
 
-/// The leader of incarnation `gen` exited (and is reaped): a failure if nobody asked for it.
+/// Follows incarnation `gen` of `comp` to its end: [`on_exit`] as soon as its leader is seen
+/// dead, the log line once it is reaped (with its exit status).
+pub(crate) fn watch_exit(agent: &Arc<Agent>, comp: CompId, gen: u64, proc: Arc<Proc>) {
+    let a = agent.clone();
+    tokio::spawn(async move {
+        let at = proc.died().await;
+        let seen = on_exit(&a, comp, gen, at);
+        let exit = proc.exited().await;
+        if let Some(phase) = seen {
+            log_exit(&a, comp, phase, exit.status);
+        }
+    });
+}
+
+/// The leader of incarnation `gen` is dead (it may not be reaped yet): a failure if nobody
+/// asked for it. Returns the phase it died in, for [`log_exit`]; `None` if `gen` is not the
+/// current incarnation (nothing was done).
 ///
 /// The failure is reported as soon as the agent's own state says the incarnation is gone, and
 /// nothing that only tidies up runs before the engine has acted on it: the record file is
 /// removed later, in the background lane (an `openat`, a `read` and an `unlink`, 60-70 us
-/// measured on the development VM, all of it outage when done here), the log line comes after
-/// the report.
-pub(crate) fn on_exit(agent: &Arc<Agent>, comp: CompId, gen: u64, exit: Exit) {
+/// measured on the development VM, all of it outage when done here), the log line comes once
+/// the process is reaped.
+pub(crate) fn on_exit(agent: &Arc<Agent>, comp: CompId, gen: u64, at: Instant) -> Option<Died> {
     let path = &agent.comp(comp).path;
     let mut comps = agent.comps();
-    let Some(inc) = comps.get_mut(&comp) else {
-        return;
-    };
+    let inc = comps.get_mut(&comp)?;
     if inc.gen != gen {
-        return;
+        return None;
     }
     let phase = inc.phase;
     let first_failure = !inc.failed;
@@ -225,7 +235,7 @@ pub(crate) fn on_exit(agent: &Arc<Agent>, comp: CompId, gen: u64, exit: Exit) {
     match phase {
         Phase::Instantiating => {
             agent.report(
-                exit.at,
+                at,
                 Input::CommandDone {
                     comp,
                     command: Command::Instantiate,
@@ -235,7 +245,7 @@ pub(crate) fn on_exit(agent: &Arc<Agent>, comp: CompId, gen: u64, exit: Exit) {
         }
         Phase::Running if first_failure => {
             agent.report(
-                exit.at,
+                at,
                 Input::ComponentFailed {
                     comp,
                     kind: FaultKind::Exited,
@@ -255,22 +265,38 @@ pub(crate) fn on_exit(agent: &Arc<Agent>, comp: CompId, gen: u64, exit: Exit) {
         tokio::time::sleep(RECORD_REMOVAL_DELAY).await;
         spawner::run(move || records.remove(&comp_path, pid));
     });
-    match phase {
+    Some(Died {
+        phase,
+        first_failure,
+    })
+}
+
+/// The phase an incarnation died in, as [`on_exit`] found it: what its log line says.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Died {
+    phase: Phase,
+    first_failure: bool,
+}
+
+/// The log line of a death [`on_exit`] handled, once the exit status is known.
+fn log_exit(agent: &Agent, comp: CompId, died: Died, status: ExitStatus) {
+    let path = &agent.comp(comp).path;
+    match died.phase {
         Phase::Instantiating => {
             let before = if agent.comp(comp).kind == CompKind::Vm {
                 "exited before the VM was healthy"
             } else {
                 "exited before registering"
             };
-            tracing::error!(component = %path, status = %exit.status, "{before}");
+            tracing::error!(component = %path, %status, "{before}");
         }
-        Phase::Running if first_failure => {
-            tracing::warn!(component = %path, status = %exit.status, "exited");
+        Phase::Running if died.first_failure => {
+            tracing::warn!(component = %path, %status, "exited");
         }
         Phase::Adopting => {
             tracing::warn!(component = %path, "adopted component exited before registering again");
         }
-        _ => tracing::info!(component = %path, status = %exit.status, "exited"),
+        _ => tracing::info!(component = %path, %status, "exited"),
     }
 }
 

@@ -3,7 +3,10 @@
 //! Every process the agent starts (a component, or a CLC command) is the leader of its own
 //! process group and is represented by a [`Proc`]. A watcher task waits for the leader's pidfd
 //! to become readable (the kernel's signal that it exited), stamps that moment, SIGKILLs what is
-//! left of its group, reaps the leader and publishes the [`Exit`].
+//! left of its group and publishes the death ([`Proc::died`]); then, after letting whoever
+//! waits for the death run, it reaps the leader and publishes the [`Exit`] with its status.
+//! A failure report needs only the death; reaping (the kernel freeing the zombie) is tens of
+//! microseconds a failover does not wait for.
 //!
 //! Signals go to the whole group, and only while the leader is not yet reaped: an unreaped
 //! leader pins its pid, so the group id cannot have been recycled for an unrelated process.
@@ -118,6 +121,8 @@ pub(crate) struct Proc {
     pid: Pid,
     /// Whether the leader has been reaped; held while signalling so a reap cannot interleave.
     reaped: Mutex<bool>,
+    /// When the leader was seen dead (its pidfd readable), published before it is reaped.
+    died: watch::Receiver<Option<Instant>>,
     exit: watch::Receiver<Option<Exit>>,
     /// For a process that does not lead its own group ([`Proc::watch_foreign`]): a pidfd to
     /// signal it, and it alone, through. Then no group is ever signalled.
@@ -134,15 +139,18 @@ impl Proc {
     ) -> io::Result<Arc<Proc>> {
         let pid = reaper::spawn_tracked(cmd)?;
         let (tx, rx) = watch::channel(None);
+        let (died_tx, died) = watch::channel(None);
         let proc = Arc::new(Proc {
             pid,
             reaped: Mutex::new(false),
+            died,
             exit: rx,
             only: None,
         });
         let guard = WatchGuard {
             proc: proc.clone(),
             fd: None,
+            died: Some(died_tx),
             tx: Some(tx),
             live: Some(live.enter()),
             adopted: false,
@@ -211,9 +219,11 @@ impl Proc {
         live: &Arc<Live>,
     ) -> io::Result<Arc<Proc>> {
         let (tx, rx) = watch::channel(None);
+        let (died_tx, died) = watch::channel(None);
         let proc = Arc::new(Proc {
             pid,
             reaped: Mutex::new(false),
+            died,
             exit: rx,
             only,
         });
@@ -222,6 +232,7 @@ impl Proc {
         let guard = WatchGuard {
             proc: proc.clone(),
             fd: Some(afd),
+            died: Some(died_tx),
             tx: Some(tx),
             live: Some(live.enter()),
             adopted: true,
@@ -281,6 +292,20 @@ impl Proc {
         }
     }
 
+    /// Wait until the leader is seen dead: its pidfd is readable and what was left of its
+    /// group has been sent SIGKILL, but it may not be reaped yet (see [`watch_exit`]). The
+    /// instant it was seen. What must wait for the process to be gone for good (a cleanup, a
+    /// stop) waits for [`exited`](Self::exited) instead.
+    pub(crate) async fn died(&self) -> Instant {
+        let mut rx = self.died.clone();
+        match rx.wait_for(|d| d.is_some()).await.map(|d| *d) {
+            Ok(Some(at)) => at,
+            // The watcher went without seeing it die (its runtime shut down): its drop kills
+            // and reaps, and publishes the exit.
+            _ => self.exited().await.at,
+        }
+    }
+
     /// The exit, if it has happened (and the leader is reaped).
     pub(crate) fn exit_now(&self) -> Option<Exit> {
         *self.exit.borrow()
@@ -319,6 +344,8 @@ fn open_checked(pid: Pid, expected_start: u64) -> io::Result<OwnedFd> {
 struct WatchGuard {
     proc: Arc<Proc>,
     fd: Option<AsyncFd<OwnedFd>>,
+    /// Taken when the death is published.
+    died: Option<watch::Sender<Option<Instant>>>,
     tx: Option<watch::Sender<Option<Exit>>>,
     live: Option<LiveGuard>,
     /// Not our child, normally (see [`Proc::adopt`]): its exit is final once the pidfd is
@@ -332,6 +359,20 @@ impl WatchGuard {
     /// not one adopted from an earlier agent (its orphans are not ours to wait for).
     fn leads_group(&self) -> bool {
         self.proc.only.is_none() && !self.adopted
+    }
+
+    /// The leader is dead (its pidfd is readable): kill what is left of its group, then say
+    /// so. Once per process; the leader, a zombie until reaped, pins the group id, so the
+    /// group signalled is still its own.
+    fn publish_death(&mut self, at: Instant) {
+        let Some(died) = self.died.take() else { return };
+        if self.proc.only.is_none() {
+            let reaped = self.proc.reaped.lock().unwrap_or_else(|e| e.into_inner());
+            if !*reaped {
+                let _ = rustix::process::kill_process_group(self.proc.pid, Signal::KILL);
+            }
+        }
+        let _ = died.send(Some(at));
     }
 
     /// Kill the leftovers of the group, reap the leader and publish the exit. `None` if the
@@ -428,7 +469,7 @@ fn reap_without_pidfd(pid: Pid) -> Option<WaitIdStatus> {
     status
 }
 
-/// Wait for the pidfd to become readable, then reap and publish.
+/// Wait for the pidfd to become readable, then publish the death, reap, and publish the exit.
 async fn watch_exit(mut guard: WatchGuard, clock: Clock) {
     loop {
         let Some(fd) = guard.fd.as_ref() else { return };
@@ -442,6 +483,13 @@ async fn watch_exit(mut guard: WatchGuard, clock: Clock) {
         let at = clock.now();
         ready.clear_ready();
         drop(ready);
+        if guard.died.is_some() {
+            // Whoever waits for the death (the component's failure report, and through it
+            // the engine's failover) goes first: reaping frees the zombie in the kernel,
+            // tens of microseconds that the failover need not wait for.
+            guard.publish_death(at);
+            tokio::task::yield_now().await;
+        }
         if guard.reap(at).is_some() {
             if guard.leads_group() {
                 reap_leftovers(guard.proc.leader()).await;
@@ -497,4 +545,50 @@ pub(crate) fn start_time(pid: u32) -> Option<u64> {
     // counted after the last ')'. Field 3 is the first after it, so field 22 is the 20th.
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(pid: u32) -> Option<char> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+    }
+
+    #[test]
+    fn the_death_is_published_before_the_leader_is_reaped() {
+        let _alone = reaper::CHILD_TESTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            reaper::become_subreaper().expect("subreaper");
+            let live = Arc::new(Live::default());
+            let mut cmd = Command::new("sleep");
+            std::os::unix::process::CommandExt::process_group(cmd.arg("30"), 0);
+            let proc = Proc::spawn(&mut cmd, Clock::new(), &live).expect("spawn");
+            let pid = proc.pid();
+            assert!(proc.signal_group(Signal::KILL));
+            let died = tokio::time::timeout(Duration::from_secs(10), proc.died())
+                .await
+                .expect("seen dead");
+            // On this one-thread runtime the watcher has yielded to us: the leader is a
+            // zombie, not yet reaped, and no exit is published.
+            assert_eq!(proc.exit_now().map(|e| e.status), None);
+            assert_eq!(state(pid), Some('Z'));
+            let exit = tokio::time::timeout(Duration::from_secs(10), proc.exited())
+                .await
+                .expect("reaped");
+            assert_eq!(exit.status, ExitStatus::Signal(9));
+            assert_eq!(exit.at, died);
+            assert_eq!(state(pid), None, "reaped: the pid is gone");
+            tokio::time::timeout(Duration::from_secs(10), live.all_reaped())
+                .await
+                .expect("nothing left");
+        });
+    }
 }

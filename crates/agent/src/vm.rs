@@ -353,12 +353,7 @@ pub(crate) fn record_incarnation(
         },
     );
     agent.records.write(&agent.comp(comp).path, proc.pid());
-    let exit_watch = proc.clone();
-    let a = agent.clone();
-    tokio::spawn(async move {
-        let exit = exit_watch.exited().await;
-        lifecycle::on_exit(&a, comp, gen, exit);
-    });
+    lifecycle::watch_exit(agent, comp, gen, proc.clone());
     gen
 }
 

@@ -396,12 +396,7 @@ async fn take_over(agent: &Arc<Agent>, comp: CompId, waiting: Option<Waiting>) -
         return Outcome::Failed;
     }
     agent.records.write(&m.path, proc.pid());
-    let a = agent.clone();
-    let exit_watch = proc.clone();
-    tokio::spawn(async move {
-        let exit = exit_watch.exited().await;
-        lifecycle::on_exit(&a, comp, gen, exit);
-    });
+    lifecycle::watch_exit(agent, comp, gen, proc.clone());
     let health = vm::config(agent, comp).and_then(|v| v.health.clone());
     vm::supervise(agent, comp, gen, Some(events), health);
     tracing::info!(component = %m.path, pid = proc.pid(), took = ?started.elapsed(), "migrated in");

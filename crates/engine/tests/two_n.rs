@@ -273,3 +273,24 @@ fn repair_goes_ahead_at_once_when_nothing_can_take_the_work() {
         "repaired and active again"
     );
 }
+
+#[test]
+fn the_standby_is_promoted_in_the_step_that_learns_of_the_exit_not_after_the_cleanup() {
+    // A process that exited serves nothing: its SIs go to the standby at once, while its
+    // cleanup (the CLC command, the SIGKILL of what is left of its group) runs. Waiting for
+    // the cleanup's answer first would add an agent round trip to every failover.
+    let mut w = World::start(&config(false, "failover"));
+    let (su1c, su2c) = (w.comp("app/sg/su-1/c"), w.comp("app/sg/su-2/c"));
+    let actions = w.kill("app/sg/su-1/c");
+    let kinds: Vec<&ActionKind> = actions.iter().map(|a| &a.kind).collect();
+    assert!(
+        kinds
+            .iter()
+            .any(|k| matches!(k, ActionKind::Cleanup { comp } if *comp == su1c)),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.iter().any(|k| matches!(k, ActionKind::AssignCsi { comp, ha_state: HaState::Active, .. } if *comp == su2c)),
+        "{kinds:?}"
+    );
+}
