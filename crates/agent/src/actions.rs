@@ -17,7 +17,7 @@ use crate::{csi, lifecycle, spawning, vm_migrate};
 /// The component an action is for, if it is a component action.
 fn target(action: &ActionKind) -> Option<CompId> {
     match *action {
-        ActionKind::Instantiate { comp }
+        ActionKind::Instantiate { comp, .. }
         | ActionKind::Terminate { comp }
         | ActionKind::Cleanup { comp }
         | ActionKind::AssignCsi { comp, .. }
@@ -75,7 +75,7 @@ pub(crate) fn migrate_out(agent: &Arc<Agent>, comp: CompId, dest: std::net::Sock
 /// Carries out a component action of this node now.
 pub(crate) fn run(agent: &Arc<Agent>, action: &ActionKind) {
     match *action {
-        ActionKind::Instantiate { comp } => lifecycle::instantiate(agent, comp),
+        ActionKind::Instantiate { comp, urgent } => lifecycle::instantiate(agent, comp, urgent),
         ActionKind::Terminate { comp } => lifecycle::terminate(agent, comp),
         ActionKind::Cleanup { comp } => lifecycle::cleanup(agent, comp),
         ActionKind::AssignCsi {

@@ -38,7 +38,7 @@ pub(crate) fn done(agent: &Agent, comp: CompId, command: Command, outcome: Outco
 /// Start a component. Process components are instantiated once spawned; SA-aware ones once
 /// they register (see [`crate::session`]) within `timeouts.instantiate`; VMs once healthy
 /// (see [`crate::vm`]) within it.
-pub(crate) fn instantiate(agent: &Arc<Agent>, comp: CompId) {
+pub(crate) fn instantiate(agent: &Arc<Agent>, comp: CompId, urgent: bool) {
     let m = agent.comp(comp);
     if *agent.stop.borrow() {
         tracing::warn!(component = %m.path, "not instantiating: the agent is shutting down");
@@ -82,11 +82,18 @@ pub(crate) fn instantiate(agent: &Arc<Agent>, comp: CompId) {
         });
         return;
     }
-    spawner::run(move || {
+    let job = move || {
         let _runtime = a.rt.enter();
         spawn_incarnation(&a, comp);
         spawning::end(&a, comp);
-    });
+    };
+    // In the background lane only when no work waits for it (a repair that restores
+    // redundancy): a restart in place, or a start-up, is the service coming back.
+    if urgent {
+        spawner::run_foreground(job);
+    } else {
+        spawner::run(job);
+    }
 }
 
 /// The second half of [`instantiate`], on the spawner thread: start the process and record
@@ -148,7 +155,8 @@ fn spawn_incarnation(agent: &Arc<Agent>, comp: CompId) {
         tokio::spawn(async move { registration_deadline(&a, comp, gen, limit).await });
     } else {
         // A process component is instantiated once spawned: the exec, the costly part, ran
-        // at background priority; from here on it runs at the agent's.
+        // in the background lane if it was a repair; from here on it runs at the agent's
+        // priority.
         spawner::restore(leader);
         done(agent, comp, Command::Instantiate, Outcome::Ok);
         healthcheck::start_monitor(agent, comp, gen);

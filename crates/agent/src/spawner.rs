@@ -8,9 +8,14 @@
 //! normal priority, the new process's start competes for the CPU with the service that just
 //! took over.
 //!
-//! So instantiation hands the spawn to one dedicated thread in the `SCHED_IDLE` policy (and
-//! at nice [`BACKGROUND_NICE`]): the exec'ing child and the new process inherit both, and only
-//! use CPU that the running services leave idle. A nice value alone is not enough: under
+//! So a repair's instantiation (the engine's `Instantiate { urgent: false }`: every SI of the
+//! component's SG is served, the start only restores redundancy) hands the spawn to one
+//! dedicated thread in the `SCHED_IDLE` policy (and at nice [`BACKGROUND_NICE`]): the exec'ing
+//! child and the new process inherit both, and only use CPU that the running services leave
+//! idle. A start that work waits for (start-up, a restart in place, a repair with nobody else
+//! to take the work) goes to a second thread at the agent's own priority, [`run_foreground`]:
+//! in the background, under load, it would be the outage that waits (a restart in place took
+//! up to 450 ms there while a build ran on the host). A nice value alone is not enough: under
 //! EEVDF (Linux 6.6 and later) a nice-19 task that got the CPU keeps it for its whole slice,
 //! 1.5 ms on two CPUs, whatever wakes up meanwhile. Measured on the 2-core development host
 //! (`nines bench sa-kill --runs 200`): with nice 19 alone the new active's first connection
@@ -20,10 +25,9 @@
 //! in its group the normal policy and the agent's own priority back, so a started component
 //! never runs at a lower priority than the agent intended.
 //!
-//! VM components are the exception: booting a guest *is* the repair (seconds of CPU-bound
-//! emulation under TCG, during which the service is down), and in the background it would
-//! take even longer on a busy host. They are spawned by [`run_foreground`], on a second
-//! thread that runs at the agent's own priority, so QEMU starts and stays there.
+//! VM components always go to the foreground thread: booting a guest is seconds of CPU-bound
+//! emulation under TCG, and in the background it would take even longer on a busy host (the
+//! VM repair time is a target of its own), so QEMU starts and stays at the agent's priority.
 //!
 //! Going back to a normal priority needs the right to (`CAP_SYS_NICE`, or an `RLIMIT_NICE`
 //! that allows it). An agent without it cannot restore, so it does not lower either:
@@ -128,7 +132,7 @@ fn background() -> &'static Spawner {
     })
 }
 
-/// The spawner of VM components, at the agent's own priority.
+/// The spawner of VM components and of urgent starts, at the agent's own priority.
 fn foreground() -> &'static Spawner {
     static SPAWNER: OnceLock<Spawner> = OnceLock::new();
     SPAWNER.get_or_init(|| {
@@ -137,7 +141,7 @@ fn foreground() -> &'static Spawner {
         } else {
             Lane::Inherited
         };
-        Spawner::start("nines-vm-spawner", lane)
+        Spawner::start("nines-spawner-fg", lane)
     })
 }
 
@@ -148,7 +152,8 @@ pub(crate) fn run(job: impl FnOnce() + Send + 'static) {
     background().run(Box::new(job));
 }
 
-/// Like [`run`], on the foreground spawner: the spawned process keeps the agent's priority.
+/// Like [`run`], on the foreground spawner: the spawned process keeps the agent's priority
+/// (VMs, and starts that work waits for).
 pub(crate) fn run_foreground(job: impl FnOnce() + Send + 'static) {
     foreground().run(Box::new(job));
 }
@@ -279,7 +284,7 @@ mod tests {
         let (name, nice, policy) = rx
             .recv_timeout(std::time::Duration::from_secs(10))
             .expect("the job runs");
-        assert_eq!(name.as_deref(), Some("nines-vm-spawner"));
+        assert_eq!(name.as_deref(), Some("nines-spawner-fg"));
         assert_eq!(nice, Some(normal_nice()));
         assert_eq!(policy, Some(Policy::Normal));
     }

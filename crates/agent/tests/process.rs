@@ -551,10 +551,14 @@ async fn actions_for_other_nodes_are_ignored() {
     tokio::time::timeout(TEST_LIMIT, async {
         let mut t = TestAgent::start("othernode", &sleeper(&[])).await;
         let other = t.comp("app/sg/su2/c");
-        t.handle.execute(&ActionKind::Instantiate { comp: other });
+        t.handle.execute(&ActionKind::Instantiate {
+            comp: other,
+            urgent: true,
+        });
         t.handle.execute(&ActionKind::Cleanup { comp: other });
         t.handle.execute(&ActionKind::Instantiate {
             comp: nines_model::CompId(999),
+            urgent: true,
         });
         t.expect_silence(Duration::from_millis(300)).await;
         assert!(t.handle.pids().is_empty());
@@ -644,7 +648,10 @@ async fn kill_stops_everything_at_once() {
         assert!(t.handle.pids().is_empty());
         assert!(!t.handle.socket().exists());
         // Stopped agents refuse new work.
-        t.handle.execute(&ActionKind::Instantiate { comp: c });
+        t.handle.execute(&ActionKind::Instantiate {
+            comp: c,
+            urgent: true,
+        });
         let r = t
             .expect(Duration::from_secs(1), is_done(c, Command::Instantiate))
             .await;

@@ -343,7 +343,10 @@ async fn registration_is_checked() {
         );
         let mut t = TestAgent::start("stranger", &yaml).await;
         let c = t.comp("app/sg/su/c");
-        t.handle.execute(&ActionKind::Instantiate { comp: c });
+        t.handle.execute(&ActionKind::Instantiate {
+            comp: c,
+            urgent: true,
+        });
         let socket = t.handle.socket().to_path_buf();
         let stranger = tokio::task::spawn_blocking(move || {
             let mut s = UnixStream::connect(socket).expect("connect");

@@ -1,4 +1,4 @@
-//! Instantiation starts processes off the caller's thread, at background priority: actions
+//! Instantiation starts processes off the caller's thread (a repair at background priority): actions
 //! that arrive meanwhile apply to the process being started, and an instantiated component
 //! runs at the agent's own priority.
 
@@ -30,7 +30,10 @@ async fn a_cleanup_right_after_instantiate_stops_the_process_being_started() {
         let mut t = TestAgent::start("spawn-cleanup", &sleeper()).await;
         let c = t.comp("app/sg/su/c");
         // Back to back: the cleanup arrives while the spawn is still in flight.
-        t.handle.execute(&ActionKind::Instantiate { comp: c });
+        t.handle.execute(&ActionKind::Instantiate {
+            comp: c,
+            urgent: true,
+        });
         t.handle.execute(&ActionKind::Cleanup { comp: c });
         let inst = t
             .expect(Duration::from_secs(10), is_done(c, Command::Instantiate))
@@ -69,7 +72,10 @@ async fn an_assignment_right_behind_instantiate_is_answered_after_it() {
         let mut t = TestAgent::start("spawn-order", &sleeper()).await;
         let c = t.comp("app/sg/su/c");
         let csi = t.csi("app/si/main");
-        t.handle.execute(&ActionKind::Instantiate { comp: c });
+        t.handle.execute(&ActionKind::Instantiate {
+            comp: c,
+            urgent: true,
+        });
         t.handle.execute(&ActionKind::AssignCsi {
             comp: c,
             csi,
@@ -128,6 +134,53 @@ async fn an_instantiated_process_runs_at_the_agents_priority() {
             "threads of {pid} run at nice {nices:?}, the agent at {}",
             own_nice()
         );
+        t.teardown().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// The scheduling policy of `pid`'s main thread (`SCHED_OTHER` 0, `SCHED_IDLE` 5).
+fn policy(pid: u32) -> i32 {
+    // SAFETY: takes and returns plain integers.
+    unsafe { libc::sched_getscheduler(pid as i32) }
+}
+
+#[tokio::test]
+async fn a_repair_starts_in_the_background_and_an_awaited_start_at_the_agents_priority() {
+    tokio::time::timeout(TEST_LIMIT, async {
+        // SA-aware, but it never registers: it keeps the priority it was started with.
+        let yaml = config(
+            &comp("c", "sa-aware", &argv(&["/bin/sleep", "1000"]), &[]),
+            "port: \"7100\"",
+        );
+        let mut t = TestAgent::start("spawn-lanes", &yaml).await;
+        let c = t.comp("app/sg/su/c");
+        let privileged = rustix::process::geteuid().is_root();
+        for urgent in [false, true] {
+            t.handle
+                .execute(&ActionKind::Instantiate { comp: c, urgent });
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            let pid = loop {
+                if let Some(pid) = t.pid(c) {
+                    break pid;
+                }
+                assert!(std::time::Instant::now() < deadline, "never started");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            };
+            let (expected_policy, expected_nice) = if urgent || !privileged {
+                (libc::SCHED_OTHER, own_nice())
+            } else {
+                (libc::SCHED_IDLE, 19)
+            };
+            assert_eq!(policy(pid), expected_policy, "urgent: {urgent}");
+            assert!(
+                thread_nices(pid).iter().all(|n| *n == expected_nice),
+                "urgent: {urgent}, nices {:?}",
+                thread_nices(pid)
+            );
+            t.cleanup_ok(c).await;
+        }
         t.teardown().await;
     })
     .await

@@ -82,7 +82,10 @@ async fn boot(name: &str, yaml: &str) -> (TestAgent, CompId, u32, Duration) {
     let mut t = TestAgent::start(name, yaml).await;
     let c = t.comp("app/sg/su/c");
     let asked = t.clock.now();
-    t.handle.execute(&ActionKind::Instantiate { comp: c });
+    t.handle.execute(&ActionKind::Instantiate {
+        comp: c,
+        urgent: true,
+    });
     let r = t.expect(BOOT, is_done(c, Command::Instantiate)).await;
     assert_eq!(outcome(&r.input), Outcome::Ok, "{}", console(&t));
     let took = r.at.saturating_since(asked);
@@ -220,7 +223,10 @@ fn terminate_powers_the_guest_down_and_a_new_one_boots_on_the_same_port() {
         );
         // Repair: instantiate again, same port.
         let asked = t.clock.now();
-        t.handle.execute(&ActionKind::Instantiate { comp: c });
+        t.handle.execute(&ActionKind::Instantiate {
+            comp: c,
+            urgent: true,
+        });
         let r = t.expect(BOOT, is_done(c, Command::Instantiate)).await;
         assert_eq!(outcome(&r.input), Outcome::Ok, "{}", console(&t));
         eprintln!(
@@ -274,7 +280,10 @@ fn a_guest_that_never_gets_healthy_times_out_and_a_bad_kernel_fails() {
         let mut t = TestAgent::start("vm-never", &yaml).await;
         let c = t.comp("app/sg/su/c");
         let asked = Instant::now();
-        t.handle.execute(&ActionKind::Instantiate { comp: c });
+        t.handle.execute(&ActionKind::Instantiate {
+            comp: c,
+            urgent: true,
+        });
         let r = t.expect(BOOT, is_done(c, Command::Instantiate)).await;
         assert_eq!(outcome(&r.input), Outcome::TimedOut);
         // Within the timeout: the wait gives up when the next probe would start after it.
@@ -297,7 +306,10 @@ fn a_guest_that_never_gets_healthy_times_out_and_a_bad_kernel_fails() {
             .replace(&q(&image.kernel.to_string_lossy()), &q(&missing));
         let mut t = TestAgent::start("vm-nokernel", &yaml).await;
         let c = t.comp("app/sg/su/c");
-        t.handle.execute(&ActionKind::Instantiate { comp: c });
+        t.handle.execute(&ActionKind::Instantiate {
+            comp: c,
+            urgent: true,
+        });
         let r = t
             .expect(Duration::from_secs(10), is_done(c, Command::Instantiate))
             .await;
@@ -491,7 +503,10 @@ fn a_vm_live_migrates_to_another_agent_and_keeps_its_boot() {
         let mut b = TestAgent::start_node(TempDir::new("vm-mig-b"), model, n2).await;
         let c = a.comp("app/sg/su/c");
         let asked = Instant::now();
-        a.handle.execute(&ActionKind::Instantiate { comp: c });
+        a.handle.execute(&ActionKind::Instantiate {
+            comp: c,
+            urgent: true,
+        });
         let r = a.expect(BOOT, is_done(c, Command::Instantiate)).await;
         assert_eq!(outcome(&r.input), Outcome::Ok, "{}", console(&a));
         eprintln!("vm-mig: instantiate on n1 -> healthy {:?}", asked.elapsed());

@@ -195,7 +195,10 @@ fn comp_log(t: &TestAgent) -> String {
 /// Instantiates `c` and waits for the answer; returns it and how long it took.
 async fn instantiate(t: &mut TestAgent, c: CompId) -> (Outcome, Duration) {
     let asked = t.clock.now();
-    t.handle.execute(&ActionKind::Instantiate { comp: c });
+    t.handle.execute(&ActionKind::Instantiate {
+        comp: c,
+        urgent: true,
+    });
     let r = t.expect(BOOT, is_done(c, Command::Instantiate)).await;
     (outcome(&r.input), r.at.saturating_since(asked))
 }

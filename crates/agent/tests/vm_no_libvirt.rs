@@ -18,7 +18,10 @@ async fn a_libvirt_vm_fails_to_instantiate_and_says_this_build_lacks_libvirt() {
 ";
     let mut t = TestAgent::start("no-lv", &config(comp, "")).await;
     let c = t.comp("app/sg/su/c");
-    t.handle.execute(&ActionKind::Instantiate { comp: c });
+    t.handle.execute(&ActionKind::Instantiate {
+        comp: c,
+        urgent: true,
+    });
     let r = t
         .expect(Duration::from_secs(10), |i| {
             matches!(

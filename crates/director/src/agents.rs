@@ -219,7 +219,7 @@ impl Agents {
 /// The component an action is for, if it is a component action.
 pub(crate) fn comp_of(action: &ActionKind) -> Option<CompId> {
     match action {
-        ActionKind::Instantiate { comp }
+        ActionKind::Instantiate { comp, .. }
         | ActionKind::Terminate { comp }
         | ActionKind::Cleanup { comp }
         | ActionKind::AssignCsi { comp, .. }

@@ -70,7 +70,7 @@ fn settle(engine: &mut Engine, first: Input) -> usize {
         handled += 1;
         for a in engine.handle(now, input) {
             queue.push(match a.kind {
-                ActionKind::Instantiate { comp } => Input::CommandDone {
+                ActionKind::Instantiate { comp, .. } => Input::CommandDone {
                     comp,
                     command: Command::Instantiate,
                     outcome: Outcome::Ok,

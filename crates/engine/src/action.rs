@@ -24,6 +24,11 @@ pub enum ActionKind {
     Instantiate {
         /// The component.
         comp: CompId,
+        /// Whether work waits for this start: an SI of the component's SG that should be
+        /// served is not (start-up, a restart in place, a repair with nobody else to take the
+        /// work). `false` for a repair that only restores redundancy: the driver may start it
+        /// with the CPU nobody else wants, so that it never delays the failover it follows.
+        urgent: bool,
     },
     /// Stop a component gracefully; answer with `CommandDone{Terminate}`.
     Terminate {

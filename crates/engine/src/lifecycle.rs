@@ -95,11 +95,27 @@ impl Engine {
     fn send(&mut self, comp: CompId, command: Command) {
         self.comps[comp.index()].awaiting = Some(command);
         let kind = match command {
-            Command::Instantiate => ActionKind::Instantiate { comp },
+            Command::Instantiate => ActionKind::Instantiate {
+                comp,
+                urgent: self.start_is_urgent(comp),
+            },
             Command::Terminate => ActionKind::Terminate { comp },
             Command::Cleanup => ActionKind::Cleanup { comp },
         };
         self.emit(kind);
+    }
+
+    /// Whether work waits for `comp` to start: an SI of its SG that should be served (unlocked)
+    /// and is not. A repair after a failover comes once the failover is confirmed (see
+    /// [`maybe_auto_repair`](Self::maybe_auto_repair)), so it is not urgent unless nobody
+    /// could take the work.
+    fn start_is_urgent(&self, comp: CompId) -> bool {
+        let su = self.model.comps[comp.index()].su;
+        let sg = self.model.sus[su.index()].sg;
+        self.model.sgs[sg.index()]
+            .sis
+            .iter()
+            .any(|&si| self.sis[si.index()].admin == AdminState::Unlocked && !self.serving(si))
     }
 
     /// Issues the commands that move the SU's components towards running or stopped.

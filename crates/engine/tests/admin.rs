@@ -124,7 +124,7 @@ fn restart_restarts_gracefully_and_keeps_the_assignment() {
         1
     );
     assert_eq!(
-        w.count(|k| matches!(k, ActionKind::Instantiate { comp } if *comp == c1)),
+        w.count(|k| matches!(k, ActionKind::Instantiate { comp, .. } if *comp == c1)),
         2
     );
     assert_eq!(w.active("app/si"), ["app/sg/su-1"]);

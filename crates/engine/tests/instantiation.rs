@@ -27,7 +27,7 @@ apps:
 
 fn attempts(w: &World, path: &str) -> usize {
     let c = w.comp(path);
-    w.count(|k| matches!(k, ActionKind::Instantiate { comp } if *comp == c))
+    w.count(|k| matches!(k, ActionKind::Instantiate { comp, .. } if *comp == c))
 }
 
 #[test]

@@ -60,9 +60,9 @@ fn failover_promotes_the_standby_and_the_repaired_su_becomes_standby() {
 fn failover_promotes_the_standby_without_reinstantiating_it() {
     let mut w = World::start(&config(false, "failover"));
     let su2c = w.comp("app/sg/su-2/c");
-    let before = w.count(|k| matches!(k, ActionKind::Instantiate { comp } if *comp == su2c));
+    let before = w.count(|k| matches!(k, ActionKind::Instantiate { comp, .. } if *comp == su2c));
     w.kill("app/sg/su-1/c");
-    let after = w.count(|k| matches!(k, ActionKind::Instantiate { comp } if *comp == su2c));
+    let after = w.count(|k| matches!(k, ActionKind::Instantiate { comp, .. } if *comp == su2c));
     assert_eq!(before, after, "the standby keeps running");
 }
 
@@ -253,7 +253,7 @@ fn repair_starts_only_after_the_failover_is_confirmed() {
     assert!(
         !actions
             .iter()
-            .any(|a| matches!(a.kind, ActionKind::Instantiate { comp } if comp == su1c)),
+            .any(|a| matches!(a.kind, ActionKind::Instantiate { comp, .. } if comp == su1c)),
         "repair started before the standby confirmed"
     );
     w.run(); // the standby confirms: now the repair goes ahead
@@ -293,4 +293,47 @@ fn the_standby_is_promoted_in_the_step_that_learns_of_the_exit_not_after_the_cle
         kinds.iter().any(|k| matches!(k, ActionKind::AssignCsi { comp, ha_state: HaState::Active, .. } if *comp == su2c)),
         "{kinds:?}"
     );
+}
+
+/// The `urgent` flag of every instantiation of `comp` so far, in order.
+fn urgency(w: &World, comp: &str) -> Vec<bool> {
+    let c = w.comp(comp);
+    w.log
+        .iter()
+        .filter_map(|a| match a.kind {
+            ActionKind::Instantiate { comp, urgent } if comp == c => Some(urgent),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn only_a_repair_that_restores_redundancy_is_not_urgent() {
+    // Start-up: nothing is served yet, so every start is awaited.
+    let mut w = World::start(&config(false, "failover"));
+    assert_eq!(urgency(&w, "app/sg/su-1/c"), [true]);
+    assert_eq!(urgency(&w, "app/sg/su-2/c"), [true]);
+    // A failover: su-2 serves both SIs; su-1's repair only restores the standby.
+    w.kill("app/sg/su-1/c");
+    assert_eq!(w.active("app/si-a"), ["app/sg/su-2"]);
+    assert_eq!(urgency(&w, "app/sg/su-1/c"), [true, false]);
+    // The same failure with nobody left to take the work: su-2's repair is awaited.
+    let mut w = World::start(&config(false, "failover"));
+    w.adm(nines_engine::AdminOp::Lock, "app/sg/su-2")
+        .expect("lock su-2");
+    w.kill("app/sg/su-1/c");
+    assert_eq!(
+        w.active("app/si-a"),
+        ["app/sg/su-1"],
+        "served again once repaired: nobody else could"
+    );
+    assert_eq!(urgency(&w, "app/sg/su-1/c"), [true, true]);
+}
+
+#[test]
+fn a_restart_in_place_is_urgent() {
+    // recovery: restart on the active: its SIs wait for it to come back.
+    let mut w = World::start(&config(false, "restart"));
+    w.kill("app/sg/su-1/c");
+    assert_eq!(urgency(&w, "app/sg/su-1/c"), [true, true]);
 }

@@ -150,6 +150,7 @@ pub enum WireHa {
 pub enum Order {
     Instantiate {
         comp: u32,
+        urgent: bool,
     },
     Terminate {
         comp: u32,
@@ -324,7 +325,10 @@ impl Order {
     /// The order for a component action; `None` for actions that are not an agent's.
     pub fn from_action(a: &ActionKind) -> Option<Order> {
         Some(match *a {
-            ActionKind::Instantiate { comp } => Order::Instantiate { comp: comp.0 },
+            ActionKind::Instantiate { comp, urgent } => Order::Instantiate {
+                comp: comp.0,
+                urgent,
+            },
             ActionKind::Terminate { comp } => Order::Terminate { comp: comp.0 },
             ActionKind::Cleanup { comp } => Order::Cleanup { comp: comp.0 },
             ActionKind::AssignCsi {
@@ -370,7 +374,10 @@ impl Order {
     /// The engine action, checked against the model.
     pub fn to_action(&self, m: &Model) -> Result<ActionKind, BadIndex> {
         Ok(match *self {
-            Order::Instantiate { comp: c } => ActionKind::Instantiate { comp: comp(m, c)? },
+            Order::Instantiate { comp: c, urgent } => ActionKind::Instantiate {
+                comp: comp(m, c)?,
+                urgent,
+            },
             Order::Terminate { comp: c } => ActionKind::Terminate { comp: comp(m, c)? },
             Order::Cleanup { comp: c } => ActionKind::Cleanup { comp: comp(m, c)? },
             Order::AssignCsi {
@@ -591,7 +598,14 @@ mod tests {
         let m = model();
         let (c, s) = (CompId(1), CsiId(0));
         let actions = [
-            ActionKind::Instantiate { comp: c },
+            ActionKind::Instantiate {
+                comp: c,
+                urgent: true,
+            },
+            ActionKind::Instantiate {
+                comp: c,
+                urgent: false,
+            },
             ActionKind::Terminate { comp: c },
             ActionKind::Cleanup { comp: c },
             ActionKind::AssignCsi {
@@ -678,9 +692,12 @@ mod tests {
     #[test]
     fn an_index_outside_the_model_is_refused_by_name() {
         let m = model();
-        let e = Order::Instantiate { comp: 2 }
-            .to_action(&m)
-            .expect_err("2 comps");
+        let e = Order::Instantiate {
+            comp: 2,
+            urgent: true,
+        }
+        .to_action(&m)
+        .expect_err("2 comps");
         assert_eq!(e.field, "component");
         assert!(e.to_string().contains("component 2"), "{e}");
         let e = Fact::CommandDone {

@@ -39,7 +39,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 /// Version byte at the start of every payload. Bump it on any incompatible message change: old
 /// peers then fail fast with [`FrameError::BadVersion`] instead of misreading postcard bytes.
-pub const PROTOCOL_VERSION: u8 = 4;
+pub const PROTOCOL_VERSION: u8 = 5;
 
 /// Largest payload (version byte + postcard body) a peer may send, in bytes.
 ///

@@ -192,7 +192,7 @@ pub fn check_action_ids(m: &Model, a: &ActionKind) -> Result<(), Found> {
     let mut ok = true;
     let mut e = |x: EntityRef| ok &= entity_exists(m, x);
     match a {
-        ActionKind::Instantiate { comp }
+        ActionKind::Instantiate { comp, .. }
         | ActionKind::Terminate { comp }
         | ActionKind::Cleanup { comp } => e(EntityRef::Comp(*comp)),
         ActionKind::AssignCsi { comp, csi, .. } | ActionKind::RemoveCsi { comp, csi } => {

@@ -319,7 +319,7 @@ pub fn event(m: &Model, e: &Event) -> String {
 /// An action, e.g. `AssignCsi app/sg/su/comp app/si/csi active`.
 pub fn action(m: &Model, a: &ActionKind) -> String {
     match a {
-        ActionKind::Instantiate { comp: c } => format!("Instantiate {}", comp(m, *c)),
+        ActionKind::Instantiate { comp: c, .. } => format!("Instantiate {}", comp(m, *c)),
         ActionKind::Terminate { comp: c } => format!("Terminate {}", comp(m, *c)),
         ActionKind::Cleanup { comp: c } => format!("Cleanup {}", comp(m, *c)),
         ActionKind::AssignCsi {

@@ -766,7 +766,10 @@ fn an_engine_naming_unknown_entities_is_a_violation_not_a_crash() {
     let (_, v) = run_scripted(&m, 1, 20, |_, _, i| {
         let mut out = polite(&i);
         if let Input::ComponentFailed { .. } = i {
-            out.push(ActionKind::Instantiate { comp: CompId(99) });
+            out.push(ActionKind::Instantiate {
+                comp: CompId(99),
+                urgent: true,
+            });
         }
         out
     });
@@ -917,7 +920,7 @@ fn the_world_keeps_its_own_rules() {
                     });
                 } else {
                     expect[comp.index()].push_back('i');
-                    out.push(ActionKind::Instantiate { comp });
+                    out.push(ActionKind::Instantiate { comp, urgent: true });
                 }
             }
             if n % 97 == 0 {

@@ -666,7 +666,7 @@ impl<'m, E: SimEngine> World<'m, E> {
     fn act(&mut self, a: ActionKind) -> Result<(), Found> {
         let m = self.m;
         match a {
-            ActionKind::Instantiate { comp } => {
+            ActionKind::Instantiate { comp, .. } => {
                 self.mark_entity(EntityRef::Comp(comp));
                 // It starts where the engine says its SU runs (a migration may have moved it).
                 let su = m.comps[comp.index()].su;

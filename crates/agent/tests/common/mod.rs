@@ -238,7 +238,7 @@ impl TestAgent {
     /// Instantiate and wait for the answer.
     pub async fn instantiate(&mut self, comp: CompId) -> Report {
         self.handle
-            .execute(&nines_engine::ActionKind::Instantiate { comp });
+            .execute(&nines_engine::ActionKind::Instantiate { comp, urgent: true });
         self.expect(Duration::from_secs(15), |i| {
             matches!(i, Input::CommandDone { comp: c, command: nines_engine::Command::Instantiate, .. } if *c == comp)
         })

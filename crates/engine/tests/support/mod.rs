@@ -120,7 +120,7 @@ impl World {
 
     fn answer(&mut self, a: &Action) {
         let input = match a.kind {
-            ActionKind::Instantiate { comp } => Input::CommandDone {
+            ActionKind::Instantiate { comp, .. } => Input::CommandDone {
                 comp,
                 command: Command::Instantiate,
                 outcome: if self.failing.contains(&comp) {
@@ -322,7 +322,7 @@ impl World {
         self.count(|k| {
             matches!(
                 (k, command),
-                (ActionKind::Instantiate { comp }, Command::Instantiate)
+                (ActionKind::Instantiate { comp, .. }, Command::Instantiate)
                     | (ActionKind::Terminate { comp }, Command::Terminate)
                     | (ActionKind::Cleanup { comp }, Command::Cleanup) if *comp == c
             )
