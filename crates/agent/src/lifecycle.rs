@@ -160,8 +160,8 @@ fn spawn_incarnation(agent: &Arc<Agent>, comp: CompId) {
         spawner::restore(leader);
         done(agent, comp, Command::Instantiate, Outcome::Ok);
         healthcheck::start_monitor(agent, comp, gen);
-        // Still on the background spawner: whatever the process started already.
-        spawner::restore_members(leader);
+        // Whatever the process started already, in the background.
+        spawner::run_housekeeping(move || spawner::restore_members(leader));
     }
 }
 
@@ -271,7 +271,7 @@ pub(crate) fn on_exit(agent: &Arc<Agent>, comp: CompId, gen: u64, at: Instant) -
     let (records, comp_path) = (agent.records.clone(), path.clone());
     tokio::spawn(async move {
         tokio::time::sleep(RECORD_REMOVAL_DELAY).await;
-        spawner::run(move || records.remove(&comp_path, pid));
+        spawner::run_housekeeping(move || records.remove(&comp_path, pid));
     });
     Some(Died {
         phase,

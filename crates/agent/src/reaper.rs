@@ -79,7 +79,7 @@ pub(crate) fn become_subreaper() -> io::Result<()> {
 /// Spawn `cmd` and track its pid; no sweep reaps it first (see the module doc).
 pub(crate) fn spawn_tracked(cmd: &mut Command) -> io::Result<Pid> {
     tracked().spawning += 1;
-    let spawned = cmd.spawn();
+    let spawned = crate::spawner::spawning_child(|| cmd.spawn());
     let (tracked_pid, sweep_now) = {
         let mut t = tracked();
         t.spawning -= 1;
@@ -233,6 +233,16 @@ mod tests {
         std::path::Path::new(&format!("/proc/{pid}")).exists()
     }
 
+    fn zombie(pid: u32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(false)
+    }
+
     #[test]
     fn a_sweep_does_not_wait_for_a_spawn_in_flight_and_runs_when_it_ends() {
         let _alone = CHILD_TESTS.lock().unwrap_or_else(|e| e.into_inner());
@@ -240,7 +250,12 @@ mod tests {
         let orphan = Command::new("true").spawn().expect("spawn true");
         let orphan_pid = orphan.id();
         drop(orphan); // neither waits nor kills
-                      // A spawn held in flight by its child, which waits in pre_exec until the test says.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !zombie(orphan_pid) {
+            assert!(Instant::now() < deadline, "{orphan_pid} never exited");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // A spawn held in flight by its child, which waits in pre_exec until the test says.
         let (mut release_r, mut release_w) = std::io::pipe().expect("pipe");
         let spawn = std::thread::spawn(move || {
             // Alive until the end: an exited tracked child would stop the sweep, which leaves
@@ -256,7 +271,6 @@ mod tests {
             }
             spawn_tracked(&mut cmd)
         });
-        let deadline = Instant::now() + Duration::from_secs(10);
         while tracked().spawning == 0 {
             assert!(Instant::now() < deadline, "the spawn never started");
             std::thread::sleep(Duration::from_millis(1));

@@ -308,7 +308,7 @@ fn register(
         // (what else it started meanwhile, too, once the background lane has found it: the
         // search reads /proc, 1.3 ms of CPU on the development VM).
         spawner::restore(group_leader);
-        spawner::run(move || spawner::restore_members(group_leader));
+        spawner::run_housekeeping(move || spawner::restore_members(group_leader));
         agent.report(
             agent.clock.now(),
             Input::CommandDone {

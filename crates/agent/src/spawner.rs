@@ -1,4 +1,5 @@
-//! Component processes are started on a background thread, at background CPU priority.
+//! Component processes are started off the agent's async worker, on spawner threads; a
+//! repair's process starts at background CPU priority.
 //!
 //! Starting a process is expensive, and most of it happens while a service is being recovered:
 //! a failover's repair instantiates the failed component again at the very moment its
@@ -9,21 +10,33 @@
 //! took over.
 //!
 //! So a repair's instantiation (the engine's `Instantiate { urgent: false }`: every SI of the
-//! component's SG is served, the start only restores redundancy) hands the spawn to one
-//! dedicated thread in the `SCHED_IDLE` policy (and at nice [`BACKGROUND_NICE`]): the exec'ing
-//! child and the new process inherit both, and only use CPU that the running services leave
-//! idle. A start that work waits for (start-up, a restart in place, a repair with nobody else
-//! to take the work) goes to a second thread at the agent's own priority, [`run_foreground`]:
-//! in the background, under load, it would be the outage that waits (a restart in place took
-//! up to 450 ms there while a build ran on the host). A nice value alone is not enough: under
-//! EEVDF (Linux 6.6 and later) a nice-19 task that got the CPU keeps it for its whole slice,
-//! 1.5 ms on two CPUs, whatever wakes up meanwhile. Measured on the 2-core development host
-//! (`nines bench sa-kill --runs 200`): with nice 19 alone the new active's first connection
-//! waited behind the repair's exec in a third of the faults (outage p90 3.1 ms); in
-//! `SCHED_IDLE` the p90 is 1.7 ms. Once the component is instantiated (an SA-aware one
+//! component's SG is served, the start only restores redundancy) starts the process in the
+//! `SCHED_IDLE` policy (and at nice [`BACKGROUND_NICE`]): the exec'ing child and the new
+//! process only use CPU that the running services leave idle. A nice value alone is not
+//! enough: under EEVDF (Linux 6.6 and later) a nice-19 task that got the CPU keeps it for its
+//! whole slice, 1.5 ms on two CPUs, whatever wakes up meanwhile. Measured on the 2-core
+//! development host (`nines bench sa-kill --runs 200`): with nice 19 alone the new active's
+//! first connection waited behind the repair's exec in a third of the faults (outage p90 3.1
+//! ms); in `SCHED_IDLE` the p90 is 1.7 ms. Once the component is instantiated (an SA-aware one
 //! registered, a process component spawned), [`restore`] gives every thread of every process
 //! in its group the normal policy and the agent's own priority back, so a started component
 //! never runs at a lower priority than the agent intended.
+//!
+//! Only the child is in the background, not the thread that starts it: the spawner thread
+//! switches to `SCHED_IDLE` for the one call that clones the child ([`spawning_child`]), and
+//! back before anything else. Everything around that call (tracking the child, registering
+//! its pidfd with the runtime, recording it) takes locks the agent's async worker takes too;
+//! a thread in `SCHED_IDLE` holding one of them waits for a CPU nobody else wants, and the
+//! worker with it. Housekeeping that takes no such lock (removing a dead component's record,
+//! the /proc scan for a registered component's other processes) runs in the background
+//! throughout ([`run_housekeeping`]).
+//!
+//! A start that work waits for (start-up, a restart in place, a repair with nobody else to
+//! take the work) goes to a second thread whose children start at the agent's own priority,
+//! [`run_foreground`]: in the background, under load, it would be the outage that waits (a
+//! restart in place took up to 450 ms there while a build ran on the host). Repairs have a
+//! thread of their own so that an urgent start never queues behind one: `posix_spawn` blocks
+//! its caller until the child has exec'd, and a background child execs when the CPU is free.
 //!
 //! VM components always go to the foreground thread: booting a guest is seconds of CPU-bound
 //! emulation under TCG, and in the background it would take even longer on a busy host (the
@@ -34,9 +47,9 @@
 //! [`background_allowed`] finds out once, on a throwaway thread, and without it components
 //! start at normal priority.
 //!
-//! Threads inherit their creator's policy: a thread started from a spawner job (a blocking
-//! task tokio starts on demand, say) runs in the background too. The jobs only spawn and
-//! record processes.
+//! The spawner threads themselves run at the agent's priority, so a thread a job starts (a
+//! blocking task tokio starts on demand, say) does too; only a housekeeping job's would be in
+//! the background.
 
 use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
@@ -52,35 +65,41 @@ pub(crate) const BACKGROUND_NICE: i32 = 19;
 /// A spawn to run on the spawner thread.
 type Job = Box<dyn FnOnce() + Send>;
 
-/// Where a spawner thread runs.
-#[derive(Clone, Copy, Debug)]
-enum Lane {
-    /// `SCHED_IDLE` at [`BACKGROUND_NICE`].
-    Background,
-    /// The normal policy at the agent's nice value, set explicitly: the thread may be created
-    /// from the background spawner, whose policy it would otherwise inherit.
-    Foreground,
-    /// Whatever the creating thread has (the agent may not change priorities).
-    Inherited,
+thread_local! {
+    /// Set on the background spawner thread: the processes it starts start in the background
+    /// ([`spawning_child`]).
+    static CHILDREN_IN_BACKGROUND: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-impl Lane {
-    /// Puts the calling thread in this lane. Best effort: a thread left where it was only
-    /// means its spawns compete with the services (or are not helped by them).
-    fn enter(self) {
-        match self {
-            Lane::Background => {
-                // Only this thread changes (who = 0, tid = 0: the calling thread).
-                let _ = rustix::process::setpriority_process(None, BACKGROUND_NICE);
-                let _ = cpu_policy::set(0, Policy::Idle);
-            }
-            Lane::Foreground => {
-                let _ = cpu_policy::set(0, Policy::Normal);
-                let _ = rustix::process::setpriority_process(None, normal_nice());
-            }
-            Lane::Inherited => {}
-        }
+/// Puts the calling thread in the background policy (`SCHED_IDLE`, nice [`BACKGROUND_NICE`])
+/// or back at the agent's. Best effort: a thread left where it was only means what it starts
+/// competes with the services (or is not helped by them).
+fn set_background(background: bool) {
+    if background {
+        // Only this thread changes (who = 0, tid = 0: the calling thread).
+        let _ = rustix::process::setpriority_process(None, BACKGROUND_NICE);
+        let _ = cpu_policy::set(0, Policy::Idle);
+    } else {
+        let _ = cpu_policy::set(0, Policy::Normal);
+        let _ = rustix::process::setpriority_process(None, normal_nice());
     }
+}
+
+/// Runs `spawn` (the one call that starts a child: `Command::spawn`). On the background
+/// spawner thread the thread is in the background policy for exactly that call, so the child
+/// inherits it, and back at the agent's priority before anything else: the thread is blocked
+/// in the kernel for most of the call (vfork: until the child has exec'd), and the work
+/// around it (tracking the child, registering its pidfd with the runtime, recording it) takes
+/// locks the agent's runtime needs, which a thread in `SCHED_IDLE` could hold for as long as
+/// it waits for a CPU: a priority inversion.
+pub(crate) fn spawning_child<T>(spawn: impl FnOnce() -> T) -> T {
+    if !CHILDREN_IN_BACKGROUND.with(std::cell::Cell::get) {
+        return spawn();
+    }
+    set_background(true);
+    let spawned = spawn();
+    set_background(false);
+    spawned
 }
 
 struct Spawner {
@@ -88,11 +107,16 @@ struct Spawner {
 }
 
 impl Spawner {
-    /// A thread named `name` that runs jobs in order in `lane`.
-    fn start(name: &str, lane: Lane) -> Spawner {
+    /// A thread named `name`, at the agent's own priority (set explicitly: it may be created
+    /// from a thread in the background), that runs jobs in order. With `children_in_background`
+    /// the processes its jobs start begin in the background (see [`spawning_child`]).
+    fn start(name: &str, children_in_background: bool) -> Spawner {
         let (tx, rx) = mpsc::channel::<Job>();
         let started = thread::Builder::new().name(name.into()).spawn(move || {
-            lane.enter();
+            if background_allowed() {
+                set_background(false);
+                CHILDREN_IN_BACKGROUND.with(|c| c.set(children_in_background));
+            }
             for job in rx {
                 job();
             }
@@ -119,37 +143,42 @@ impl Spawner {
     }
 }
 
-/// The spawner of process and SA-aware components, in the background when allowed.
+/// The spawner of repairs, whose processes start in the background.
 fn background() -> &'static Spawner {
     static SPAWNER: OnceLock<Spawner> = OnceLock::new();
-    SPAWNER.get_or_init(|| {
-        let lane = if background_allowed() {
-            Lane::Background
-        } else {
-            Lane::Inherited
-        };
-        Spawner::start("nines-spawner", lane)
-    })
+    SPAWNER.get_or_init(|| Spawner::start("nines-spawner", true))
 }
 
-/// The spawner of VM components and of urgent starts, at the agent's own priority.
+/// The spawner of VM components and of urgent starts, whose processes start at the agent's
+/// own priority.
 fn foreground() -> &'static Spawner {
     static SPAWNER: OnceLock<Spawner> = OnceLock::new();
-    SPAWNER.get_or_init(|| {
-        let lane = if background_allowed() {
-            Lane::Foreground
-        } else {
-            Lane::Inherited
-        };
-        Spawner::start("nines-spawner-fg", lane)
-    })
+    SPAWNER.get_or_init(|| Spawner::start("nines-spawner-fg", false))
 }
 
 /// Runs `job` (which spawns a process and records it) on the background spawner thread, after
-/// the jobs queued before it. Jobs run one at a time, in order. If the thread is gone (it could
-/// not be started), the job runs on the caller's thread, so a spawn is never lost.
+/// the jobs queued before it: the process starts in the background. Jobs run one at a time, in
+/// order. If the thread is gone (it could not be started), the job runs on the caller's
+/// thread, so a spawn is never lost.
 pub(crate) fn run(job: impl FnOnce() + Send + 'static) {
     background().run(Box::new(job));
+}
+
+/// Runs housekeeping (`job`) on the background spawner thread, in order with its spawns, with
+/// the thread in the background policy throughout: only with CPU nobody else wants. `job` must
+/// not take a lock the agent's runtime takes (file system and /proc work, say), or it could
+/// hold it for as long as it waits for a CPU.
+pub(crate) fn run_housekeeping(job: impl FnOnce() + Send + 'static) {
+    background().run(Box::new(move || {
+        let background = background_allowed();
+        if background {
+            set_background(true);
+        }
+        job();
+        if background {
+            set_background(false);
+        }
+    }));
 }
 
 /// Like [`run`], on the foreground spawner: the spawned process keeps the agent's priority
@@ -290,24 +319,62 @@ mod tests {
     }
 
     #[test]
-    fn the_spawner_thread_runs_at_background_priority_when_it_can_restore() {
+    fn the_background_spawner_starts_children_in_the_background_and_itself_stays_normal() {
+        let _alone = crate::reaper::CHILD_TESTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let (tx, rx) = mpsc::channel();
         run(move || {
-            let _ = tx.send((
+            let thread = (
                 rustix::process::getpriority_process(None).ok(),
                 cpu_policy::get(0).ok(),
-            ));
+            );
+            let child = spawning_child(|| std::process::Command::new("sleep").arg("30").spawn());
+            let after = cpu_policy::get(0).ok();
+            let _ = tx.send((thread, after, child));
         });
-        let (nice, policy) = rx
+        let ((nice, policy), after, child) = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the job runs");
+        let mut child = child.expect("sleep starts");
+        let child_policy = cpu_policy::get(child.id() as i32).ok();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(nice, Some(normal_nice()));
+        assert_eq!(policy, Some(Policy::Normal));
+        assert_eq!(
+            after,
+            Some(Policy::Normal),
+            "back once the child is started"
+        );
+        let expected = if background_allowed() {
+            Policy::Idle
+        } else {
+            Policy::Normal
+        };
+        assert_eq!(child_policy, Some(expected));
+    }
+
+    #[test]
+    fn housekeeping_runs_in_the_background_and_leaves_the_thread_normal() {
+        let (tx, rx) = mpsc::channel();
+        run_housekeeping(move || {
+            let _ = tx.send(cpu_policy::get(0).ok());
+        });
+        let during = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the job runs");
+        let (tx, rx) = mpsc::channel();
+        run(move || {
+            let _ = tx.send(cpu_policy::get(0).ok());
+        });
+        let after = rx
             .recv_timeout(std::time::Duration::from_secs(10))
             .expect("the job runs");
         if background_allowed() {
-            assert_eq!(nice, Some(BACKGROUND_NICE));
-            assert_eq!(policy, Some(Policy::Idle));
-        } else {
-            assert_eq!(nice, Some(normal_nice()));
-            assert_eq!(policy, Some(Policy::Normal));
+            assert_eq!(during, Some(Policy::Idle));
         }
+        assert_eq!(after, Some(Policy::Normal));
     }
 
     /// The policy and nice value of every thread of `pid`.
@@ -340,10 +407,12 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         run(move || {
             let spawn = |group: i32| {
-                std::process::Command::new("sleep")
-                    .arg("30")
-                    .process_group(group)
-                    .spawn()
+                spawning_child(|| {
+                    std::process::Command::new("sleep")
+                        .arg("30")
+                        .process_group(group)
+                        .spawn()
+                })
             };
             let pair = spawn(0).and_then(|leader| {
                 let group = leader.id() as i32;
