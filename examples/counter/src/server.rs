@@ -347,10 +347,10 @@ impl Endpoint {
                     self.accept_error = None;
                 }
                 Err(Errno::AGAIN) => return,
-                Err(Errno::INTR) => {}
+                Err(e) if gone_before_accept(e) => {}
                 Err(e) => {
-                    // Out of descriptors or a connection reset before accept: keep serving the
-                    // others, and come back to the listener after a pause.
+                    // Out of descriptors, say: keep serving the others, and come back to the
+                    // listener after a pause.
                     if self.accept_error != Some(e) {
                         log(&format!("counter: accept failed: {e}\n"));
                     }
@@ -361,6 +361,28 @@ impl Endpoint {
             }
         }
     }
+}
+
+/// Errors `accept` reports about one connection that is gone (the client gave up before it
+/// was accepted, or its network failed), which Linux passes on from the new socket: the
+/// listener is fine and the next connection is accepted at once (accept(2): "treat them like
+/// EAGAIN by retrying"). Pausing for them, as for running out of descriptors, made every
+/// client wait [`ACCEPT_BACKOFF`] whenever one gave up.
+fn gone_before_accept(e: Errno) -> bool {
+    matches!(
+        e,
+        Errno::INTR
+            | Errno::CONNABORTED
+            | Errno::PROTO
+            | Errno::NOPROTOOPT
+            | Errno::NETDOWN
+            | Errno::HOSTDOWN
+            | Errno::NONET
+            | Errno::HOSTUNREACH
+            | Errno::OPNOTSUPP
+            | Errno::NETUNREACH
+            | Errno::PERM
+    )
 }
 
 /// Writes `line` to stderr with one write call, so that it cannot be interleaved with the
@@ -633,6 +655,21 @@ mod tests {
         line.clear();
         assert_eq!(rb.read_line(&mut line).unwrap_or(0), 0);
         assert!(Server::start(port, service(None).0).is_ok());
+    }
+
+    #[test]
+    fn a_connection_gone_before_accept_does_not_pause_accepting() {
+        for e in [
+            Errno::CONNABORTED,
+            Errno::PROTO,
+            Errno::NETUNREACH,
+            Errno::INTR,
+        ] {
+            assert!(gone_before_accept(e), "{e}");
+        }
+        for e in [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM] {
+            assert!(!gone_before_accept(e), "{e}");
+        }
     }
 
     #[test]
