@@ -117,6 +117,9 @@ async fn next_message(
     }
 }
 
+/// Bytes read from a component's socket at a time.
+const READ_CHUNK: usize = 16 * 1024;
+
 /// One connection, from registration to its end.
 async fn serve(agent: Arc<Agent>, stream: UnixStream) {
     let peer = stream.peer_cred().ok().and_then(|c| c.pid());
@@ -130,7 +133,10 @@ async fn serve(agent: Arc<Agent>, stream: UnixStream) {
         }
     });
     let mut dec = Decoder::new();
-    let mut buf = vec![0u8; 64 * 1024];
+    // Only where each read lands (the decoder assembles frames of any size). Under 64 KiB:
+    // glibc consolidates its free lists whenever a chunk of 64 KiB or more is freed, and this
+    // one is freed the moment a component dies, in the middle of its failover.
+    let mut buf = vec![0u8; READ_CHUNK];
     let first =
         tokio::time::timeout(REGISTER_WAIT, next_message(&mut rd, &mut dec, &mut buf)).await;
     let link = match first {
