@@ -268,6 +268,24 @@ impl Cluster {
         out
     }
 
+    /// The director's event log once `ready` holds for it: lines reach the file in batches a
+    /// couple of milliseconds after the engine recorded them, so a test that saw a state in
+    /// the status waits for the lines about it. Bounded, to catch a hang.
+    fn events_once(&self, what: &str, ready: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ev = self.events();
+            if ready(&ev) {
+                return ev;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not in the event log: {ev:?}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     fn events(&self) -> Vec<Value> {
         let text = std::fs::read_to_string(Path::new(&self.state()).join("events.jsonl"))
             .unwrap_or_default();
@@ -345,7 +363,9 @@ fn a_crashed_node_is_fenced_its_work_fails_over_and_it_rejoins_clean() {
         holder(s, "active").as_deref() == Some("counter/sg/su-2")
     });
     let names: Vec<String> = c
-        .events()
+        .events_once("the fence", |ev| {
+            ev.iter().any(|e| e["event"] == "fence-done")
+        })
         .iter()
         .filter_map(|e| e["event"].as_str().map(str::to_string))
         .collect();

@@ -158,6 +158,8 @@ async fn adm_request(ctx: &ControlCtx, op: &str, entity: &str) -> Reply {
 }
 
 /// Sends the log from line `since`, then (with `follow`) every new line as it is written.
+/// Without `follow` the lines queued for the next batch are written first, so the answer holds
+/// everything recorded before the request (an `events` right after an `adm` shows its lines).
 async fn events(
     ctx: &ControlCtx,
     write: &mut OwnedWriteHalf,
@@ -165,6 +167,9 @@ async fn events(
     follow: bool,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), End> {
+    if !follow {
+        ctx.log.flush();
+    }
     let (backlog, mut rx) = match ctx.log.subscribe(since) {
         Ok(x) => x,
         Err(e) => {

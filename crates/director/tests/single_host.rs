@@ -205,6 +205,24 @@ fn alive(pid: u32) -> bool {
     }
 }
 
+/// The event log once `ready` holds for it: lines reach the file in batches a couple of
+/// milliseconds after the engine recorded them (see `nines_director::event_log`), so a test
+/// that saw a state in the status waits for the lines about it. Bounded, to catch a hang.
+async fn events_once(dir: &Path, what: &str, ready: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ev = events(dir);
+        if ready(&ev) {
+            return ev;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not in the event log: {ev:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 fn events(dir: &Path) -> Vec<Value> {
     std::fs::read_to_string(dir.join("events.jsonl"))
         .unwrap_or_default()
@@ -250,7 +268,10 @@ async fn failover_admin_ops_and_clean_shutdown() {
         })
         .await;
     assert_eq!(s.open_faults, 0, "the fault is recovered and repaired");
-    let ev = events(&dir.0);
+    let ev = events_once(&dir.0, "the repair", |ev| {
+        ev.iter().any(|e| e["event"] == "repaired")
+    })
+    .await;
     let detected = ev
         .iter()
         .find(|e| e["event"] == "fault-detected")
@@ -469,7 +490,13 @@ async fn a_restart_restores_locks_and_adopts_what_a_crashed_run_left() {
     assert_eq!(su2.admin, "locked-instantiation");
     assert_eq!(su2.presence, "uninstantiated");
     assert_eq!(s.holder(SI, "standby"), None);
-    let ev = events(&dir.0);
+    let ev = events_once(&dir.0, "run 2's adoption and restored lock", |ev| {
+        ev.iter().any(|e| e["event"] == "adopted" && e["run"] == 2)
+            && ev
+                .iter()
+                .any(|e| e["event"] == "admin-restored" && e["run"] == 2)
+    })
+    .await;
     assert!(ev
         .iter()
         .any(|e| e["event"] == "adopted" && e["run"] == 2 && e["pid"] == kept_pid));
@@ -531,7 +558,11 @@ async fn node_failfast_fences_the_node_by_restarting_its_agent() {
         .await;
     assert_eq!(pid_of(&s, b), Some(other), "the other node was not touched");
     let fenced_node = s.su(a).expect("su").node.clone();
-    let ev = events(&dir.0);
+    let ev = events_once(&dir.0, "the reboot and the repair", |ev| {
+        ev.iter().any(|e| e["event"] == "node-rebooted")
+            && ev.iter().any(|e| e["event"] == "repaired")
+    })
+    .await;
     let kinds: Vec<&str> = ev.iter().filter_map(|e| e["event"].as_str()).collect();
     let at = |k: &str| kinds.iter().position(|x| *x == k);
     let (fence, done, rebooted) = (at("fence"), at("fence-done"), at("node-rebooted"));
