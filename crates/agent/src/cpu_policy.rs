@@ -111,7 +111,11 @@ mod tests {
         let (before, idle, back) = rx.recv().expect("the thread reports");
         assert_eq!(before, Some(Policy::Normal));
         assert_eq!(idle, Some(Policy::Idle));
-        assert_eq!(back.and_then(Result::ok), Some(Policy::Normal));
+        // Coming back needs CAP_SYS_NICE or an RLIMIT_NICE that allows it (the agent checks
+        // before it uses the background at all).
+        if crate::spawner::background_allowed() {
+            assert_eq!(back.and_then(Result::ok), Some(Policy::Normal));
+        }
     }
 
     #[test]

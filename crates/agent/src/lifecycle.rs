@@ -12,7 +12,7 @@ use std::time::Duration;
 use nines_engine::{Command, FaultKind, Input, Instant, Outcome};
 use nines_model::{CompId, CompKind};
 use nines_proto::ToComponent;
-use rustix::process::Signal;
+use rustix::process::{Pid, Signal};
 use tokio::sync::oneshot;
 use tokio::time::{sleep, timeout, timeout_at};
 
@@ -153,6 +153,10 @@ fn spawn_incarnation(agent: &Arc<Agent>, comp: CompId) {
         let a = agent.clone();
         let limit = m.timeouts.instantiate;
         tokio::spawn(async move { registration_deadline(&a, comp, gen, limit).await });
+        if spawner::starts_in_background() {
+            let a = agent.clone();
+            tokio::spawn(async move { end_background_start(&a, comp, gen, leader).await });
+        }
     } else {
         // A process component is instantiated once spawned: the exec, the costly part, ran
         // in the background lane if it was a repair; from here on it runs at the agent's
@@ -161,6 +165,22 @@ fn spawn_incarnation(agent: &Arc<Agent>, comp: CompId) {
         done(agent, comp, Command::Instantiate, Outcome::Ok);
         healthcheck::start_monitor(agent, comp, gen);
         // Whatever the process started already, in the background.
+        spawner::run_housekeeping(move || spawner::restore_members(leader));
+    }
+}
+
+/// A repair's SA-aware process that has not registered after
+/// [`spawner::BACKGROUND_START_LIMIT`] gets the agent's priority (registering would have given
+/// it; see the constant for why the background is bounded).
+async fn end_background_start(agent: &Arc<Agent>, comp: CompId, gen: u64, leader: Pid) {
+    sleep(spawner::BACKGROUND_START_LIMIT).await;
+    let starting = agent
+        .comps()
+        .get(&comp)
+        .is_some_and(|i| i.gen == gen && i.phase == Phase::Instantiating);
+    if starting {
+        tracing::info!(component = %agent.comp(comp).path, "still starting: no longer in the background");
+        spawner::restore(leader);
         spawner::run_housekeeping(move || spawner::restore_members(leader));
     }
 }
@@ -186,9 +206,6 @@ async fn registration_deadline(agent: &Arc<Agent>, comp: CompId, gen: u64, limit
     done(agent, comp, Command::Instantiate, Outcome::TimedOut);
 }
 
-/// How long after a component's exit its record file is removed (see [`on_exit`]).
-const RECORD_REMOVAL_DELAY: Duration = Duration::from_millis(100);
-
 /// Follows incarnation `gen` of `comp` to its end: [`on_exit`] as soon as its leader is seen
 /// dead, the log line once it is reaped (with its exit status).
 pub(crate) fn watch_exit(agent: &Arc<Agent>, comp: CompId, gen: u64, proc: Arc<Proc>) {
@@ -208,10 +225,9 @@ pub(crate) fn watch_exit(agent: &Arc<Agent>, comp: CompId, gen: u64, proc: Arc<P
 /// current incarnation (nothing was done).
 ///
 /// The failure is reported as soon as the agent's own state says the incarnation is gone, and
-/// nothing that only tidies up runs before the engine has acted on it: the record file is
-/// removed later, in the background lane (an `openat`, a `read` and an `unlink`, 60-70 us
-/// measured on the development VM, all of it outage when done here), the log line comes once
-/// the process is reaped.
+/// nothing that only tidies up runs before the engine has acted on it: the log line comes once
+/// the process is reaped, and a failed component's record file stays for its next incarnation
+/// to replace.
 pub(crate) fn on_exit(agent: &Arc<Agent>, comp: CompId, gen: u64, at: Instant) -> Option<Died> {
     let path = &agent.comp(comp).path;
     let mut comps = agent.comps();
@@ -263,16 +279,14 @@ pub(crate) fn on_exit(agent: &Arc<Agent>, comp: CompId, gen: u64, at: Instant) -
         }
         _ => {}
     }
-    // Housekeeping, once the failover this exit starts is over, and then in the background
-    // lane. The lane alone is not enough: under EEVDF a `SCHED_IDLE` thread is preempted
-    // by every wake-up, but can still be picked over a normal thread that has used more than
-    // its share, and the failover's threads have (a 70 us removal was traced amid one).
-    // Records::remove keeps the record if a new incarnation has written its own meanwhile.
-    let (records, comp_path) = (agent.records.clone(), path.clone());
-    tokio::spawn(async move {
-        tokio::time::sleep(RECORD_REMOVAL_DELAY).await;
-        spawner::run_housekeeping(move || records.remove(&comp_path, pid));
-    });
+    // The record goes with a stop, which waits for nobody. A failed component's stays: the
+    // next incarnation's record replaces it (written whole and renamed over it), and an agent
+    // started meanwhile finds it names a dead process and discards it. Removing it here cost
+    // a failover 60-70 us (openat, read, unlink), and removing it later raced with the next
+    // incarnation's record, whose loss would leave that incarnation unadoptable.
+    if phase == Phase::Stopping {
+        agent.records.remove(path, pid);
+    }
     Some(Died {
         phase,
         first_failure,

@@ -256,7 +256,11 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         // A spawn held in flight by its child, which waits in pre_exec until the test says.
-        let (mut release_r, mut release_w) = std::io::pipe().expect("pipe");
+        let (release_r, release_w) = rustix::pipe::pipe().expect("pipe");
+        let (mut release_r, mut release_w) = (
+            std::fs::File::from(release_r),
+            std::fs::File::from(release_w),
+        );
         let spawn = std::thread::spawn(move || {
             // Alive until the end: an exited tracked child would stop the sweep, which leaves
             // it to its watcher (this test has none).

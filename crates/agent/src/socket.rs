@@ -300,6 +300,12 @@ fn register(
     let group_leader = inc.proc.leader();
     let held_now = inc.held.clone();
     drop(comps);
+    // Registered: the component runs at the agent's priority from now on (what else it started
+    // meanwhile, too, once the background lane has found it: the search reads /proc, 1.3 ms of
+    // CPU on the development VM). Adopted ones too: the agent that started one in the
+    // background may have died before it registered.
+    spawner::restore(group_leader);
+    spawner::run_housekeeping(move || spawner::restore_members(group_leader));
     if adopted {
         // Back under supervision with the work it says it holds; the engine learns of it
         // through `AgentHandle::adopted`, not as an instantiation.
@@ -310,11 +316,6 @@ fn register(
             vip::settle(agent, comp, csi, Some(ha), |_| {});
         }
     } else {
-        // Registered: the component is started, and runs at the agent's priority from now on
-        // (what else it started meanwhile, too, once the background lane has found it: the
-        // search reads /proc, 1.3 ms of CPU on the development VM).
-        spawner::restore(group_leader);
-        spawner::run_housekeeping(move || spawner::restore_members(group_leader));
         agent.report(
             agent.clock.now(),
             Input::CommandDone {

@@ -149,11 +149,31 @@ fn background() -> &'static Spawner {
     SPAWNER.get_or_init(|| Spawner::start("nines-spawner", true))
 }
 
+/// The thread of housekeeping jobs, which run in the background throughout: a thread of its
+/// own, so that a repair never waits behind one for a CPU nobody wants.
+fn housekeeper() -> &'static Spawner {
+    static SPAWNER: OnceLock<Spawner> = OnceLock::new();
+    SPAWNER.get_or_init(|| Spawner::start("nines-housekeep", false))
+}
+
 /// The spawner of VM components and of urgent starts, whose processes start at the agent's
 /// own priority.
 fn foreground() -> &'static Spawner {
     static SPAWNER: OnceLock<Spawner> = OnceLock::new();
     SPAWNER.get_or_init(|| Spawner::start("nines-spawner-fg", false))
+}
+
+/// How long a repair's process may start in the background before it gets the agent's
+/// priority anyway: a repair registers in a few milliseconds when the CPU has room, and this
+/// bounds what the background can cost when it has none (a saturated host, where a start at
+/// the `SCHED_IDLE` weight could outlast its instantiate timeout) or when the repair became
+/// awaited meanwhile (a second fault took out whoever had the work).
+pub(crate) const BACKGROUND_START_LIMIT: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Whether the calling thread starts its children in the background (the background spawner
+/// thread, when the agent may change priorities).
+pub(crate) fn starts_in_background() -> bool {
+    CHILDREN_IN_BACKGROUND.with(std::cell::Cell::get)
 }
 
 /// Runs `job` (which spawns a process and records it) on the background spawner thread, after
@@ -164,12 +184,12 @@ pub(crate) fn run(job: impl FnOnce() + Send + 'static) {
     background().run(Box::new(job));
 }
 
-/// Runs housekeeping (`job`) on the background spawner thread, in order with its spawns, with
+/// Runs housekeeping (`job`) on the housekeeping thread, after the jobs queued before it, with
 /// the thread in the background policy throughout: only with CPU nobody else wants. `job` must
 /// not take a lock the agent's runtime takes (file system and /proc work, say), or it could
 /// hold it for as long as it waits for a CPU.
 pub(crate) fn run_housekeeping(job: impl FnOnce() + Send + 'static) {
-    background().run(Box::new(move || {
+    housekeeper().run(Box::new(move || {
         let background = background_allowed();
         if background {
             set_background(true);

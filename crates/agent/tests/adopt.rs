@@ -149,36 +149,50 @@ async fn a_record_whose_pid_is_another_process_now_is_neither_adopted_nor_killed
 }
 
 #[tokio::test]
-async fn a_spawned_component_is_recorded_and_forgotten_once_it_exits() {
+async fn a_record_names_the_running_incarnation_outlives_a_crash_and_goes_with_a_stop() {
     tokio::time::timeout(TEST_LIMIT, async {
         let mut t = TestAgent::start("record", &sleeper()).await;
         let c = t.comp("app/sg/su/c");
-        t.instantiate(c).await;
-        let pid = t.pid(c).expect("running");
         let procs = t.dir.path().join("procs");
-        let files: Vec<_> = std::fs::read_dir(&procs)
-            .expect("procs")
-            .flatten()
-            .map(|e| std::fs::read_to_string(e.path()).expect("read"))
-            .collect();
-        assert_eq!(
-            files,
-            vec![format!("app/sg/su/c\n{pid} {}\n", start_time(pid))]
-        );
-        kill9(pid);
+        let records = || -> Vec<String> {
+            std::fs::read_dir(&procs)
+                .expect("procs")
+                .flatten()
+                .map(|e| std::fs::read_to_string(e.path()).expect("read"))
+                .collect()
+        };
+        let record_of = |pid: u32| format!("app/sg/su/c\n{pid} {}\n", start_time(pid));
+        t.instantiate(c).await;
+        let first = t.pid(c).expect("running");
+        let first_record = record_of(first);
+        assert_eq!(records(), vec![first_record.clone()]);
+        // A crash leaves the record (naming a dead process, which no agent would adopt) for the
+        // next incarnation to replace: nothing is written or removed during the failover.
+        kill9(first);
         t.expect(Duration::from_secs(5), |i| {
             matches!(i, Input::ComponentFailed { .. })
         })
         .await;
-        // The record goes in the background, after the failure is reported.
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while std::fs::read_dir(&procs).expect("procs").count() != 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the record outlived its process"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        t.cleanup_ok(c).await;
+        assert_eq!(records(), vec![first_record]);
+        t.instantiate(c).await;
+        let second = t.pid(c).expect("running again");
+        assert_ne!(second, first);
+        assert_eq!(records(), vec![record_of(second)]);
+        // A stop removes it.
+        t.handle
+            .execute(&nines_engine::ActionKind::Terminate { comp: c });
+        t.expect(Duration::from_secs(10), |i| {
+            matches!(
+                i,
+                Input::CommandDone {
+                    command: nines_engine::Command::Terminate,
+                    ..
+                }
+            )
+        })
+        .await;
+        assert_eq!(records(), Vec::<String>::new());
         t.teardown().await;
     })
     .await

@@ -61,18 +61,44 @@ async fn a_registered_component_runs_at_the_agents_priority() {
     tokio::time::timeout(TEST_LIMIT, async {
         let (mut t, marker) = sa_agent("nice", "hc-stop", &[]).await;
         let c = t.comp("app/sg/su/c");
-        let r = t.instantiate(c).await;
+        // A repair: started in the background.
+        t.handle.execute(&ActionKind::Instantiate {
+            comp: c,
+            urgent: false,
+        });
+        let r = t
+            .expect(Duration::from_secs(15), |i| {
+                matches!(
+                    i,
+                    Input::CommandDone {
+                        command: Command::Instantiate,
+                        ..
+                    }
+                )
+            })
+            .await;
         assert_eq!(outcome(&r.input), Outcome::Ok);
         wait_for_file(&marker, "registered", Duration::from_secs(2)).await;
         let pid = t.pid(c).expect("running");
-        // Started at background priority; every thread it has (the client library's too)
-        // is back at the agent's once it registered.
+        // Every thread it has (the client library's too) is back at the agent's priority and
+        // in the normal policy once it registered.
         let own = rustix::process::getpriority_process(None).unwrap_or(0);
         let nices = thread_nices(pid);
         assert!(!nices.is_empty(), "no threads read for pid {pid}");
         assert!(
             nices.iter().all(|n| *n == i64::from(own)),
             "threads of {pid} run at nice {nices:?}, the agent at {own}"
+        );
+        let policies: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .expect("tasks")
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            // SAFETY: takes and returns plain integers.
+            .map(|tid| unsafe { libc::sched_getscheduler(tid) })
+            .collect();
+        assert!(
+            policies.iter().all(|p| *p == libc::SCHED_OTHER),
+            "threads of {pid} in policies {policies:?}"
         );
         t.teardown().await;
     })

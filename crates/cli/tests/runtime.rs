@@ -71,7 +71,9 @@ impl Drop for RunChild {
 }
 
 /// The component pids the agents of a state directory have recorded
-/// (`agents/NODE.procs/*.pid`, second line `PID START`).
+/// (`agents/NODE.procs/*.pid`, second line `PID START`) that are still the recorded process:
+/// a record may outlive its process (a failed component's stays until the next incarnation
+/// replaces it), and its pid may belong to somebody else by now.
 fn recorded_pids(state: &Path) -> Vec<u32> {
     let mut out = Vec::new();
     let Ok(nodes) = std::fs::read_dir(state.join("agents")) else {
@@ -84,17 +86,24 @@ fn recorded_pids(state: &Path) -> Vec<u32> {
             .flatten()
         {
             let text = std::fs::read_to_string(f.path()).unwrap_or_default();
-            if let Some(pid) = text
-                .lines()
-                .nth(1)
-                .and_then(|l| l.split_whitespace().next())
-                .and_then(|p| p.parse().ok())
-            {
-                out.push(pid);
+            let mut fields = text.lines().nth(1).unwrap_or_default().split_whitespace();
+            let pid = fields.next().and_then(|p| p.parse::<u32>().ok());
+            let start = fields.next().and_then(|s| s.parse::<u64>().ok());
+            if let (Some(pid), Some(start)) = (pid, start) {
+                if start_time(pid) == Some(start) {
+                    out.push(pid);
+                }
             }
         }
     }
     out
+}
+
+/// Field 22 of `/proc/PID/stat` (the start time), `None` if the process is gone.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 fn signal(pid: u32, sig: rustix::process::Signal) {

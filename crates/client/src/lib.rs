@@ -1911,6 +1911,15 @@ pub struct Dispatcher<C: Component> {
     component: C,
 }
 
+impl<C: Component> Drop for Dispatcher<C> {
+    /// Nobody will dispatch any more: the session ends, rather than stay registered with its
+    /// callbacks and healthchecks unanswered until the agent times them out (or a restarted
+    /// agent is given it again).
+    fn drop(&mut self) {
+        self.session.inner.close("the dispatcher was dropped");
+    }
+}
+
 /// What [`Dispatcher::dispatch`] left behind.
 #[derive(Debug)]
 #[must_use]

@@ -325,6 +325,21 @@ fn terminate_ends_dispatch_with_ok_and_wait_on_a_clone_returns_ok() {
 }
 
 #[test]
+fn dropping_the_dispatcher_ends_the_session() {
+    let agent = FakeAgent::new();
+    let (component, _seen) = recorder();
+    let (session, dispatcher, mut conn) =
+        agent.open_polled(component, nines_client::RECONNECT_WINDOW);
+    drop(dispatcher);
+    // Nobody dispatches any more: the agent sees the session end, and so does every handle.
+    conn.expect_eof();
+    assert!(matches!(
+        within(move || session.wait()),
+        Err(nines_client::ClientError::Closed)
+    ));
+}
+
+#[test]
 fn without_a_reconnect_window_losing_the_agent_ends_dispatch_with_closed() {
     let agent = FakeAgent::new();
     let (session, mut dispatcher, conn) = agent.open_polled(recorder().0, Duration::ZERO);

@@ -30,6 +30,8 @@ fn the_polled_mode_starts_no_thread() {
     // so that the count only changes if the session starts a thread.
     let (started_tx, started) = mpsc::channel();
     let (registered_tx, registered) = mpsc::channel();
+    // ...and lives until the test has had its last look (its end would change the count).
+    let (looked_tx, looked) = mpsc::channel::<()>();
     let agent_side = thread::Builder::new()
         .name("fake-agent".into())
         .spawn(move || {
@@ -55,6 +57,7 @@ fn the_polled_mode_starts_no_thread() {
                     ok: true
                 }
             );
+            let _ = looked.recv_timeout(PATIENCE);
         })
         .expect("spawn the agent");
     started.recv_timeout(PATIENCE).expect("the agent started");
@@ -83,6 +86,7 @@ fn the_polled_mode_starts_no_thread() {
     };
     assert!(outcome.is_ok(), "{outcome:?}");
     assert!(session.wait().is_ok());
+    let _ = looked_tx.send(());
     agent_side.join().expect("the agent side");
 
     assert_eq!(
