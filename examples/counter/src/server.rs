@@ -55,6 +55,12 @@ const STUCK_PATIENCE: Duration = Duration::from_secs(10);
 /// (a few hundred replies).
 const MAX_PENDING_REPLIES: usize = 4096;
 
+/// Requests answered for one connection per turn: each `inc` waits for a synchronous
+/// checkpoint write, and the thread that answers them also dispatches the agent's callbacks
+/// (the counter is one thread), which must not wait behind a long pipeline past their
+/// timeout. What is left is answered in the next turn, which comes at once.
+const ANSWERS_PER_TURN: usize = 16;
+
 /// Bytes read from one connection per turn, so that a client pipelining many requests takes
 /// turns with the others instead of holding the thread.
 const READ_CHUNK: usize = 4096;
@@ -294,8 +300,9 @@ impl Endpoint {
         1 + self.conns.len()
     }
 
-    /// The longest the caller's poll may wait, `None` for no limit: the end of an accept
-    /// backoff or of a stuck client's patience.
+    /// The longest the caller's poll may wait, `None` for no limit: zero while requests wait
+    /// that a turn left unanswered, else the end of an accept backoff or of a stuck client's
+    /// patience.
     pub fn poll_timeout(&self) -> Option<Timespec> {
         self.next_deadline().and_then(|deadline| {
             Timespec::try_from(deadline.saturating_duration_since(Instant::now())).ok()
@@ -323,9 +330,12 @@ impl Endpoint {
         }
     }
 
-    /// When poll must return even if nothing happens: the end of an accept backoff or of a
-    /// stuck client's patience.
+    /// When poll must return even if nothing happens: now if requests wait unanswered, the end
+    /// of an accept backoff or of a stuck client's patience.
     fn next_deadline(&self) -> Option<Instant> {
+        if self.conns.iter().any(Conn::has_unanswered) {
+            return Some(Instant::now());
+        }
         let stuck = self.conns.iter().filter_map(|c| c.waiting_since);
         stuck
             .map(|since| since + self.patience)
@@ -437,7 +447,7 @@ impl Conn {
         now: Instant,
         patience: Duration,
     ) -> bool {
-        if !revents.is_empty() && !self.pump(service, now) {
+        if (!revents.is_empty() || self.has_unanswered()) && !self.pump(service, now) {
             return false;
         }
         self.waiting_since
@@ -449,13 +459,17 @@ impl Conn {
     /// client is gone or done).
     fn pump(&mut self, service: &Service, now: Instant) -> bool {
         let mut has_read = false;
+        let mut budget = ANSWERS_PER_TURN;
         loop {
             match self.flush(now) {
                 Err(_) => return false,
                 Ok(false) => return true,
                 Ok(true) => {}
             }
-            if self.answer_lines(service) {
+            if budget == 0 {
+                return true; // the rest in the next turn (see `has_unanswered`)
+            }
+            if self.answer_lines(service, &mut budget) {
                 continue;
             }
             if self.finished {
@@ -514,13 +528,18 @@ impl Conn {
         }
     }
 
+    /// Whether a complete request waits with room for its reply: one a turn's budget left.
+    fn has_unanswered(&self) -> bool {
+        self.output.is_empty() && self.input.contains(&b'\n')
+    }
+
     /// Answers the complete request lines received, in order, until the pending replies reach
-    /// their bound; refuses a line longer than [`MAX_LINE`] (finished: nothing after it can be
-    /// told apart). True if it added any reply.
-    fn answer_lines(&mut self, service: &Service) -> bool {
+    /// their bound or `budget` runs out; refuses a line longer than [`MAX_LINE`] (finished:
+    /// nothing after it can be told apart). True if it added any reply.
+    fn answer_lines(&mut self, service: &Service, budget: &mut usize) -> bool {
         let mut used = 0;
         let mut too_long = false;
-        while self.output.len() < MAX_PENDING_REPLIES {
+        while self.output.len() < MAX_PENDING_REPLIES && *budget > 0 {
             let rest = &self.input[used..];
             let Some(len) = rest.iter().position(|&b| b == b'\n') else {
                 too_long = rest.len() > MAX_LINE;
@@ -533,6 +552,7 @@ impl Conn {
             let reply = answer(&String::from_utf8_lossy(&rest[..=len]), service);
             self.output.extend_from_slice(reply.as_bytes());
             used += len + 1;
+            *budget -= 1;
         }
         if too_long {
             let reply = protocol::error_reply("request line too long");
@@ -618,6 +638,40 @@ mod tests {
             let ready: Vec<PollFlags> = fds.iter().map(PollFd::revents).collect();
             drop(fds);
             endpoint.serve_ready(&ready);
+        }
+    }
+
+    #[test]
+    fn a_long_pipeline_is_answered_a_turn_at_a_time_and_the_loop_comes_back_at_once() {
+        let (svc, ck) = service(None);
+        let mut endpoint = Listening::bind(0)
+            .expect("bind")
+            .endpoint(svc)
+            .expect("endpoint");
+        let mut client = TcpStream::connect(("127.0.0.1", endpoint.port())).expect("connect");
+        client.write_all(&b"inc\n".repeat(100)).expect("write");
+        // The first turns accept the connection and read its requests.
+        drive(&mut endpoint, || {
+            ck.load() != Ok(Some(0)) && ck.load().is_ok_and(|v| v.is_some())
+        });
+        assert_eq!(
+            ck.load(),
+            Ok(Some(ANSWERS_PER_TURN as u64)),
+            "one turn's budget"
+        );
+        let zero = Timespec::try_from(Duration::ZERO).expect("timespec");
+        assert_eq!(
+            endpoint.poll_timeout(),
+            Some(zero),
+            "more waits: no sleeping"
+        );
+        drive(&mut endpoint, || ck.load() == Ok(Some(100)));
+        assert_eq!(endpoint.poll_timeout(), None);
+        let mut replies = BufReader::new(client);
+        for expected in 1..=100u64 {
+            let mut line = String::new();
+            replies.read_line(&mut line).expect("reply");
+            assert_eq!(line, format!("{expected}\n"));
         }
     }
 
