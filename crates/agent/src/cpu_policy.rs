@@ -2,9 +2,9 @@
 //! must never delay a running service, `SCHED_OTHER` for everything else), and finding every
 //! thread of a process group to hand them back.
 //!
-//! rustix covers nice values but not `sched_setscheduler`, so this module is the agent's one
-//! use of it, through libc: two calls on plain integers and a `sched_param` that lives on the
-//! stack for the duration of the call.
+//! rustix covers nice values but not `sched_setscheduler`, so these calls go through libc: two
+//! calls on plain integers and a `sched_param` that lives on the stack for the duration of the
+//! call.
 
 use std::io;
 
@@ -13,10 +13,12 @@ use std::io;
 pub(crate) enum Policy {
     /// `SCHED_OTHER`: the normal time-shared policy.
     Normal,
-    /// `SCHED_IDLE`: runs only on a CPU that nothing else wants, and a normal thread that
-    /// wakes up preempts it at once. Unlike a high nice value, which under EEVDF (Linux 6.6
-    /// and later) still keeps the CPU for its whole slice once it has it: 0.75 ms times
-    /// 1 + log2(CPUs), 1.5 ms on two.
+    /// `SCHED_IDLE`: a normal thread that wakes up preempts it at once, and against normal
+    /// threads it weighs 3 (nice 0: 1024), about a third of a percent of a busy CPU; it is
+    /// not excluded, and when the normal threads have had more than their share it may run a
+    /// slice. A high nice value is weaker: under EEVDF (Linux 6.6 and later) a nice-19 task
+    /// keeps the CPU for its whole slice once it has it, whatever wakes up meanwhile (0.75 ms
+    /// times 1 + log2(CPUs), 1.5 ms on two).
     Idle,
     /// Anything else (real-time, batch, deadline): chosen by the process itself; the agent
     /// leaves it alone.
@@ -73,10 +75,7 @@ pub(crate) fn group_members(pgid: i32) -> Vec<i32> {
 
 /// The process group of `pid` (field 5 of `/proc/PID/stat`), `None` if it is gone.
 fn process_group(pid: i32) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // `comm` (field 2) is in parentheses and may contain anything: count after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(2)?.parse().ok()
+    crate::procfs::stat_field(u32::try_from(pid).ok()?, 5)
 }
 
 fn numeric_entries(dir: &str) -> Vec<i32> {

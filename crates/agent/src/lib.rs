@@ -77,6 +77,7 @@ mod healthcheck;
 mod host;
 mod lifecycle;
 mod pidfd;
+mod procfs;
 mod protection;
 mod reaper;
 mod records;

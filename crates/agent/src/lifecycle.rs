@@ -92,7 +92,7 @@ pub(crate) fn instantiate(agent: &Arc<Agent>, comp: CompId, urgent: bool) {
     if urgent {
         spawner::run_foreground(job);
     } else {
-        spawner::run(job);
+        spawner::run_background(job);
     }
 }
 
@@ -148,7 +148,7 @@ fn spawn_incarnation(agent: &Arc<Agent>, comp: CompId) {
     agent.records.write(&m.path, proc.pid());
     tracing::info!(component = %m.path, pid = proc.pid(), "started");
     let leader = proc.leader();
-    watch_exit(agent, comp, gen, proc);
+    follow_incarnation(agent, comp, gen, proc);
     if sa_aware {
         let a = agent.clone();
         let limit = m.timeouts.instantiate;
@@ -206,13 +206,13 @@ async fn registration_deadline(agent: &Arc<Agent>, comp: CompId, gen: u64, limit
     done(agent, comp, Command::Instantiate, Outcome::TimedOut);
 }
 
-/// Follows incarnation `gen` of `comp` to its end: [`on_exit`] as soon as its leader is seen
+/// Follows incarnation `gen` of `comp` to its end: [`on_death`] as soon as its leader is seen
 /// dead, the log line once it is reaped (with its exit status).
-pub(crate) fn watch_exit(agent: &Arc<Agent>, comp: CompId, gen: u64, proc: Arc<Proc>) {
+pub(crate) fn follow_incarnation(agent: &Arc<Agent>, comp: CompId, gen: u64, proc: Arc<Proc>) {
     let a = agent.clone();
     tokio::spawn(async move {
         let at = proc.died().await;
-        let seen = on_exit(&a, comp, gen, at);
+        let seen = on_death(&a, comp, gen, at);
         let exit = proc.exited().await;
         if let Some(phase) = seen {
             log_exit(&a, comp, phase, exit.status);
@@ -228,7 +228,7 @@ pub(crate) fn watch_exit(agent: &Arc<Agent>, comp: CompId, gen: u64, proc: Arc<P
 /// nothing that only tidies up runs before the engine has acted on it: the log line comes once
 /// the process is reaped, and a failed component's record file stays for its next incarnation
 /// to replace.
-pub(crate) fn on_exit(agent: &Arc<Agent>, comp: CompId, gen: u64, at: Instant) -> Option<Died> {
+pub(crate) fn on_death(agent: &Arc<Agent>, comp: CompId, gen: u64, at: Instant) -> Option<Died> {
     let path = &agent.comp(comp).path;
     let mut comps = agent.comps();
     let inc = comps.get_mut(&comp)?;
@@ -293,14 +293,14 @@ pub(crate) fn on_exit(agent: &Arc<Agent>, comp: CompId, gen: u64, at: Instant) -
     })
 }
 
-/// The phase an incarnation died in, as [`on_exit`] found it: what its log line says.
+/// The phase an incarnation died in, as [`on_death`] found it: what its log line says.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Died {
     phase: Phase,
     first_failure: bool,
 }
 
-/// The log line of a death [`on_exit`] handled, once the exit status is known.
+/// The log line of a death [`on_death`] handled, once the exit status is known.
 fn log_exit(agent: &Agent, comp: CompId, died: Died, status: ExitStatus) {
     let path = &agent.comp(comp).path;
     match died.phase {

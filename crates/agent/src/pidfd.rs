@@ -375,16 +375,12 @@ impl WatchGuard {
         let _ = died.send(Some(at));
     }
 
-    /// Kill the leftovers of the group, reap the leader and publish the exit. `None` if the
-    /// leader turned out not to be waitable yet.
+    /// Reap the leader and publish the exit, after [`publish_death`](Self::publish_death)
+    /// killed what was left of its group. `None` if the leader turned out not to be waitable
+    /// yet.
     fn reap(&mut self, at: Instant) -> Option<Exit> {
         let fd = self.fd.as_ref()?;
         let mut reaped = self.proc.reaped.lock().unwrap_or_else(|e| e.into_inner());
-        // The leader is a zombie and pins the group id: safe to kill the rest of the group.
-        // (A foreign process has no group of ours; it has exited, which is all there is.)
-        if self.proc.only.is_none() {
-            let _ = rustix::process::kill_process_group(self.proc.pid, Signal::KILL);
-        }
         // An adopted process is normally someone else's child (ECHILD: nothing to reap); if
         // it happens to be ours (this process spawned it before it had an agent), reap it.
         let status = match reaper::reap_tracked(fd.get_ref().as_fd(), self.proc.pid) {
@@ -540,11 +536,7 @@ async fn reap_leftovers(group: Pid) {
 /// if it does not exist. With the pid it names one process for good: pids are reused, start
 /// times of one pid are not.
 pub(crate) fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // `comm` (field 2) is in parentheses and may contain spaces and parentheses: fields are
-    // counted after the last ')'. Field 3 is the first after it, so field 22 is the 20th.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    crate::procfs::stat_field(pid, 22)
 }
 
 #[cfg(test)]

@@ -11,25 +11,29 @@
 //!
 //! So a repair's instantiation (the engine's `Instantiate { urgent: false }`: every SI of the
 //! component's SG is served, the start only restores redundancy) starts the process in the
-//! `SCHED_IDLE` policy (and at nice [`BACKGROUND_NICE`]): the exec'ing child and the new
-//! process only use CPU that the running services leave idle. A nice value alone is not
-//! enough: under EEVDF (Linux 6.6 and later) a nice-19 task that got the CPU keeps it for its
-//! whole slice, 1.5 ms on two CPUs, whatever wakes up meanwhile. Measured on the 2-core
-//! development host (`nines bench sa-kill --runs 200`): with nice 19 alone the new active's
-//! first connection waited behind the repair's exec in a third of the faults (outage p90 3.1
-//! ms); in `SCHED_IDLE` the p90 is 1.7 ms. Once the component is instantiated (an SA-aware one
-//! registered, a process component spawned), [`restore`] gives every thread of every process
-//! in its group the normal policy and the agent's own priority back, so a started component
-//! never runs at a lower priority than the agent intended.
+//! `SCHED_IDLE` policy (and at nice [`BACKGROUND_NICE`]): every normal thread that wakes up
+//! preempts the exec'ing child and the new process at once, and against normal threads they
+//! weigh 3 (a nice-0 thread weighs 1024), so they take about a third of a percent of a busy
+//! CPU. A nice value alone is not enough: under EEVDF (Linux 6.6 and later) a nice-19 task
+//! that got the CPU keeps it for its whole slice, 1.5 ms on two CPUs, whatever wakes up
+//! meanwhile. Measured on the 2-core development host (`nines bench sa-kill --runs 200`,
+//! when this was introduced): with nice 19 alone the new active's first connection waited
+//! behind the repair's exec in a third of the faults (outage p90 3.1 ms); in `SCHED_IDLE` the
+//! p90 went down to 1.7 ms. A repair that has not registered after
+//! [`BACKGROUND_START_LIMIT`] gets the agent's priority anyway. Once the component is
+//! instantiated (an SA-aware one registered, a process component spawned), [`restore`] gives
+//! the leader's threads the normal policy and every process of the group the agent's nice
+//! value back, and [`restore_members`] (housekeeping) the other processes' threads their
+//! policy; a process that left the group keeps what it inherited.
 //!
 //! Only the child is in the background, not the thread that starts it: the spawner thread
 //! switches to `SCHED_IDLE` for the one call that clones the child ([`spawning_child`]), and
 //! back before anything else. Everything around that call (tracking the child, registering
 //! its pidfd with the runtime, recording it) takes locks the agent's async worker takes too;
-//! a thread in `SCHED_IDLE` holding one of them waits for a CPU nobody else wants, and the
-//! worker with it. Housekeeping that takes no such lock (removing a dead component's record,
-//! the /proc scan for a registered component's other processes) runs in the background
-//! throughout ([`run_housekeeping`]).
+//! a thread in `SCHED_IDLE` holding one of them may wait for a CPU for as long as normal
+//! threads keep it busy, and the worker with it. Housekeeping that takes no such lock (the
+//! /proc scan for a registered component's other processes) runs in the background
+//! throughout, on a thread of its own ([`run_housekeeping`]).
 //!
 //! A start that work waits for (start-up, a restart in place, a repair with nobody else to
 //! take the work) goes to a second thread whose children start at the agent's own priority,
@@ -180,14 +184,14 @@ pub(crate) fn starts_in_background() -> bool {
 /// the jobs queued before it: the process starts in the background. Jobs run one at a time, in
 /// order. If the thread is gone (it could not be started), the job runs on the caller's
 /// thread, so a spawn is never lost.
-pub(crate) fn run(job: impl FnOnce() + Send + 'static) {
+pub(crate) fn run_background(job: impl FnOnce() + Send + 'static) {
     background().run(Box::new(job));
 }
 
 /// Runs housekeeping (`job`) on the housekeeping thread, after the jobs queued before it, with
-/// the thread in the background policy throughout: only with CPU nobody else wants. `job` must
-/// not take a lock the agent's runtime takes (file system and /proc work, say), or it could
-/// hold it for as long as it waits for a CPU.
+/// the thread in the background policy throughout, so that it gives way to every normal
+/// thread. `job` must not take a lock the agent's runtime takes (file system and /proc work,
+/// say), or it could hold it for as long as it waits for a CPU.
 pub(crate) fn run_housekeeping(job: impl FnOnce() + Send + 'static) {
     housekeeper().run(Box::new(move || {
         let background = background_allowed();
@@ -201,8 +205,8 @@ pub(crate) fn run_housekeeping(job: impl FnOnce() + Send + 'static) {
     }));
 }
 
-/// Like [`run`], on the foreground spawner: the spawned process keeps the agent's priority
-/// (VMs, and starts that work waits for).
+/// Like [`run_background`], on the foreground spawner: the spawned process keeps the agent's
+/// priority (VMs, and starts that work waits for).
 pub(crate) fn run_foreground(job: impl FnOnce() + Send + 'static) {
     foreground().run(Box::new(job));
 }
@@ -256,8 +260,8 @@ pub(crate) fn restore(leader: Pid) {
 
 /// Like [`restore`] for the other processes of the group: those a component started before
 /// it registered inherited the background policy. Scans `/proc` (a read per process on the
-/// host: 1.3 ms of CPU with 73 processes on the development VM), so it belongs in the
-/// background lane ([`run`]), where it takes only CPU nobody else wants.
+/// host: 1.3 ms of CPU with 73 processes on the development VM), so it belongs in a
+/// housekeeping job ([`run_housekeeping`]).
 pub(crate) fn restore_members(leader: Pid) {
     if !background_allowed() {
         return;
@@ -300,7 +304,7 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         for i in 0..5 {
             let tx = tx.clone();
-            run(move || {
+            run_background(move || {
                 let name = thread::current().name().map(str::to_owned);
                 let _ = tx.send((i, name));
             });
@@ -320,7 +324,7 @@ mod tests {
     fn the_foreground_spawner_runs_at_the_agents_priority() {
         let (tx, rx) = mpsc::channel();
         // Started from the background thread, whose nice value it must not inherit.
-        run(move || {
+        run_background(move || {
             run_foreground(move || {
                 let name = thread::current().name().map(str::to_owned);
                 let _ = tx.send((
@@ -344,7 +348,7 @@ mod tests {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         let (tx, rx) = mpsc::channel();
-        run(move || {
+        run_background(move || {
             let thread = (
                 rustix::process::getpriority_process(None).ok(),
                 cpu_policy::get(0).ok(),
@@ -385,7 +389,7 @@ mod tests {
             .recv_timeout(std::time::Duration::from_secs(10))
             .expect("the job runs");
         let (tx, rx) = mpsc::channel();
-        run(move || {
+        run_background(move || {
             let _ = tx.send(cpu_policy::get(0).ok());
         });
         let after = rx
@@ -425,7 +429,7 @@ mod tests {
         // Two processes of one group, both started in the background lane: the leader and a
         // member (a component's child, say).
         let (tx, rx) = mpsc::channel();
-        run(move || {
+        run_background(move || {
             let spawn = |group: i32| {
                 spawning_child(|| {
                     std::process::Command::new("sleep")

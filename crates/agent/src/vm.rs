@@ -331,7 +331,7 @@ pub(crate) fn start_qemu(
 }
 
 /// Records a started VM as `comp`'s instantiating incarnation (and in the records, for a later
-/// agent) and reports its QEMU's exit through [`lifecycle::on_exit`]; its generation. Both
+/// agent) and reports its QEMU's exit through [`lifecycle::on_death`]; its generation. Both
 /// drivers' starts end here.
 pub(crate) fn record_incarnation(
     agent: &Arc<Agent>,
@@ -353,7 +353,7 @@ pub(crate) fn record_incarnation(
         },
     );
     agent.records.write(&agent.comp(comp).path, proc.pid());
-    lifecycle::watch_exit(agent, comp, gen, proc.clone());
+    lifecycle::follow_incarnation(agent, comp, gen, proc.clone());
     gen
 }
 
@@ -416,7 +416,7 @@ pub(crate) enum BootError {
 }
 
 /// Waits for QMP and then for the probe, answers the instantiate and starts the supervision.
-/// If QEMU exits meanwhile, its exit answers (see [`lifecycle::on_exit`]); if the incarnation
+/// If QEMU exits meanwhile, its exit answers (see [`lifecycle::on_death`]); if the incarnation
 /// stopped being the one instantiating (a cleanup came), nothing is answered, as for an
 /// SA-aware component that had not registered.
 async fn boot(

@@ -9,7 +9,7 @@
 //! QEMU is libvirt's child, not ours, but it is watched as closely: its pid (libvirt's pid
 //! file, checked against QEMU's `-name guest=DOMAIN`) gets a pidfd through
 //! [`Proc::watch_foreign`], so a SIGKILLed QEMU is an `Exited` failure within milliseconds,
-//! through the same [`lifecycle::on_exit`] as any component. Signals go to that process
+//! through the same [`lifecycle::on_death`] as any component. Signals go to that process
 //! alone (libvirt's QEMU does not lead a process group). libvirt's lifecycle events stand in
 //! for QMP's: an unasked pause and a guest panic are error reports, an unasked shutdown or
 //! stop is `Exited`; the health probe is the QEMU driver's.

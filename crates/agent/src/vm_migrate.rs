@@ -396,7 +396,7 @@ async fn take_over(agent: &Arc<Agent>, comp: CompId, waiting: Option<Waiting>) -
         return Outcome::Failed;
     }
     agent.records.write(&m.path, proc.pid());
-    lifecycle::watch_exit(agent, comp, gen, proc.clone());
+    lifecycle::follow_incarnation(agent, comp, gen, proc.clone());
     let health = vm::config(agent, comp).and_then(|v| v.health.clone());
     vm::supervise(agent, comp, gen, Some(events), health);
     tracing::info!(component = %m.path, pid = proc.pid(), took = ?started.elapsed(), "migrated in");

@@ -67,12 +67,8 @@ pub(crate) fn agent(args: &AgentArgs) -> ExitCode {
             ..ConnectOptions::default()
         },
     };
-    let rt = match crate::async_runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("nines: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = crate::command_runtime() else {
+        return ExitCode::FAILURE;
     };
     rt.block_on(async move {
         let Some((mut int, mut term)) = crate::stop_signals() else {

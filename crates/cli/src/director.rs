@@ -84,12 +84,8 @@ pub(crate) fn director(args: &DirectorArgs) -> ExitCode {
     let etcd = (!args.etcd.is_empty()).then(|| {
         nines_store::EtcdOptions::new(args.etcd.clone(), format!("/nines/{}", model.cluster))
     });
-    let rt = match crate::async_runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("nines: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = crate::command_runtime() else {
+        return ExitCode::FAILURE;
     };
     let run_once = || {
         crate::run::serve(RunOptions {

@@ -88,15 +88,15 @@ fn main() -> ExitCode {
 }
 
 /// The tokio runtime the long-running commands (`run`, `director`, `agent`) and the
-/// benchmarks use; `None` after printing why it could not start.
+/// benchmarks use; the error says why it could not start.
 ///
 /// One worker thread: the engine is one task, and a failover is a chain of small steps
 /// handed from task to task (the exit watcher, the engine, the session writer). With two
 /// workers each hand-over could wake the other worker (an eventfd write and a context
 /// switch) and the steps ran in whatever order the two threads were scheduled: `nines bench
-/// sa-kill --runs 200` outage p50 1.25 ms with two workers, 1.18-1.20 ms with one, on the
-/// 2-vCPU development VM. Blocking work (spawning, the /proc scans, store commits, the event
-/// log) has threads of its own.
+/// sa-kill --runs 200` outage p50 1.25 ms with two workers against 1.18-1.20 ms with one, on
+/// the 2-vCPU development VM, when this was changed. Blocking work (spawning, the /proc
+/// scans, store commits, the event log) has threads of its own.
 pub(crate) fn async_runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -104,6 +104,11 @@ pub(crate) fn async_runtime() -> Result<tokio::runtime::Runtime, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+/// [`async_runtime`] for a command's `main`: `None` after printing why it could not start.
+pub(crate) fn command_runtime() -> Option<tokio::runtime::Runtime> {
+    async_runtime().map_err(|e| eprintln!("nines: {e}")).ok()
 }
 
 /// SIGINT and SIGTERM, the signals that stop the long-running commands; `None` after

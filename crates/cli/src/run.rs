@@ -25,12 +25,8 @@ pub(crate) fn run(args: &RunArgs) -> ExitCode {
     let Some(model) = load_file(&args.config) else {
         return ExitCode::FAILURE;
     };
-    let rt = match crate::async_runtime() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("nines: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(rt) = crate::command_runtime() else {
+        return ExitCode::FAILURE;
     };
     rt.block_on(serve(RunOptions {
         model: Arc::new(model),

@@ -18,6 +18,7 @@ use nines_client::{Component, HaState, Recovery, Session};
 use rustix::event::{PollFd, PollFlags, Timespec};
 
 use crate::counter::{self, Checkpoint, Counter};
+use crate::log_line;
 use crate::server::{Endpoint, FailHook, Listening, Service};
 
 /// The SI's checkpoint as the counter sees it: one section in the checkpoint named after the
@@ -55,17 +56,6 @@ impl Checkpoint for SiCheckpoint {
             .checkpoint_write(&self.si, counter::SECTION, &counter::encode(value), true)
             .map_err(|e| e.to_string())
     }
-}
-
-/// Writes `line` to stderr with one system call. `eprintln!` with arguments writes each piece
-/// of the format separately (stderr is unbuffered): a dozen calls, on the thread that is
-/// about to tell the agent the service is active.
-fn log_line(line: &str) {
-    use std::io::Write;
-    let mut bytes = Vec::with_capacity(line.len() + 1);
-    bytes.extend_from_slice(line.as_bytes());
-    bytes.push(b'\n');
-    let _ = std::io::stderr().lock().write_all(&bytes);
 }
 
 /// One CSI this component has been given.

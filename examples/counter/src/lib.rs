@@ -33,6 +33,17 @@ use rustix::io::Errno;
 
 pub use component::CounterComponent;
 
+/// Writes `line` and a newline to stderr with one system call. `eprintln!` with arguments
+/// writes each piece of the format separately (stderr is unbuffered): a dozen calls, on the
+/// one thread that also serves the clients and answers the agent.
+pub(crate) fn log_line(line: &str) {
+    use std::io::Write;
+    let mut bytes = Vec::with_capacity(line.len() + 1);
+    bytes.extend_from_slice(line.as_bytes());
+    bytes.push(b'\n');
+    let _ = std::io::stderr().lock().write_all(&bytes);
+}
+
 /// Why the counter stopped other than by a graceful terminate.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -45,9 +56,10 @@ pub enum RunError {
     /// Registration with the agent failed.
     #[error("cannot register with the nines agent: {0}")]
     Register(ClientError),
-    /// The agent went away without asking the component to stop; serving on would risk two
-    /// actives, so the component stops.
-    #[error("lost the nines agent: {0}")]
+    /// The session ended without the agent asking the component to stop (the agent went
+    /// away and none came back, or a callback panicked); serving on would risk two actives,
+    /// so the component stops.
+    #[error("the session with the nines agent ended without a terminate: {0}")]
     Lost(ClientError),
     /// The event loop cannot wait for its descriptors (the kernel refused poll).
     #[error("cannot poll: {0}")]

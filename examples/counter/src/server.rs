@@ -258,7 +258,7 @@ fn run(mut endpoint: Endpoint, stop_signal: &OwnedFd) {
             Err(e) => {
                 // The kernel short of memory, say: wait a little rather than spin, and try
                 // again.
-                log(&format!("counter: poll failed: {e}\n"));
+                crate::log_line(&format!("counter: poll failed: {e}"));
                 thread::sleep(ACCEPT_BACKOFF);
                 continue;
             }
@@ -362,7 +362,7 @@ impl Endpoint {
                     // Out of descriptors, say: keep serving the others, and come back to the
                     // listener after a pause.
                     if self.accept_error != Some(e) {
-                        log(&format!("counter: accept failed: {e}\n"));
+                        crate::log_line(&format!("counter: accept failed: {e}"));
                     }
                     self.accept_error = Some(e);
                     self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
@@ -393,13 +393,6 @@ fn gone_before_accept(e: Errno) -> bool {
             | Errno::NETUNREACH
             | Errno::PERM
     )
-}
-
-/// Writes `line` to stderr with one write call, so that it cannot be interleaved with the
-/// output of other threads (stderr is unbuffered, and `eprintln!` with arguments writes each
-/// piece separately).
-fn log(line: &str) {
-    let _ = io::stderr().write_all(line.as_bytes());
 }
 
 /// One client connection: the bytes received but not yet answered, and the replies not yet
