@@ -34,6 +34,8 @@ use nines_example_counter::probe::{self, Mode, Probe, ProbeOptions};
 use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::counter_command::CounterCommand;
+
 #[derive(Args, Debug)]
 pub(crate) struct BenchArgs {
     /// The fault to inject.
@@ -205,7 +207,7 @@ pub(crate) fn self_exe() -> Result<String, String> {
 /// The 2N counter cluster: su-1 on node-1 (rank 1), su-2 on node-2, both on this host. SU
 /// failovers are tolerated without limit per node, so repeated runs never escalate to a node
 /// failover.
-pub(crate) fn counter_config(exe: &str, c: &CounterConfig) -> String {
+pub(crate) fn counter_config(counter: &CounterCommand, c: &CounterConfig) -> String {
     let node = "{ escalation: { su_failover: { max: 100000, within: 1s } } }";
     let mut fail_hook = if c.fail_hook {
         ", fail_hook: \"on\"".to_owned()
@@ -237,7 +239,7 @@ apps:
         components:
           counterd:
             kind: sa-aware
-            instantiate: [{exe}, example, counter]
+            instantiate: {counter}
             timeouts: {{ instantiate: 10s, terminate: 2s, cleanup: 2s, callback: 1s }}
             healthcheck: {{ period: {hp}, max_duration: {hm} }}
             recovery: {rec}
@@ -247,7 +249,7 @@ apps:
         csis:
           main: {{ component: counterd, attrs: {{ port: \"{port}\"{fail_hook} }} }}
 ",
-        exe = yaml_str(exe),
+        counter = counter.yaml(),
         cr = c.escalation.0,
         sr = c.escalation.1,
         hp = c.healthcheck.0,
@@ -1049,6 +1051,7 @@ fn run_bench(args: &BenchArgs) -> Result<(), String> {
     });
     let mut rng = Rng(seed);
     let exe = self_exe()?;
+    let counter = CounterCommand::beside(&exe);
     let port = free_port()?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let base = CounterConfig {
@@ -1056,10 +1059,15 @@ fn run_bench(args: &BenchArgs) -> Result<(), String> {
         ..CounterConfig::two_n(port)
     };
     let (config, mode, standbys, how) = match args.scenario {
-        Scenario::SaKill => (counter_config(&exe, &base), Mode::Counter, 1, Inject::Kill),
+        Scenario::SaKill => (
+            counter_config(&counter, &base),
+            Mode::Counter,
+            1,
+            Inject::Kill,
+        ),
         Scenario::Hang => (
             counter_config(
-                &exe,
+                &counter,
                 &CounterConfig {
                     healthcheck: ("20ms", "20ms"),
                     ..base.clone()
@@ -1071,7 +1079,7 @@ fn run_bench(args: &BenchArgs) -> Result<(), String> {
         ),
         Scenario::ErrorReport => (
             counter_config(
-                &exe,
+                &counter,
                 &CounterConfig {
                     fail_hook: true,
                     ..base.clone()
@@ -1083,7 +1091,7 @@ fn run_bench(args: &BenchArgs) -> Result<(), String> {
         ),
         Scenario::Escalation => (
             counter_config(
-                &exe,
+                &counter,
                 &CounterConfig {
                     recovery: "restart",
                     ..base.clone()
@@ -1380,7 +1388,7 @@ mod tests {
                 ..CounterConfig::two_n(7100)
             },
         ] {
-            let text = counter_config(exe, &c);
+            let text = counter_config(&CounterCommand::of_nines(exe), &c);
             let loaded = nines_model::load(&text, "gen.yaml");
             assert!(loaded.is_ok(), "{text}\n{:?}", loaded.err());
         }

@@ -26,6 +26,7 @@ use crate::bench::{
     summary_json, BenchArgs, CounterConfig, Harness, Measured, Metrics, Rng, Scenario, COUNTER_SI,
     MAX_PHASE,
 };
+use crate::counter_command::CounterCommand;
 
 /// The counter's port on both nodes.
 const PORT: u16 = 7100;
@@ -167,7 +168,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<(), String> {
         std::net::Ipv4Addr::new(o[0], o[1], o[2], 100)
     };
     let config = counter_config(
-        &exe,
+        &CounterCommand::beside(&exe),
         &CounterConfig {
             host: Some("0.0.0.0"),
             vip: (args.scenario == Scenario::Vip).then(|| format!("{vip}/24")),
@@ -471,7 +472,7 @@ pub(crate) fn run_director_kill(args: &BenchArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("cannot start etcd: {e}"))?;
     let config = counter_config(
-        &exe,
+        &CounterCommand::beside(&exe),
         &CounterConfig {
             host: Some("0.0.0.0"),
             ..CounterConfig::two_n(PORT)

@@ -19,6 +19,7 @@ use crate::bench::{
     active_component, counter_config, free_port, one_fault, self_exe, settled, CounterConfig,
     Harness, Inject, Target, COUNTER_SI,
 };
+use crate::counter_command::CounterCommand;
 
 #[derive(Args, Debug)]
 pub(crate) struct DemoArgs {
@@ -50,10 +51,11 @@ fn run_demo(args: &DemoArgs) -> Result<(), String> {
     let exe = self_exe()?;
     let port = free_port()?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-    let config = counter_config(&exe, &CounterConfig::two_n(port));
+    let counter = CounterCommand::beside(&exe);
+    let config = counter_config(&counter, &CounterConfig::two_n(port));
     say(format!(
         "starting a 2N counter service on 127.0.0.1:{port}: counter/sg/su-1 on node-1 \
-         (preferred), counter/sg/su-2 on node-2; the components are `{exe} example counter`"
+         (preferred), counter/sg/su-2 on node-2; the components are `{counter}`"
     ));
     let mut h = Harness::start(&config, "demo", args.keep)?;
     if args.keep {

@@ -16,6 +16,7 @@ mod bench;
 mod bench_cluster;
 mod bench_vm;
 mod cluster_args;
+mod counter_command;
 mod demo;
 mod director;
 mod events;

@@ -163,6 +163,13 @@ fn demo_fails_over_and_prints_the_outage() {
         .find(|l| l.contains("outage seen by the client:"))
         .unwrap_or_else(|| panic!("no outage line:\n{}", f.stdout));
     assert!(outage.contains(" ms"), "{outage}");
+    // Built beside `nines` (cargo builds every binary of the package for its tests), the
+    // small counter binary is what the demo starts.
+    assert!(
+        f.stdout.contains("/nines-counter`"),
+        "the demo did not start nines-counter:\n{}",
+        f.stdout
+    );
     for expected in [
         "killing the active component",
         "su-failover",
@@ -242,4 +249,27 @@ fn example_without_an_agent_says_what_is_missing() {
         !help.lines().any(|l| l.trim_start().starts_with("example ")),
         "{help}"
     );
+}
+
+#[test]
+fn the_counter_binary_explains_itself_and_refuses_arguments() {
+    let _one = serial();
+    let counter = env!("CARGO_BIN_EXE_nines-counter");
+    let help = Command::new(counter).arg("--help").output().expect("runs");
+    assert_eq!(help.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(text.contains("NINES_AGENT_SOCKET"), "{text}");
+    let bad = Command::new(counter).arg("--port").output().expect("runs");
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("unexpected argument \"--port\""), "{err}");
+    let unmanaged = Command::new(counter)
+        .env_remove("NINES_AGENT_SOCKET")
+        .env_remove("NINES_COMPONENT")
+        .output()
+        .expect("runs");
+    assert_eq!(unmanaged.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&unmanaged.stderr);
+    assert!(err.starts_with("nines-counter: "), "{err}");
+    assert!(err.contains("NINES_AGENT_SOCKET is not set"), "{err}");
 }
