@@ -21,6 +21,7 @@ mod demo;
 mod director;
 mod events;
 mod example;
+mod inherited_fds;
 mod run;
 mod sim;
 mod state_dir;
@@ -72,6 +73,9 @@ fn main() -> ExitCode {
     if let Some(code) = example::direct(std::env::args_os()) {
         return code;
     }
+    // Before any thread exists (the counter above inherits nothing: the agent's descriptors
+    // are close-on-exec).
+    inherited_fds::keep_from_children();
     let cli = Cli::parse();
     match cli.command {
         Command::Validate(args) => validate::validate(&args),

@@ -562,3 +562,46 @@ fn an_adopted_counter_keeps_its_work_and_state_through_a_crash_and_a_later_failo
     second.pids = component_pids(&repaired);
     stop(second);
 }
+
+/// The inode of the pipe behind `fd`, as `/proc/PID/fd` links name it (`pipe:[INODE]`).
+fn pipe_link(fd: &std::os::fd::OwnedFd) -> String {
+    let st = rustix::fs::fstat(fd).expect("fstat");
+    format!("pipe:[{}]", st.st_ino)
+}
+
+/// Whether process `pid` holds a descriptor whose link reads `link`.
+fn holds(pid: u32, link: &str) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|e| std::fs::read_link(e.path()).is_ok_and(|l| l.to_str() == Some(link)))
+}
+
+#[test]
+fn components_do_not_inherit_the_descriptors_nines_run_inherited() {
+    let dir = TempDir::new("inherit");
+    let cfg = dir.path("two-n.yaml");
+    std::fs::write(&cfg, CONFIG).expect("config");
+    let state = dir.path("state");
+    // A pipe without close-on-exec, as a shell or a CI runner may leave one open.
+    let (read_end, write_end) = rustix::pipe::pipe().expect("pipe");
+    let link = pipe_link(&write_end);
+    let (run, _) = start_settled(&cfg, &state, &dir.0.join("console"), 1, |s| {
+        holder(s, "active").is_some() && holder(s, "standby").is_some()
+    });
+    drop(write_end);
+    assert!(
+        holds(run.child.id(), &link),
+        "nines run itself should have inherited the test's pipe"
+    );
+    assert_eq!(run.pids.len(), 2);
+    for &pid in &run.pids {
+        assert!(
+            !holds(pid, &link),
+            "component {pid} inherited a descriptor of the shell that started nines run"
+        );
+    }
+    stop(run);
+    drop(read_end);
+}
