@@ -8,9 +8,13 @@
 //! 4.3 MB resident against 2.4 MB for `nines-counter`, which made the engine's reaction to a
 //! kill about 0.1 ms longer on the development VM. A real service is its own binary too.
 //! `cargo build --release` builds both; `cargo run -- demo` builds only `nines`, hence the
-//! fallback.
+//! fallback, which also covers a `nines-counter` left from an older build that speaks another
+//! version of the agent protocol (it answers `--protocol-version`).
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use nines_proto::PROTOCOL_VERSION;
 
 use crate::bench::yaml_str;
 
@@ -23,11 +27,25 @@ pub(crate) struct CounterCommand(Vec<String>);
 
 impl CounterCommand {
     /// The counter to start for the `nines` binary at `exe`: `nines-counter` in the same
-    /// directory if it is an executable file, else `exe example counter`.
+    /// directory if it is an executable file that speaks this build's agent protocol, else
+    /// `exe example counter` (saying why on stderr when a `nines-counter` was passed over).
     pub(crate) fn beside(exe: &str) -> Self {
-        match sibling(Path::new(exe)).and_then(|p| p.to_str().map(str::to_owned)) {
-            Some(counter) => Self(vec![counter]),
-            None => Self::of_nines(exe),
+        let Some(counter) = sibling(Path::new(exe)) else {
+            return Self::of_nines(exe);
+        };
+        match (counter.to_str(), protocol_of(&counter)) {
+            (Some(path), Some(v)) if v == PROTOCOL_VERSION => Self(vec![path.to_owned()]),
+            (_, spoken) => {
+                let spoken =
+                    spoken.map_or("no known".to_owned(), |v| format!("version {v} of the"));
+                eprintln!(
+                    "nines: not using {}: it speaks {spoken} agent protocol, this nines version \
+                     {PROTOCOL_VERSION} (left from another build?); the components are \
+                     `{exe} example counter`",
+                    counter.display()
+                );
+                Self::of_nines(exe)
+            }
         }
     }
 
@@ -47,6 +65,20 @@ impl std::fmt::Display for CounterCommand {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0.join(" "))
     }
+}
+
+/// What `counter --protocol-version` prints, if it runs and prints a version.
+fn protocol_of(counter: &Path) -> Option<u8> {
+    let out = Command::new(counter)
+        .arg("--protocol-version")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    String::from_utf8(out.stdout).ok()?.trim().parse().ok()
 }
 
 fn sibling(exe: &Path) -> Option<PathBuf> {
@@ -71,15 +103,44 @@ mod tests {
         dir
     }
 
-    #[test]
-    fn an_executable_counter_beside_nines_is_chosen() {
-        let dir = scratch("chosen");
+    /// A stand-in `nines-counter` in `dir` that answers `--protocol-version` with `answer`.
+    fn fake_counter(dir: &Path, answer: &str) -> PathBuf {
         let counter = dir.join(COUNTER_BINARY);
-        std::fs::write(&counter, b"#!/bin/sh\n").expect("write");
-        std::fs::set_permissions(&counter, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        // Written to a temporary name and renamed, so no writer holds the file when it runs.
+        let tmp = dir.join("counter.tmp");
+        let script = format!("#!/bin/sh\n[ \"$1\" = --protocol-version ] && echo {answer}\n");
+        std::fs::write(&tmp, script).expect("write");
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::rename(&tmp, &counter).expect("rename");
+        counter
+    }
+
+    #[test]
+    fn a_counter_beside_nines_that_speaks_its_protocol_is_chosen() {
+        let dir = scratch("chosen");
+        let counter = fake_counter(&dir, &PROTOCOL_VERSION.to_string());
         let exe = dir.join("nines");
         let chosen = CounterCommand::beside(exe.to_str().expect("utf-8"));
         assert_eq!(chosen, CounterCommand(vec![counter.display().to_string()]));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_counter_of_another_protocol_or_none_is_passed_over() {
+        let dir = scratch("stale");
+        let exe = dir.join("nines").display().to_string();
+        for answer in [
+            (PROTOCOL_VERSION - 1).to_string(),
+            "garbage".to_owned(),
+            String::new(),
+        ] {
+            fake_counter(&dir, &answer);
+            assert_eq!(
+                CounterCommand::beside(&exe),
+                CounterCommand::of_nines(&exe),
+                "answer {answer:?}"
+            );
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

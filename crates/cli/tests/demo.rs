@@ -259,6 +259,13 @@ fn the_counter_binary_explains_itself_and_refuses_arguments() {
     assert_eq!(help.status.code(), Some(0));
     let text = String::from_utf8_lossy(&help.stdout);
     assert!(text.contains("NINES_AGENT_SOCKET"), "{text}");
+    let version = Command::new(counter)
+        .arg("--protocol-version")
+        .output()
+        .expect("runs");
+    assert_eq!(version.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&version.stdout);
+    assert!(text.trim().parse::<u8>().is_ok(), "{text:?}");
     let bad = Command::new(counter).arg("--port").output().expect("runs");
     assert_eq!(bad.status.code(), Some(2));
     let err = String::from_utf8_lossy(&bad.stderr);

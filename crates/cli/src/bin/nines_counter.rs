@@ -10,7 +10,8 @@ const USAGE: &str = "\
 nines-counter: the example SA-aware counter service, a component started by a nines agent
 (it needs NINES_AGENT_SOCKET and NINES_COMPONENT, which the agent sets). Use it in a config as
   instantiate: [nines-counter]
-or run `nines demo`. It takes no arguments.";
+or run `nines demo`. It takes no arguments (`--protocol-version` prints the version of the
+agent protocol it speaks).";
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
@@ -18,6 +19,12 @@ fn main() -> ExitCode {
         None => {}
         Some(a) if a == "--help" || a == "-h" => {
             println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        // For `nines demo` and `nines bench`, which start this binary only if it speaks their
+        // protocol (it may be left from an older build).
+        Some(a) if a == "--protocol-version" => {
+            println!("{}", nines_proto::PROTOCOL_VERSION);
             return ExitCode::SUCCESS;
         }
         Some(a) => {
