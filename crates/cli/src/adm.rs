@@ -27,7 +27,7 @@ pub(crate) fn adm(args: &AdmArgs) -> ExitCode {
     let result = ControlClient::connect(&socket).and_then(|mut c| c.adm(&args.op, &args.entity));
     match result {
         Ok(()) => {
-            println!("ok: {} {}", args.op, args.entity);
+            outln!("ok: {} {}", args.op, args.entity);
             ExitCode::SUCCESS
         }
         Err(e) => {

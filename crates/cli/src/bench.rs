@@ -976,19 +976,29 @@ impl Rng {
 /// The percentile table of the human-readable report: one row per metric, `-` where it
 /// has no sample.
 pub(crate) fn print_table(rows: &[(&str, &Metric, &str)]) {
-    println!(
+    outln!(
         "{:<18}{:>10}{:>10}{:>10}{:>10}",
-        "", "p50", "p90", "p99", "max"
+        "",
+        "p50",
+        "p90",
+        "p99",
+        "max"
     );
     for (label, metric, what) in rows {
         match metric.summary() {
-            Some(s) => println!(
+            Some(s) => outln!(
                 "{label:<18}{:>10.3}{:>10.3}{:>10.3}{:>10.3}   {what}",
-                s.p50, s.p90, s.p99, s.max
+                s.p50,
+                s.p90,
+                s.p99,
+                s.max
             ),
-            None => println!(
+            None => outln!(
                 "{label:<18}{:>10}{:>10}{:>10}{:>10}   {what}",
-                "-", "-", "-", "-"
+                "-",
+                "-",
+                "-",
+                "-"
             ),
         }
     }
@@ -1256,10 +1266,10 @@ fn run_bench(args: &BenchArgs) -> Result<(), String> {
     // numbers of a run that lost increments are still worth seeing, never worth trusting.
     let lost = no_regressions(&report);
     if args.json {
-        println!("{out}");
+        outln!("{out}");
         return lost;
     }
-    println!(
+    outln!(
         "bench {name}: {} runs, {faults} faults in {:.1} s, seed {seed}, load average {}",
         args.runs,
         elapsed.as_secs_f64(),
@@ -1291,11 +1301,11 @@ fn run_bench(args: &BenchArgs) -> Result<(), String> {
     print_table(&rows);
     if args.scenario == Scenario::Escalation {
         for (i, l) in ladders.iter().enumerate() {
-            println!("run {}: {} steps: {}", i + 1, l.len(), l.join(" -> "));
+            outln!("run {}: {} steps: {}", i + 1, l.len(), l.join(" -> "));
         }
         for (name, m) in &steps {
             if let (Some(o), Some(r)) = (m.outage.summary(), m.repair.summary()) {
-                println!(
+                outln!(
                     "{name}: {} faults, outage p50 {:.3} ms max {:.3} ms, repair p50 {:.1} ms",
                     m.outage.hist.len(),
                     o.p50,
@@ -1306,15 +1316,16 @@ fn run_bench(args: &BenchArgs) -> Result<(), String> {
         }
     }
     match mode {
-        Mode::Counter => println!(
+        Mode::Counter => outln!(
             "probe: {} answers, {} failed attempts, {} regressions of the counter",
             report.answered,
             report.failures,
             report.regressions.len()
         ),
-        Mode::Echo => println!(
+        Mode::Echo => outln!(
             "probe: {} answers, {} failed attempts",
-            report.answered, report.failures
+            report.answered,
+            report.failures
         ),
     }
     lost

@@ -269,10 +269,10 @@ pub(crate) fn run(args: &BenchArgs) -> Result<(), String> {
     ]);
     let lost = no_regressions(&report);
     if args.json {
-        println!("{out}");
+        outln!("{out}");
         return lost;
     }
-    println!(
+    outln!(
         "bench {name}: {} runs in {:.1} s, seed {seed}, load average {}",
         args.runs,
         started.elapsed().as_secs_f64(),
@@ -306,7 +306,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<(), String> {
         ),
     ];
     print_table(&rows);
-    println!(
+    outln!(
         "probe: {} answers, {} failed attempts, {} regressions of the counter",
         report.answered,
         report.failures,
@@ -661,7 +661,7 @@ pub(crate) fn run_director_kill(args: &BenchArgs) -> Result<(), String> {
     ]);
     let lost = no_regressions(&report);
     if args.json {
-        println!("{out}");
+        outln!("{out}");
         return lost;
     }
     let rows = [
@@ -687,7 +687,7 @@ pub(crate) fn run_director_kill(args: &BenchArgs) -> Result<(), String> {
         ),
     ];
     print_table(&rows);
-    println!(
+    outln!(
         "probe: {} answers, {} failed attempts, {} regressions; load average {}",
         report.answered,
         report.failures,

@@ -361,10 +361,10 @@ pub(crate) fn run(args: &BenchArgs) -> Result<(), String> {
     ]);
     let lost = no_regressions(&report);
     if args.json {
-        println!("{out}");
+        outln!("{out}");
         return lost;
     }
-    println!(
+    outln!(
         "bench {name}: {} runs in {:.1} s, seed {seed}, load average {}",
         args.runs,
         started.elapsed().as_secs_f64(),
@@ -417,7 +417,7 @@ pub(crate) fn run(args: &BenchArgs) -> Result<(), String> {
         ),
     ];
     print_table(&rows);
-    println!(
+    outln!(
         "probe: {} answers, {} failed attempts, {} regressions of the counter",
         report.answered,
         report.failures,

@@ -43,7 +43,7 @@ pub(crate) fn demo(args: &DemoArgs) -> ExitCode {
 const COUNTING: Duration = Duration::from_millis(1500);
 
 fn say(msg: impl AsRef<str>) {
-    println!("demo: {}", msg.as_ref());
+    outln!("demo: {}", msg.as_ref());
 }
 
 fn run_demo(args: &DemoArgs) -> Result<(), String> {
@@ -118,7 +118,7 @@ fn run_demo(args: &DemoArgs) -> Result<(), String> {
             let text = text
                 .split_once("  ")
                 .map_or(text, |(_, rest)| rest.trim_start());
-            println!("  {t:>+9.3}  {text}");
+            outln!("  {t:>+9.3}  {text}");
         }
     }
     say(format!(

@@ -13,6 +13,7 @@ use nines_director::{
 use serde_json::Value;
 
 use crate::state_dir::StateDirArg;
+use crate::stdout;
 
 #[derive(Args, Debug)]
 pub(crate) struct EventsArgs {
@@ -33,14 +34,15 @@ pub(crate) fn events(args: &EventsArgs) -> ExitCode {
     let mut show = |line: &str| {
         let v: Option<Value> = serde_json::from_str(line).ok();
         if args.json {
-            println!("{line}");
+            outln!("{line}");
         } else if let Some(text) = v.as_ref().and_then(format::event_line) {
-            println!("{text}");
+            outln!("{text}");
         }
         if let Some(v) = v {
             parsed.push(v);
         }
-        true
+        // Nobody reads any more (`nines events --follow | grep -m1 ...`): stop following.
+        !stdout::closed()
     };
     let result = match ControlClient::connect(&socket) {
         Ok(c) => c.events(0, args.follow, &mut show),
@@ -66,8 +68,8 @@ pub(crate) fn events(args: &EventsArgs) -> ExitCode {
         return ExitCode::FAILURE;
     }
     if !args.json {
-        println!();
-        print!("{}", format::fault_table(&faults::summarize(&parsed)));
+        outln!();
+        out!("{}", format::fault_table(&faults::summarize(&parsed)));
     }
     ExitCode::SUCCESS
 }

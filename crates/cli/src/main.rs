@@ -10,6 +10,23 @@
 //! violation, no runtime running, refused admin operation), 2 bad command line (clap's own
 //! errors).
 
+/// `println!` that never panics (see [`stdout`]): a closed stdout drops the output.
+macro_rules! outln {
+    () => {
+        $crate::stdout::print_out(format_args!(""), true)
+    };
+    ($($arg:tt)*) => {
+        $crate::stdout::print_out(format_args!($($arg)*), true)
+    };
+}
+
+/// `print!` that never panics (see [`stdout`]).
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::stdout::print_out(format_args!($($arg)*), false)
+    };
+}
+
 mod adm;
 mod agent;
 mod bench;
@@ -26,6 +43,7 @@ mod run;
 mod sim;
 mod state_dir;
 mod status;
+mod stdout;
 mod validate;
 
 use std::path::Path;

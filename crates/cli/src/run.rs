@@ -86,7 +86,7 @@ pub(crate) async fn serve(opts: RunOptions) -> Served {
                 next = l.seq + 1;
                 if let Ok(v) = serde_json::from_str(&l.json) {
                     if let Some(line) = format::event_line(&v) {
-                        println!("{line}");
+                        outln!("{line}");
                     }
                 }
             };
@@ -97,7 +97,7 @@ pub(crate) async fn serve(opts: RunOptions) -> Served {
                 match rx.blocking_recv() {
                     Ok(l) => print(&l),
                     Err(RecvError::Lagged(n)) => {
-                        println!("... {n} events not shown (see `nines events`)")
+                        outln!("... {n} events not shown (see `nines events`)")
                     }
                     Err(RecvError::Closed) => break,
                 }

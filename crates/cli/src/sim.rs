@@ -59,11 +59,11 @@ pub(crate) fn sim(args: &SimArgs) -> ExitCode {
     if let Some(seed) = args.replay {
         let (stats, violation) = nines_sim::replay(model, seed, args.steps);
         for line in &stats.log {
-            println!("{line}");
+            outln!("{line}");
         }
         print_stats(&stats);
         if let Some(v) = &violation {
-            println!("{v}");
+            outln!("{v}");
         }
         return finish(1, stats.inputs, usize::from(violation.is_some()));
     }
@@ -88,10 +88,10 @@ pub(crate) fn sim(args: &SimArgs) -> ExitCode {
     let started = Instant::now();
     let report = nines_sim::run(model, &opts, &mut progress);
     for v in &report.violations {
-        println!("{v}\n");
+        outln!("{v}\n");
     }
     if args.config.is_some() && !report.violations.is_empty() {
-        println!("(replays need the same config: add --config to the replay command)");
+        outln!("(replays need the same config: add --config to the replay command)");
     }
     eprintln!("sim: took {:.1?}", started.elapsed());
     finish(report.runs, report.steps, report.violations.len())
@@ -100,24 +100,27 @@ pub(crate) fn sim(args: &SimArgs) -> ExitCode {
 /// Prints the closing line scripts and CI look for, and turns the violation count into the exit
 /// code. `steps` counts inputs handed to the engine.
 fn finish(runs: u64, steps: u64, violations: usize) -> ExitCode {
-    println!("sim: {runs} runs, {steps} steps, {violations} invariant violations");
+    outln!("sim: {runs} runs, {steps} steps, {violations} invariant violations");
     exit(violations == 0)
 }
 
 /// What a replayed run did, after its input/action log, so a trace can be judged at a glance.
 fn print_stats(s: &nines_sim::RunStats) {
-    println!("replay of run seed {}:", s.seed);
-    println!("  virtual time      {:?}", s.virtual_time);
-    println!("  engine inputs     {}", s.inputs);
-    println!("  engine actions    {}", s.actions);
-    println!(
+    outln!("replay of run seed {}:", s.seed);
+    outln!("  virtual time      {:?}", s.virtual_time);
+    outln!("  engine inputs     {}", s.inputs);
+    outln!("  engine actions    {}", s.actions);
+    outln!(
         "  injected          {} ({} component faults, {} node downs, {} admin ops of which {} refused, {} driver restarts)",
         s.injected, s.component_faults, s.node_downs, s.admin_ops, s.admin_refused, s.driver_restarts
     );
-    println!(
+    outln!(
         "  faults            {} detected, {} ignored, {} services recovered, {} fences",
-        s.faults_detected, s.faults_ignored, s.services_recovered, s.fences
+        s.faults_detected,
+        s.faults_ignored,
+        s.services_recovered,
+        s.fences
     );
-    println!("  answers dropped   {}", s.dropped_answers);
-    println!("  settle checks     {}", s.settle_checks);
+    outln!("  answers dropped   {}", s.dropped_answers);
+    outln!("  settle checks     {}", s.settle_checks);
 }

@@ -23,7 +23,7 @@ pub(crate) fn status(args: &StatusArgs) -> ExitCode {
     match status {
         Ok(s) if args.json => match serde_json::to_string_pretty(&s) {
             Ok(text) => {
-                println!("{text}");
+                outln!("{text}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -32,7 +32,7 @@ pub(crate) fn status(args: &StatusArgs) -> ExitCode {
             }
         },
         Ok(s) => {
-            print!("{}", format::status_table(&s));
+            out!("{}", format::status_table(&s));
             ExitCode::SUCCESS
         }
         Err(e) => {

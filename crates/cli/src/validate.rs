@@ -20,15 +20,15 @@ pub(crate) struct ValidateArgs {
 /// `nines validate`: every file is checked, even after a bad one, so one run shows all problems.
 pub(crate) fn validate(args: &ValidateArgs) -> ExitCode {
     if args.explain {
-        print!("{}", with_newline(nines_model::explain()));
+        out!("{}", with_newline(nines_model::explain()));
         return ExitCode::SUCCESS;
     }
     let mut ok = true;
     for path in &args.files {
         match load_file(path) {
             Some(model) => {
-                println!("{}: ok", path.display());
-                print!("{}", with_newline(nines_model::summary(&model)));
+                outln!("{}: ok", path.display());
+                out!("{}", with_newline(nines_model::summary(&model)));
             }
             None => ok = false,
         }

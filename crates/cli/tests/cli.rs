@@ -362,3 +362,20 @@ fn readme_config_example_validates() {
     let o = nines(&["validate", f.as_str()]);
     assert_eq!(o.status.code(), Some(0), "{}", all_output(&o));
 }
+
+#[test]
+fn a_closed_stdout_is_not_a_panic() {
+    // The reader of stdout is gone before nines writes (`nines validate ... | true`).
+    let (read_end, write_end) =
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).expect("pipe");
+    drop(read_end);
+    let o = Command::new(env!("CARGO_BIN_EXE_nines"))
+        .args(["validate", "examples/two-n.yaml", "examples/n-way.yaml"])
+        .current_dir(repo_root())
+        .stdout(std::process::Stdio::from(write_end))
+        .output()
+        .expect("the nines binary runs");
+    let err = stderr(&o);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(o.status.code(), Some(0), "{err}");
+}

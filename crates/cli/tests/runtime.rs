@@ -605,3 +605,51 @@ fn components_do_not_inherit_the_descriptors_nines_run_inherited() {
     stop(run);
     drop(read_end);
 }
+
+#[test]
+fn events_follow_ends_when_its_reader_goes_away_and_the_run_goes_on() {
+    let dir = TempDir::new("follow");
+    let cfg = dir.path("two-n.yaml");
+    std::fs::write(&cfg, CONFIG).expect("config");
+    let state = dir.path("state");
+    let (run, _) = start_settled(&cfg, &state, &dir.0.join("console"), 1, |s| {
+        holder(s, "active").is_some() && holder(s, "standby").is_some()
+    });
+    // Close-on-exec: only the child's stdout is the write end, and no child holds the read end.
+    let (read_end, write_end) =
+        rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).expect("pipe");
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_nines"))
+        .args(["events", "--follow", "--json", "--state-dir", &state])
+        .stdout(Stdio::from(write_end))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nines events starts");
+    // The reader takes one line, then goes away, like `grep -m1`.
+    let mut reader = std::io::BufReader::new(std::fs::File::from(read_end));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut first).expect("a first event");
+    assert!(first.contains("\"event\""), "{first}");
+    drop(reader);
+    // New events, which the follower fails to write and then stops on.
+    let o = nines(&["adm", "lock", "app/sg/su-2", "--state-dir", &state]);
+    assert_eq!(o.status.code(), Some(0), "{}", all_output(&o));
+    let status = wait_exit(&mut follow, Duration::from_secs(10));
+    if status.is_none() {
+        let _ = follow.kill();
+        let _ = follow.wait();
+    }
+    let mut err = String::new();
+    if let Some(mut e) = follow.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "events --follow did not end after its reader left: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    // The cluster did not notice.
+    let o = nines(&["status", "--state-dir", &state]);
+    assert_eq!(o.status.code(), Some(0), "{}", all_output(&o));
+    stop(run);
+}
