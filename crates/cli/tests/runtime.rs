@@ -563,6 +563,18 @@ fn an_adopted_counter_keeps_its_work_and_state_through_a_crash_and_a_later_failo
     stop(second);
 }
 
+/// `nines run` of [`CONFIG`] in `dir`, once one SU is active and the other standby; and the
+/// state directory.
+fn start_two_n(dir: &TempDir) -> (RunChild, String) {
+    let cfg = dir.path("two-n.yaml");
+    std::fs::write(&cfg, CONFIG).expect("config");
+    let state = dir.path("state");
+    let (run, _) = start_settled(&cfg, &state, &dir.0.join("console"), 1, |s| {
+        holder(s, "active").is_some() && holder(s, "standby").is_some()
+    });
+    (run, state)
+}
+
 /// The inode of the pipe behind `fd`, as `/proc/PID/fd` links name it (`pipe:[INODE]`).
 fn pipe_link(fd: &std::os::fd::OwnedFd) -> String {
     let st = rustix::fs::fstat(fd).expect("fstat");
@@ -581,15 +593,10 @@ fn holds(pid: u32, link: &str) -> bool {
 #[test]
 fn components_do_not_inherit_the_descriptors_nines_run_inherited() {
     let dir = TempDir::new("inherit");
-    let cfg = dir.path("two-n.yaml");
-    std::fs::write(&cfg, CONFIG).expect("config");
-    let state = dir.path("state");
     // A pipe without close-on-exec, as a shell or a CI runner may leave one open.
     let (read_end, write_end) = rustix::pipe::pipe().expect("pipe");
     let link = pipe_link(&write_end);
-    let (run, _) = start_settled(&cfg, &state, &dir.0.join("console"), 1, |s| {
-        holder(s, "active").is_some() && holder(s, "standby").is_some()
-    });
+    let (run, _) = start_two_n(&dir);
     drop(write_end);
     assert!(
         holds(run.child.id(), &link),
@@ -609,12 +616,7 @@ fn components_do_not_inherit_the_descriptors_nines_run_inherited() {
 #[test]
 fn events_follow_ends_when_its_reader_goes_away_and_the_run_goes_on() {
     let dir = TempDir::new("follow");
-    let cfg = dir.path("two-n.yaml");
-    std::fs::write(&cfg, CONFIG).expect("config");
-    let state = dir.path("state");
-    let (run, _) = start_settled(&cfg, &state, &dir.0.join("console"), 1, |s| {
-        holder(s, "active").is_some() && holder(s, "standby").is_some()
-    });
+    let (run, state) = start_two_n(&dir);
     // Close-on-exec: only the child's stdout is the write end, and no child holds the read end.
     let (read_end, write_end) =
         rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).expect("pipe");
