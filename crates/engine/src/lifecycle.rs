@@ -115,7 +115,7 @@ impl Engine {
         self.model.sgs[sg.index()]
             .sis
             .iter()
-            .any(|&si| self.sis[si.index()].admin == AdminState::Unlocked && !self.serving(si))
+            .any(|&si| self.unserved(si))
     }
 
     /// Issues the commands that move the SU's components towards running or stopped.

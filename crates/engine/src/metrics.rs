@@ -5,7 +5,7 @@ use nines_model::{EntityRef, NodeId, SiId, SuId};
 
 use crate::action::{Event, FaultId, RecoveryStep};
 use crate::input::FaultKind;
-use crate::states::{AdminState, Readiness};
+use crate::states::Readiness;
 use crate::time::Instant;
 use crate::Engine;
 
@@ -82,11 +82,7 @@ impl Engine {
         }
         let mut faults = std::mem::take(&mut self.faults);
         for f in &mut faults {
-            if !f.recovered
-                && f.affected.iter().all(|&si| {
-                    self.serving(si) || self.sis[si.index()].admin != AdminState::Unlocked
-                })
-            {
+            if !f.recovered && f.affected.iter().all(|&si| !self.unserved(si)) {
                 f.recovered = true;
                 self.record(Event::ServiceRecovered {
                     fault: f.id,

@@ -53,6 +53,11 @@ impl Engine {
             .any(|a| a.ha == HaState::Active && a.confirmed() && !self.busy(a.su))
     }
 
+    /// Whether the SI should be served (it is unlocked) and is not: work that waits.
+    pub(crate) fn unserved(&self, si: SiId) -> bool {
+        self.sis[si.index()].admin == AdminState::Unlocked && !self.serving(si)
+    }
+
     fn reconcile_sg(&mut self, sg: SgId) {
         let m: Arc<Model> = self.model.clone();
         let sgm = &m.sgs[sg.index()];

@@ -317,7 +317,7 @@ fn only_a_repair_that_restores_redundancy_is_not_urgent() {
     w.kill("app/sg/su-1/c");
     assert_eq!(w.active("app/si-a"), ["app/sg/su-2"]);
     assert_eq!(urgency(&w, "app/sg/su-1/c"), [true, false]);
-    // The same failure with nobody left to take the work: su-2's repair is awaited.
+    // The same failure with nobody left to take the work: su-1's repair is awaited.
     let mut w = World::start(&config(false, "failover"));
     w.adm(nines_engine::AdminOp::Lock, "app/sg/su-2")
         .expect("lock su-2");
