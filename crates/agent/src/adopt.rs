@@ -114,7 +114,7 @@ fn take_over(agent: &Arc<Agent>, comp: CompId, rec: &Record) -> bool {
         },
     );
     tracing::info!(component = %rec.comp, pid = rec.pid, "adopted");
-    lifecycle::follow_incarnation(agent, comp, gen, proc.clone());
+    lifecycle::follow_incarnation(agent, comp, gen, proc);
     if let Some(run) = vm {
         vm::supervise_adopted(agent, comp, gen, run);
     } else if !sa_aware {

@@ -161,11 +161,10 @@ fn spawn_incarnation(agent: &Arc<Agent>, comp: CompId) {
         // A process component is instantiated once spawned: the exec, the costly part, ran
         // in the background lane if it was a repair; from here on it runs at the agent's
         // priority.
-        spawner::restore(leader);
+        // (Whatever the process started already, in a housekeeping job.)
+        spawner::restore_group(leader);
         done(agent, comp, Command::Instantiate, Outcome::Ok);
         healthcheck::start_monitor(agent, comp, gen);
-        // Whatever the process started already, in the background.
-        spawner::run_housekeeping(move || spawner::restore_members(leader));
     }
 }
 
@@ -180,8 +179,7 @@ async fn end_background_start(agent: &Arc<Agent>, comp: CompId, gen: u64, leader
         .is_some_and(|i| i.gen == gen && i.phase == Phase::Instantiating);
     if starting {
         tracing::info!(component = %agent.comp(comp).path, "still starting: no longer in the background");
-        spawner::restore(leader);
-        spawner::run_housekeeping(move || spawner::restore_members(leader));
+        spawner::restore_group(leader);
     }
 }
 
@@ -214,15 +212,15 @@ pub(crate) fn follow_incarnation(agent: &Arc<Agent>, comp: CompId, gen: u64, pro
         let at = proc.died().await;
         let seen = on_death(&a, comp, gen, at);
         let exit = proc.exited().await;
-        if let Some(phase) = seen {
-            log_exit(&a, comp, phase, exit.status);
+        if let Some(died) = seen {
+            log_exit(&a, comp, died, exit.status);
         }
     });
 }
 
 /// The leader of incarnation `gen` is dead (it may not be reaped yet): a failure if nobody
-/// asked for it. Returns the phase it died in, for [`log_exit`]; `None` if `gen` is not the
-/// current incarnation (nothing was done).
+/// asked for it. Returns the phase it died in and whether this was its first failure, for
+/// [`log_exit`]; `None` if `gen` is not the current incarnation (nothing was done).
 ///
 /// The failure is reported as soon as the agent's own state says the incarnation is gone, and
 /// nothing that only tidies up runs before the engine has acted on it: the log line comes once

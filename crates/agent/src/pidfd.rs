@@ -354,25 +354,25 @@ struct WatchGuard {
 }
 
 impl WatchGuard {
-    /// Whether this process leads a group of ours, whose members [`reap`](Self::reap) kills
-    /// and the watcher then waits for ([`reap_leftovers`]): not a foreign process (`only`),
+    /// Whether this process leads a group of ours, whose members
+    /// [`publish_death`](Self::publish_death) kills and the watcher then waits for ([`reap_leftovers`]): not a foreign process (`only`),
     /// not one adopted from an earlier agent (its orphans are not ours to wait for).
     fn leads_group(&self) -> bool {
         self.proc.only.is_none() && !self.adopted
     }
 
     /// The leader is dead (its pidfd is readable): kill what is left of its group, then say
-    /// so. Once per process; the leader, a zombie until reaped, pins the group id, so the
-    /// group signalled is still its own.
-    fn publish_death(&mut self, at: Instant) {
-        let Some(died) = self.died.take() else { return };
+    /// so. Once per process (`false`, and nothing done, after the first time); the leader, a
+    /// zombie until reaped, pins the group id, so the group signalled is still its own.
+    fn publish_death(&mut self, at: Instant) -> bool {
+        let Some(died) = self.died.take() else {
+            return false;
+        };
         if self.proc.only.is_none() {
-            let reaped = self.proc.reaped.lock().unwrap_or_else(|e| e.into_inner());
-            if !*reaped {
-                let _ = rustix::process::kill_process_group(self.proc.pid, Signal::KILL);
-            }
+            self.proc.signal_group(Signal::KILL);
         }
         let _ = died.send(Some(at));
+        true
     }
 
     /// Reap the leader and publish the exit, after [`publish_death`](Self::publish_death)
@@ -399,8 +399,8 @@ impl WatchGuard {
         if let Some(tx) = self.tx.take() {
             let _ = tx.send(Some(exit));
         }
-        // A group we lead may still hold members that were SIGKILLed above but have not died
-        // yet: the watcher keeps this process counted as live until they are gone and reaped
+        // A group we lead may still hold members that `publish_death` SIGKILLed but that have
+        // not died yet: the watcher keeps this process counted as live until they are gone and reaped
         // (see [`reap_leftovers`]), so that shutdown does not return with zombies pending.
         if !self.leads_group() {
             self.live = None;
@@ -479,11 +479,10 @@ async fn watch_exit(mut guard: WatchGuard, clock: Clock) {
         let at = clock.now();
         ready.clear_ready();
         drop(ready);
-        if guard.died.is_some() {
-            // Whoever waits for the death (the component's failure report, and through it
-            // the engine's failover) goes first: reaping frees the zombie in the kernel,
-            // tens of microseconds that the failover need not wait for.
-            guard.publish_death(at);
+        // Whoever waits for the death (the component's failure report, and through it the
+        // engine's failover) goes first: reaping frees the zombie in the kernel, tens of
+        // microseconds that the failover need not wait for.
+        if guard.publish_death(at) {
             tokio::task::yield_now().await;
         }
         if guard.reap(at).is_some() {
@@ -544,8 +543,7 @@ mod tests {
     use super::*;
 
     fn state(pid: u32) -> Option<char> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+        crate::procfs::stat_field(pid, 3)
     }
 
     #[test]

@@ -234,13 +234,7 @@ mod tests {
     }
 
     fn zombie(pid: u32) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                s.rsplit_once(')')
-                    .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-            })
-            .unwrap_or(false)
+        crate::procfs::stat_field::<char>(pid, 3) == Some('Z')
     }
 
     #[test]

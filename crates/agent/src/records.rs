@@ -1,5 +1,6 @@
 //! What this agent runs, on disk: one small file per component process, written as soon as
-//! the process is spawned and removed once its exit is seen.
+//! the process is spawned, removed when the component is stopped, and replaced by the next
+//! incarnation's when it failed (a record naming a dead process is discarded at adoption).
 //!
 //! Components outlive a crashed agent (they are reparented, and keep serving). An agent
 //! started after it must adopt them, not start duplicates beside them, and it can only adopt

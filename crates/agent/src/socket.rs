@@ -301,11 +301,10 @@ fn register(
     let held_now = inc.held.clone();
     drop(comps);
     // Registered: the component runs at the agent's priority from now on (what else it started
-    // meanwhile, too, once the background lane has found it: the search reads /proc, 1.3 ms of
-    // CPU on the development VM). Adopted ones too: the agent that started one in the
+    // meanwhile, too, once the housekeeping thread has found it: the search reads /proc, 1.3 ms
+    // of CPU on the development VM). Adopted ones too: the agent that started one in the
     // background may have died before it registered.
-    spawner::restore(group_leader);
-    spawner::run_housekeeping(move || spawner::restore_members(group_leader));
+    spawner::restore_group(group_leader);
     if adopted {
         // Back under supervision with the work it says it holds; the engine learns of it
         // through `AgentHandle::adopted`, not as an instantiation.

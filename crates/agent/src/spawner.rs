@@ -97,7 +97,7 @@ fn set_background(background: bool) {
 /// locks the agent's runtime needs, which a thread in `SCHED_IDLE` could hold for as long as
 /// it waits for a CPU: a priority inversion.
 pub(crate) fn spawning_child<T>(spawn: impl FnOnce() -> T) -> T {
-    if !CHILDREN_IN_BACKGROUND.with(std::cell::Cell::get) {
+    if !starts_in_background() {
         return spawn();
     }
     set_background(true);
@@ -111,8 +111,8 @@ struct Spawner {
 }
 
 impl Spawner {
-    /// A thread named `name`, at the agent's own priority (set explicitly: it may be created
-    /// from a thread in the background), that runs jobs in order. With `children_in_background`
+    /// A thread named `name`, at the agent's own priority (set explicitly, whatever the
+    /// thread that first queues a job runs at), that runs jobs in order. With `children_in_background`
     /// the processes its jobs start begin in the background (see [`spawning_child`]).
     fn start(name: &str, children_in_background: bool) -> Spawner {
         let (tx, rx) = mpsc::channel::<Job>();
@@ -258,6 +258,13 @@ pub(crate) fn restore(leader: Pid) {
     restore_threads(leader.as_raw_nonzero().get());
 }
 
+/// [`restore`] now and [`restore_members`] as housekeeping: what a component that counts as
+/// started gets, whichever lane it started in.
+pub(crate) fn restore_group(leader: Pid) {
+    restore(leader);
+    run_housekeeping(move || restore_members(leader));
+}
+
 /// Like [`restore`] for the other processes of the group: those a component started before
 /// it registered inherited the background policy. Scans `/proc` (a read per process on the
 /// host: 1.3 ms of CPU with 73 processes on the development VM), so it belongs in a
@@ -323,7 +330,7 @@ mod tests {
     #[test]
     fn the_foreground_spawner_runs_at_the_agents_priority() {
         let (tx, rx) = mpsc::channel();
-        // Started from the background thread, whose nice value it must not inherit.
+        // Created from another spawner's job: it sets its own priority, inheriting nothing.
         run_background(move || {
             run_foreground(move || {
                 let name = thread::current().name().map(str::to_owned);
