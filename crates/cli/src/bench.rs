@@ -195,8 +195,9 @@ pub(crate) fn yaml_str(s: &str) -> String {
     Value::from(s).to_string()
 }
 
-/// The binary to put in `instantiate`: this very executable, by absolute path, so the config
-/// works whatever the current directory and PATH are.
+/// This very executable, by absolute path, for the generated configs' commands (the echo
+/// daemon's, and the counter's unless `nines-counter` is beside it): they then work whatever
+/// the current directory and PATH are.
 pub(crate) fn self_exe() -> Result<String, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the nines binary: {e}"))?;
     exe.to_str()
@@ -1061,7 +1062,8 @@ fn run_bench(args: &BenchArgs) -> Result<(), String> {
     });
     let mut rng = Rng(seed);
     let exe = self_exe()?;
-    let counter = CounterCommand::beside(&exe);
+    // Looked for only by the scenarios that run the counter (one of them, once).
+    let counter = || CounterCommand::beside(&exe);
     let port = free_port()?;
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let base = CounterConfig {
@@ -1070,14 +1072,14 @@ fn run_bench(args: &BenchArgs) -> Result<(), String> {
     };
     let (config, mode, standbys, how) = match args.scenario {
         Scenario::SaKill => (
-            counter_config(&counter, &base),
+            counter_config(&counter(), &base),
             Mode::Counter,
             1,
             Inject::Kill,
         ),
         Scenario::Hang => (
             counter_config(
-                &counter,
+                &counter(),
                 &CounterConfig {
                     healthcheck: ("20ms", "20ms"),
                     ..base.clone()
@@ -1089,7 +1091,7 @@ fn run_bench(args: &BenchArgs) -> Result<(), String> {
         ),
         Scenario::ErrorReport => (
             counter_config(
-                &counter,
+                &counter(),
                 &CounterConfig {
                     fail_hook: true,
                     ..base.clone()
@@ -1101,7 +1103,7 @@ fn run_bench(args: &BenchArgs) -> Result<(), String> {
         ),
         Scenario::Escalation => (
             counter_config(
-                &counter,
+                &counter(),
                 &CounterConfig {
                     recovery: "restart",
                     ..base.clone()

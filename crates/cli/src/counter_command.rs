@@ -11,14 +11,14 @@
 //! fallback, which also covers a `nines-counter` left from an older build that speaks another
 //! version of the agent protocol (it answers `--protocol-version`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use nines_proto::PROTOCOL_VERSION;
 
 use crate::bench::yaml_str;
 
-/// The name of the standalone counter binary (`src/bin/nines-counter.rs`).
+/// The name of the standalone counter binary (`src/bin/nines_counter.rs`).
 pub(crate) const COUNTER_BINARY: &str = "nines-counter";
 
 /// A component command line: the program and its arguments.
@@ -33,16 +33,16 @@ impl CounterCommand {
         let Some(counter) = sibling(Path::new(exe)) else {
             return Self::of_nines(exe);
         };
-        match (counter.to_str(), protocol_of(&counter)) {
-            (Some(path), Some(v)) if v == PROTOCOL_VERSION => Self(vec![path.to_owned()]),
-            (_, spoken) => {
+        match protocol_of(Path::new(&counter)) {
+            Some(v) if v == PROTOCOL_VERSION => Self(vec![counter]),
+            spoken => {
                 let spoken =
                     spoken.map_or("no known".to_owned(), |v| format!("version {v} of the"));
                 eprintln!(
                     "nines: not using {}: it speaks {spoken} agent protocol, this nines version \
                      {PROTOCOL_VERSION} (left from another build?); the components are \
                      `{exe} example counter`",
-                    counter.display()
+                    counter
                 );
                 Self::of_nines(exe)
             }
@@ -81,17 +81,20 @@ fn protocol_of(counter: &Path) -> Option<u8> {
     String::from_utf8(out.stdout).ok()?.trim().parse().ok()
 }
 
-fn sibling(exe: &Path) -> Option<PathBuf> {
+/// The path of an executable `nines-counter` in the directory of `exe`.
+fn sibling(exe: &Path) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let candidate = exe.parent()?.join(COUNTER_BINARY);
     let meta = std::fs::metadata(&candidate).ok()?;
-    (meta.is_file() && meta.permissions().mode() & 0o111 != 0).then_some(candidate)
+    let executable = meta.is_file() && meta.permissions().mode() & 0o111 != 0;
+    executable.then(|| candidate.to_str().map(str::to_owned))?
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
 
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(

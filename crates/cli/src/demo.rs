@@ -1,8 +1,8 @@
 //! `nines demo`: the 2N counter on this host, a client counting, the active component killed,
 //! and what happened, with the outage as the client saw it and as the engine logged it.
 //!
-//! Builds nothing: the components are this binary (`nines example counter`), and the config is
-//! generated with its absolute path. Everything lives in a temporary state directory that is
+//! Builds nothing: the components are `nines-counter` beside this binary, or this binary itself
+//! (`nines example counter`), and the config is generated with their absolute path. Everything lives in a temporary state directory that is
 //! removed at the end; the exit code is 0 only if the service came back and the counter never
 //! went back.
 

@@ -1,6 +1,8 @@
 //! `nines example counter|daemon` (hidden): the example components, run by the `nines` binary
-//! itself so that `nines demo` and `nines bench` need nothing built besides it. Their configs
-//! name the binary as the component's command (`instantiate: [nines, example, counter]`).
+//! itself, so that `nines demo` and `nines bench` need nothing built besides it: the daemon
+//! always, the counter when no `nines-counter` that speaks this build's protocol is beside the
+//! binary (see `counter_command`). The example configs name them so too
+//! (`instantiate: [nines, example, counter]`).
 //! The components live in `nines-example-counter`; this only chooses one and maps its result
 //! to an exit code.
 
@@ -28,12 +30,12 @@ enum Which {
 }
 
 /// `nines example counter`, recognised before the command line parser runs: the counter is
-/// what the demo and `nines bench sa-kill` start, kill and start again. Building clap's whole
-/// command tree touches about a megabyte more of this binary (counter resident text 2.0 MB
-/// with it, 1.1 MB without), and the kernel must unmap every page a process touched before
-/// its death is visible: part of every outage the benchmark measures. `None` for any other
-/// command line, which clap then parses as usual (the subcommand stays there too, with its
-/// help).
+/// what the demo and `nines bench sa-kill` start, kill and start again when `nines-counter`
+/// is not there. Building clap's whole command tree touches about a megabyte more of this
+/// binary (counter resident text 2.0 MB with it, 1.1 MB without), and the kernel must unmap
+/// every page a process touched before its death is visible: part of every outage the
+/// benchmark measures. `None` for any other command line, which clap then parses as usual
+/// (the subcommand stays there too, with its help).
 pub(crate) fn direct(args: impl IntoIterator<Item = std::ffi::OsString>) -> Option<ExitCode> {
     let mut args = args.into_iter().skip(1);
     let is_counter = args.next().is_some_and(|a| a == "example")

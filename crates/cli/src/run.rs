@@ -11,6 +11,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::load_file;
 use crate::state_dir::StateDirArg;
+use crate::stdout;
 
 #[derive(Args, Debug)]
 pub(crate) struct RunArgs {
@@ -93,7 +94,8 @@ pub(crate) async fn serve(opts: RunOptions) -> Served {
             for l in &backlog {
                 print(l);
             }
-            loop {
+            // Until the run ends, or nobody reads the console any more.
+            while !stdout::closed() {
                 match rx.blocking_recv() {
                     Ok(l) => print(&l),
                     Err(RecvError::Lagged(n)) => {

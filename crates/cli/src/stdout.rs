@@ -6,7 +6,9 @@
 //! command, and worse for the ones that host a cluster (`run`, `agent`, `director`, `demo`,
 //! `bench`): a manager of services must not stop, nor leave its components unmanaged, because
 //! its console closed. So a failed write marks stdout closed and later output is dropped;
-//! commands that only print ([`closed`]) stop when nobody reads any more.
+//! `nines events --follow`, which would otherwise wait for events forever, and `nines run`'s
+//! console thread stop when [`closed`] says nobody reads any more. The other commands end
+//! anyway, their output dropped.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
