@@ -458,7 +458,7 @@ fn env_config() -> Result<(String, String), ClientError> {
     Ok((env_var(ENV_AGENT_SOCKET)?, env_var(ENV_COMPONENT)?))
 }
 
-/// A session thread or descriptor that could not be set up fails the session's setup.
+/// A connection, thread or descriptor that could not be set up fails the session's setup.
 fn setup_error(socket: &Path, source: io::Error) -> ClientError {
     ClientError::Connect {
         path: socket.to_path_buf(),
@@ -469,7 +469,8 @@ fn setup_error(socket: &Path, source: io::Error) -> ClientError {
 /// One registered connection to an agent.
 struct Connection {
     /// Read half, buffered: the agent may send its first request right behind `Registered`,
-    /// and those bytes must reach the reader thread, not be lost with a temporary buffer.
+    /// and those bytes must reach whoever reads the session next (the reader thread, or the
+    /// polled mode's decoder), not be lost with a temporary buffer.
     reader: BufReader<UnixStream>,
     writer: UnixStream,
     shutdown: UnixStream,
@@ -484,10 +485,7 @@ impl Connection {
         held: Vec<HeldCsi>,
         patience: Duration,
     ) -> Result<Connection, ClientError> {
-        let setup = |source| ClientError::Connect {
-            path: socket.to_path_buf(),
-            source,
-        };
+        let setup = |e| setup_error(socket, e);
         let stream = UnixStream::connect(socket).map_err(setup)?;
         let patience = patience.max(Duration::from_millis(1));
         stream.set_read_timeout(Some(patience)).map_err(setup)?;

@@ -192,7 +192,7 @@ impl CounterComponent {
         }
     }
 
-    /// Stops serving `csi`: the counter first (waits for an increment in flight, so nothing is
+    /// Stops serving `csi`: the counter first (later increments are refused, so nothing is
     /// acknowledged afterwards), then the listener and connections, closed at once (the port
     /// is free for the next active when this returns).
     fn stop(&mut self, csi: &str) {

@@ -98,8 +98,10 @@ fn event_loop(
         Err(e @ ClientError::NotConfigured(_)) => return Err(RunError::NotManaged(e)),
         Err(e) => return Err(RunError::Register(e)),
     };
+    // What poll reported for each descriptor, kept across turns (only its contents change).
+    let mut ready = Vec::new();
     loop {
-        let ready = {
+        {
             let component = dispatcher.component();
             let timeout = component.poll_timeout();
             let mut fds = vec![PollFd::new(&dispatcher, PollFlags::IN)];
@@ -108,8 +110,9 @@ fn event_loop(
                 Ok(_) | Err(Errno::INTR) => {}
                 Err(e) => return Err(RunError::Poll(e.into())),
             }
-            fds.iter().map(PollFd::revents).collect::<Vec<_>>()
-        };
+            ready.clear();
+            ready.extend(fds.iter().map(PollFd::revents));
+        }
         // The endpoints first, while they are what poll saw (a callback may add or remove
         // one). Requests served here may read callbacks off the session (a checkpoint write
         // waits for its acknowledgement); they wait for the next turn, which the selection

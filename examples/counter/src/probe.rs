@@ -332,7 +332,8 @@ mod tests {
     use super::*;
     use crate::counter::tests::MemCheckpoint;
     use crate::counter::Counter;
-    use crate::server::{Server, Service};
+    use crate::server::serving_thread::Server;
+    use crate::server::Service;
 
     fn at(base: Instant, us: u64) -> Instant {
         base + Duration::from_micros(us)

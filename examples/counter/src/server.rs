@@ -1,7 +1,6 @@
 //! The TCP side of the counter: a listener on 127.0.0.1 that exists only while the component
-//! is active, served with every client connection by one poll loop: the component's own
-//! ([`Endpoint`], which the counter uses, so that the whole component is one thread), or a
-//! thread of its own ([`Server`], for tests and other users).
+//! is active, served with every client connection by the component's own poll loop
+//! ([`Endpoint`]), so that the whole component is one thread.
 //!
 //! The listener is closed (not merely ignored) when the component stops being active, and it
 //! is bound with `SO_REUSEADDR`, so that the component that becomes active next, in another
@@ -11,14 +10,13 @@
 //!
 //! One poll loop multiplexes the listener and all connections, rather than a thread per
 //! connection, because threads are on the failover's critical path. The kernel tears a
-//! SIGKILLed process down thread by thread, about 65 µs each (every thread must be woken and
-//! scheduled to die), before the supervisor sees the exit; and a newly active counter that
-//! spawned a thread for the probe's reconnection paid about 40-60 µs (clone and first
-//! schedule) before answering it. On a 2-vCPU VM where everything runs on one vCPU, that is a
-//! large part of the sub-millisecond outage `nines bench sa-kill` aims at. So an active
-//! counter with N clients has one server thread, not 1 + N, and accepting a connection spawns
-//! nothing. Answering all clients from one thread costs no concurrency: the counter's lock
-//! serializes requests anyway (an `inc` holds it through its checkpoint write).
+//! SIGKILLed process down thread by thread before the supervisor sees the exit (a static test
+//! process: 153 µs from SIGKILL to its pidfd readable with one thread, 392 µs with two, on the
+//! development VM); and a newly active counter that spawned a thread for the probe's
+//! reconnection paid about 40-60 µs (clone and first schedule) before answering it. So an
+//! active counter with N clients is still one thread, and accepting a connection spawns
+//! nothing. Answering all clients from one thread costs no concurrency: requests are
+//! serialized anyway (an `inc` answers only once its checkpoint write is done).
 //!
 //! A connection's buffers are bounded, so that no client can make the service hold memory
 //! without end: a request line is at most [`MAX_LINE`] bytes, and the requests of a client
@@ -27,19 +25,18 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
-use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec};
+use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 use crate::counter::{Checkpoint, Counter};
 use crate::protocol::{self, Request, MAX_LINE};
 
-/// How long [`Server::start`] keeps trying when the port is still taken. The previous active
+/// How long [`Listening::bind`] keeps trying when the port is still taken. The previous active
 /// normally released it before this one is asked to take over (a dead process's sockets are
 /// closed before its exit is reported), so this only covers a listener being torn down
 /// concurrently; it stays well under the default 1 s CSI callback timeout.
@@ -82,16 +79,6 @@ pub struct Service {
     pub checkpoint: Arc<dyn Checkpoint>,
     /// The `fail` request's action, if enabled.
     pub fail: Option<FailHook>,
-}
-
-/// A running listener and its connections, served by one thread (see the module doc for why
-/// one).
-pub struct Server {
-    port: u16,
-    /// An eventfd that the serving thread polls along with the sockets, written by `stop`: it
-    /// wakes the thread at once, whatever the sockets are doing, without a timeout to wait out.
-    stop_signal: Arc<OwnedFd>,
-    thread: Option<JoinHandle<()>>,
 }
 
 /// Binds 127.0.0.1:`port` with `SO_REUSEADDR` and listens (see [`bind_on`]).
@@ -145,32 +132,6 @@ impl Listening {
         }
     }
 
-    /// Starts serving connections (those already waiting first) for `service`, on the one
-    /// thread that will serve all of them.
-    pub fn serve(self, service: Service) -> io::Result<Server> {
-        self.serve_with(service, STUCK_PATIENCE)
-    }
-
-    /// [`serve`](Self::serve) with another patience for clients that read no replies, so that
-    /// tests need not wait out the real one.
-    fn serve_with(self, service: Service, patience: Duration) -> io::Result<Server> {
-        let endpoint = self.endpoint_with(service, patience)?;
-        let port = endpoint.port;
-        let stop_signal = Arc::new(rustix::event::eventfd(
-            0,
-            EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK,
-        )?);
-        let stop = Arc::clone(&stop_signal);
-        let thread = thread::Builder::new()
-            .name(format!("counter-serve-{port}"))
-            .spawn(move || run(endpoint, &stop))?;
-        Ok(Server {
-            port,
-            stop_signal,
-            thread: Some(thread),
-        })
-    }
-
     /// Serves connections for `service` from the caller's own poll loop (see [`Endpoint`]):
     /// no thread is started.
     pub fn endpoint(self, service: Service) -> io::Result<Endpoint> {
@@ -193,44 +154,9 @@ impl Listening {
     }
 }
 
-impl Server {
-    /// Binds the port (retrying for up to [`BIND_PATIENCE`] while it is in use) and starts
-    /// serving connections for `service`.
-    pub fn start(port: u16, service: Service) -> io::Result<Server> {
-        Listening::bind(port)?.serve(service)
-    }
-
-    /// The port actually bound (differs from the requested one only when that was 0).
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// Stops accepting, closes the listener and hangs up every connection. When this returns
-    /// the port is free for another process to bind, which is what lets the next active take
-    /// over at once.
-    pub fn stop(mut self) {
-        self.shutdown();
-    }
-
-    fn shutdown(&mut self) {
-        if let Some(thread) = self.thread.take() {
-            // Adding 1 to a fresh eventfd cannot fail (only an overflowing count would).
-            let _ = rustix::io::write(&*self.stop_signal, &1u64.to_ne_bytes());
-            // The thread closes the listener and the connections before it ends.
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
 /// A listener and its connections, served by whoever polls them: the counter component's own
-/// event loop, so that the whole component is one thread (see [`crate::component`]), or a
-/// thread of its own ([`Server`]). Dropping it closes the listener first (freeing the port as
+/// event loop, so that the whole component is one thread (see [`crate::component`]); in
+/// tests, a thread of its own. Dropping it closes the listener first (freeing the port as
 /// early as possible), then every connection.
 pub struct Endpoint {
     port: u16,
@@ -242,35 +168,6 @@ pub struct Endpoint {
     accept_paused_until: Option<Instant>,
     /// The last accept error, so that a persistent one is logged once, not every backoff.
     accept_error: Option<Errno>,
-}
-
-/// The serving thread of a [`Server`]: polls the stop signal and the endpoint until stopped.
-fn run(mut endpoint: Endpoint, stop_signal: &OwnedFd) {
-    // What poll reported for each descriptor: the stop signal, then the endpoint's.
-    let mut ready = Vec::new();
-    loop {
-        let timeout = endpoint.poll_timeout();
-        let mut fds = vec![PollFd::new(stop_signal, PollFlags::IN)];
-        endpoint.poll_fds(&mut fds);
-        match rustix::event::poll(&mut fds, timeout.as_ref()) {
-            Ok(_) => {}
-            Err(Errno::INTR) => continue,
-            Err(e) => {
-                // The kernel short of memory, say: wait a little rather than spin, and try
-                // again.
-                crate::log_line(&format!("counter: poll failed: {e}"));
-                thread::sleep(ACCEPT_BACKOFF);
-                continue;
-            }
-        }
-        ready.clear();
-        ready.extend(fds.iter().map(PollFd::revents));
-        drop(fds);
-        if ready.first().is_some_and(|r| !r.is_empty()) {
-            return;
-        }
-        endpoint.serve_ready(&ready[1..]);
-    }
 }
 
 impl Endpoint {
@@ -583,8 +480,122 @@ pub fn answer(line: &str, service: &Service) -> String {
     }
 }
 
+/// A thread serving an [`Endpoint`], for tests whose blocking clients need the server to run
+/// beside them (here and in [`crate::probe`]). The counter itself serves its endpoints from its
+/// own event loop.
+#[cfg(test)]
+pub(crate) mod serving_thread {
+    use super::*;
+    use rustix::event::EventfdFlags;
+    use std::os::fd::OwnedFd;
+    use std::thread::JoinHandle;
+
+    /// A running listener and its connections, served by one thread (see the module doc for why
+    /// one).
+    pub struct Server {
+        port: u16,
+        /// An eventfd that the serving thread polls along with the sockets, written by `stop`: it
+        /// wakes the thread at once, whatever the sockets are doing, without a timeout to wait out.
+        stop_signal: Arc<OwnedFd>,
+        thread: Option<JoinHandle<()>>,
+    }
+
+    impl Listening {
+        /// Starts serving connections (those already waiting first) for `service`, on the one
+        /// thread that will serve all of them.
+        pub fn serve(self, service: Service) -> io::Result<Server> {
+            self.serve_with(service, STUCK_PATIENCE)
+        }
+
+        /// [`serve`](Self::serve) with another patience for clients that read no replies, so that
+        /// tests need not wait out the real one.
+        pub(crate) fn serve_with(self, service: Service, patience: Duration) -> io::Result<Server> {
+            let endpoint = self.endpoint_with(service, patience)?;
+            let port = endpoint.port;
+            let stop_signal = Arc::new(rustix::event::eventfd(
+                0,
+                EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK,
+            )?);
+            let stop = Arc::clone(&stop_signal);
+            let thread = thread::Builder::new()
+                .name(format!("counter-serve-{port}"))
+                .spawn(move || run(endpoint, &stop))?;
+            Ok(Server {
+                port,
+                stop_signal,
+                thread: Some(thread),
+            })
+        }
+    }
+
+    impl Server {
+        /// Binds the port (retrying for up to [`BIND_PATIENCE`] while it is in use) and starts
+        /// serving connections for `service`.
+        pub fn start(port: u16, service: Service) -> io::Result<Server> {
+            Listening::bind(port)?.serve(service)
+        }
+
+        /// The port actually bound (differs from the requested one only when that was 0).
+        pub fn port(&self) -> u16 {
+            self.port
+        }
+
+        /// Stops accepting, closes the listener and hangs up every connection. When this returns
+        /// the port is free for another process to bind, which is what lets the next active take
+        /// over at once.
+        pub fn stop(mut self) {
+            self.shutdown();
+        }
+
+        fn shutdown(&mut self) {
+            if let Some(thread) = self.thread.take() {
+                // Adding 1 to a fresh eventfd cannot fail (only an overflowing count would).
+                let _ = rustix::io::write(&*self.stop_signal, &1u64.to_ne_bytes());
+                // The thread closes the listener and the connections before it ends.
+                let _ = thread.join();
+            }
+        }
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            self.shutdown();
+        }
+    }
+
+    /// The serving thread of a [`Server`]: polls the stop signal and the endpoint until stopped.
+    fn run(mut endpoint: Endpoint, stop_signal: &OwnedFd) {
+        // What poll reported for each descriptor: the stop signal, then the endpoint's.
+        let mut ready = Vec::new();
+        loop {
+            let timeout = endpoint.poll_timeout();
+            let mut fds = vec![PollFd::new(stop_signal, PollFlags::IN)];
+            endpoint.poll_fds(&mut fds);
+            match rustix::event::poll(&mut fds, timeout.as_ref()) {
+                Ok(_) => {}
+                Err(Errno::INTR) => continue,
+                Err(e) => {
+                    // The kernel short of memory, say: wait a little rather than spin, and try
+                    // again.
+                    crate::log_line(&format!("counter: poll failed: {e}"));
+                    thread::sleep(ACCEPT_BACKOFF);
+                    continue;
+                }
+            }
+            ready.clear();
+            ready.extend(fds.iter().map(PollFd::revents));
+            drop(fds);
+            if ready.first().is_some_and(|r| !r.is_empty()) {
+                return;
+            }
+            endpoint.serve_ready(&ready[1..]);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::serving_thread::Server;
     use super::*;
     use crate::counter::tests::MemCheckpoint;
     use std::io::{BufRead, BufReader};
